@@ -1,0 +1,180 @@
+"""`harness` command line. User mistakes end as one line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import sys
+
+import click
+
+from .errors import HarnessError
+
+
+def _fail(msg: str, code: int = 1):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def friendly(fn):
+    """Turn HarnessError into one line; Ctrl-C into exit 130 with a hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HarnessError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: the current run is marked KILLED; run the same command again to resume it", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="harness")
+def main():
+    """Train the CNNs of five CIFAR-10 write-ups as MLflow runs and compare them.
+
+    Typical use: `harness run-all`, then `harness report`, then `mlflow ui`.
+    """
+
+
+# --------------------------------------------------------------------------- list
+
+
+@main.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--experiments-dir", type=click.Path(file_okay=False), default=None, help="Folder of *.toml specs (default: ./experiments).")
+@friendly
+def list_cmd(fmt, experiments_dir):
+    """List the experiments of the catalogue with their parameter counts."""
+    from .models import count_params, create_model
+    from .spec import load_catalogue
+
+    rows = []
+    for exp in load_catalogue(experiments_dir).values():
+        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed,
+                     "params": count_params(create_model(exp.model.name, **exp.model.args)),
+                     "published_accuracy": exp.published.test_accuracy})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no experiments found")
+        return
+    head = ("id", "params", "published", "source", "title")
+    table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", r["source"], r["title"]) for r in rows]
+    w = [max(len(str(x[i])) for x in [head, *table]) for i in range(4)]
+    for r in [head, *table]:
+        click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}")
+
+
+# --------------------------------------------------------------------------- run / run-all
+
+
+def run_options(fn):
+    opts = [
+        click.option("--data-dir", type=str, default=None, envvar="HARNESS_DATA_DIR", help="cifar-10-batches-py or its parent (default: download to ~/.cache/harness)."),
+        click.option("--tracking-uri", type=str, default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+        click.option("--experiment-name", default="cifar10-harness", show_default=True, help="MLflow experiment to log into."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="N runs with seeds S..S+N-1."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Cap: follow the recipe's schedule, stop after N epochs (run tagged capped)."),
+        click.option("--max-train-images", type=click.IntRange(min=10), default=None, help="Train on a class-balanced subset (run tagged capped)."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision; fp32 keeps results comparable."),
+        click.option("--force", is_flag=True, help="Train again even if an identical finished run exists."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress):
+    from .data import load_cifar10, resolve_data_dir
+    from .runner import RunOptions, resolve_device, run_many, summary_table
+    from .tracking import Tracker
+
+    opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
+                      device=device, precision=precision, progress=not no_progress)
+    resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
+    data = load_cifar10(resolve_data_dir(data_dir))
+    tracker = Tracker(tracking_uri, experiment_name)
+    click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
+               f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}")
+    outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
+    click.echo("")
+    click.echo(summary_table(outcomes))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")
+
+
+@main.command("run")
+@click.argument("ids", nargs=-1, required=True)
+@run_options
+@friendly
+def run_cmd(ids, **kw):
+    """Train the experiments IDS (see `harness list`), one MLflow run each."""
+    from .spec import load_catalogue, select
+
+    _execute(select(load_catalogue(), ids), **kw)
+
+
+@main.command("run-all")
+@click.option("--only", multiple=True, help="Glob of ids to include (repeatable), e.g. 'fastai-*'.")
+@click.option("--skip", multiple=True, help="Glob of ids to leave out (repeatable).")
+@run_options
+@friendly
+def run_all_cmd(only, skip, **kw):
+    """Train every experiment in experiments/; finished ones are skipped, killed ones resumed."""
+    from .spec import load_catalogue
+
+    cat = load_catalogue()
+    chosen = [e for i, e in cat.items() if (not only or any(fnmatch.fnmatch(i, p) for p in only)) and not any(fnmatch.fnmatch(i, p) for p in skip)]
+    if not chosen:
+        raise HarnessError(f"--only/--skip leave no experiment (known: {', '.join(cat)})")
+    _execute(chosen, **kw)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.command("report")
+@click.option("--tracking-uri", type=str, default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--experiment-name", default="cifar10-harness", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="reports/report.html", show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary table as CSV.")
+@click.option("--mlflow-ui-url", default="http://127.0.0.1:5000", show_default=True, help="Base URL for links to runs.")
+@friendly
+def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
+    """Build one self-contained HTML comparison from the run store."""
+    from .report import build_report
+
+    path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url)
+    click.echo(f"report written to {path}")
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@main.command("bench")
+@click.option("--model", "models", multiple=True, help="Experiment id(s) to measure (default: tutorial-base and medium-vgg-bn).")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Timed steps per case (after warm-up).")
+@click.option("--data-dir", type=str, default=None, envvar="HARNESS_DATA_DIR", help="Real data (default: synthetic images; speed does not depend on pixels).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--no-suite", is_flag=True, help="Skip the per-experiment seconds-per-epoch estimate.")
+@friendly
+def bench_cmd(models, steps, data_dir, precision, no_suite):
+    """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
+    from .bench import run_bench
+
+    run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,53 @@
+"""Seaborn figures shared by the run artifacts and the report (headless Agg backend)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", ax=None):
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    sns.heatmap(cm, annot=cm.shape[0] <= 10, fmt="d", cmap="Blues", cbar=own, xticklabels=classes, yticklabels=classes, ax=ax, annot_kws={"size": 7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    return ax.figure
+
+
+def loss_curve_figure(epochs: list[int], train: list[float], val: list[float] | None, title: str = "", val_label: str = "validation", ax=None):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(epochs, train, marker="o", ms=3, label="train")
+    if val:
+        ax.plot(epochs[: len(val)], val, marker="o", ms=3, label=val_label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def save_png(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,185 @@
+"""Every MLflow call of the harness lives here.
+
+Runs are written through MlflowClient with explicit run ids (no global active run), metrics
+go in batches (one call per epoch), and SQLite "database is locked" from a concurrent
+process is retried rather than crashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_EXPERIMENT = "cifar10-harness"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+# fail fast on an unreachable server instead of MLflow's minutes of back-off
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from .errors import HarnessError  # noqa: E402
+
+# the pickle format is chosen deliberately (see log_model); its warning on every run is noise
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
+TAG = "harness."
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _retry_locked(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        delay = 0.2
+        for attempt in range(12):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # sqlalchemy OperationalError arrives wrapped in MlflowException
+                if "locked" not in str(e).lower() or attempt == 11:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 3.0)
+
+    return wrapper
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str
+    tags: dict
+    start_time: int
+
+
+class Tracker:
+    """A connection to one tracking store and one MLflow experiment."""
+
+    def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True):
+        self.uri = resolve_uri(uri)
+        self.experiment_name = experiment_name
+        self._check_reachable()
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment_name)
+            if exp is None and create:
+                try:
+                    self.client.create_experiment(experiment_name)
+                except MlflowException:  # created meanwhile by a concurrent process
+                    pass
+                exp = self.client.get_experiment_by_name(experiment_name)
+        except MlflowException as e:
+            raise HarnessError(f"tracking store {self.uri}: {_first_line(e)}") from None
+        except Exception as e:  # connection errors surface as assorted types
+            raise HarnessError(f"tracking store {self.uri} unreachable: {_first_line(e)}") from None
+        if exp is None:
+            raise HarnessError(f"no experiment {experiment_name!r} in {self.uri}")
+        self.experiment_id = exp.experiment_id
+
+    def _check_reachable(self) -> None:
+        uri = self.uri
+        if uri.startswith(("http://", "https://")):
+            try:
+                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+            except (urllib.error.URLError, OSError) as e:
+                raise HarnessError(f"tracking server {uri} unreachable ({getattr(e, 'reason', e)})") from None
+        elif uri.startswith("sqlite:///"):
+            folder = Path(uri[len("sqlite:///") :]).expanduser().parent
+            if not folder.is_dir():
+                raise HarnessError(f"tracking store {uri}: folder {folder} does not exist")
+
+    # ------------------------------------------------------------------ queries
+
+    @_retry_locked
+    def find_runs(self, config_hash: str) -> list[RunRecord]:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG}config_hash` = '{config_hash}'", max_results=1000)
+        return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time) for r in runs]
+
+    @_retry_locked
+    def logged_steps(self, run_id: str, key: str) -> list[int]:
+        return [m.step for m in self.client.get_metric_history(run_id, key)]
+
+    @_retry_locked
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def search_runs_df(self):
+        """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
+        return mlflow.search_runs(experiment_ids=[self.experiment_id], max_results=50000)
+
+    def download_artifact(self, run_id: str, path: str, dst: str) -> str | None:
+        try:
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=self.uri)
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ writing
+
+    @_retry_locked
+    def start_run(self, run_name: str, tags: dict, params: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        rid = run.info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(rid, params=items[i : i + 100])
+        return rid
+
+    @_retry_locked
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    @_retry_locked
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    @_retry_locked
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
+        """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        for key, pts in (series or {}).items():
+            items.extend(Metric(key, float(v), ts, s) for s, v in pts)
+        for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    @_retry_locked
+    def log_artifacts(self, run_id: str, folder: str | Path) -> None:
+        self.client.log_artifacts(run_id, str(folder))
+
+    def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
+        # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                     input_example=input_example, pip_requirements=pip_requirements)
+        # start_run's context exit marks the run FINISHED: the caller sets the real end status
+
+    @_retry_locked
+    def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+
+def load_model(uri: str, run_id: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
