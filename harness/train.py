@@ -34,9 +34,9 @@ def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 def build_optimizer(model: nn.Module, spec: OptimizerSpec, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay, fused=True)
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay, fused=True)
     raise HarnessError(f"unknown optimizer {spec.name!r} (known: sgd, adam)")
 
 
@@ -97,10 +97,11 @@ def train_one_epoch(
     model.train()
     device = next(model.parameters()).device
     every = max(1, steps // LOG_POINTS_PER_EPOCH)
-    total_loss = torch.zeros((), device=device)
-    window = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, window_n, last_lr = 0, 0, optimizer.param_groups[0]["lr"]
+    # per step we only keep references (no extra kernels); reductions run at the log points
+    win_losses: list[torch.Tensor] = []
+    win_out: list[torch.Tensor] = []
+    win_y: list[torch.Tensor] = []
+    loss_sum, correct, seen, n_batches, last_lr = 0.0, 0, 0, 0, optimizer.param_groups[0]["lr"]
     points: list[tuple[int, float]] = []
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(batches):
@@ -113,29 +114,31 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        d = loss.detach()
-        n = y.shape[0]
-        total_loss += d * n
-        window += d
-        correct += (out.detach().argmax(1) == y).sum()
-        seen += n
-        window_n += 1
-        if window_n == every or i == steps - 1:
-            v = window.item() / window_n  # the only host sync: ~100 per epoch
-            if not math.isfinite(v):
-                raise DivergedError(f"loss became {v} at epoch step {i}")
-            points.append((i, v))
+        win_losses.append(loss.detach())
+        win_out.append(out.detach())
+        win_y.append(y)
+        if len(win_losses) == every or i == steps - 1:
+            # the only host sync: ~100 per epoch
+            w = torch.stack(win_losses).sum().item()
+            c = (torch.cat(win_out).argmax(1) == torch.cat(win_y)).sum().item()
+            k = len(win_losses)
+            seen += sum(len(t) for t in win_y)
+            win_losses.clear(), win_out.clear(), win_y.clear()
+            if not math.isfinite(w):
+                raise DivergedError(f"loss became {w / k} at epoch step {i}")
+            loss_sum += w
+            correct += c
+            n_batches += k
+            points.append((i, w / k))
             if on_log:
-                on_log(i + 1, v, seen)
-            window.zero_()
-            window_n = 0
+                on_log(i + 1, w / k, seen)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    mean_loss = total_loss.item() / max(seen, 1)
-    if not math.isfinite(mean_loss):
-        raise DivergedError(f"epoch loss became {mean_loss}")
-    return EpochStats(mean_loss, 100.0 * correct.item() / max(seen, 1), seen, elapsed, last_lr, points)
+    # mean of batch losses (cs598's running_loss / len(trainloader)); equal to the per-image
+    # mean except for a smaller last batch
+    mean_loss = loss_sum / max(n_batches, 1)
+    return EpochStats(mean_loss, 100.0 * correct / max(seen, 1), seen, elapsed, last_lr, points)
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""`harness bench`: the write-ups' loop and the harness loop measured side by side in one process.
+
+(a) seed-style: a Dataset that makes a PIL image per sample, converts it to a float tensor and
+normalises it (what torchvision's ToTensor + Normalize do), a DataLoader with shuffle and 2
+workers, `loss.item()` every step; (b) the harness loop: resident tensors, whole-batch
+augmentation, device-side accumulation. Same model init, optimizer, batch size and steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import NORMALIZATIONS, Cifar10, TensorLoader, load_cifar10, normalize, resolve_data_dir
+from .models import create_model
+from .runner import configure_backend, prepare_data
+from .spec import Experiment, load_catalogue, select
+from .train import build_optimizer, loss_function, train_one_epoch
+
+WARMUP = 20
+
+
+class SeedStyleDataset(Dataset):
+    """torchvision.datasets.CIFAR10 + ToTensor + Normalize, without importing torchvision."""
+
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, mean, std):
+        self.x = x_uint8.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as the official class keeps it
+        self.y = y.tolist()
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.x[i])
+        t = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255)
+        return (t - self.mean) / self.std, self.y[i]
+
+
+def synthetic_cifar(n_train: int, n_test: int = 100, seed: int = 0) -> Cifar10:
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda n: (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g))
+    (tx, ty), (vx, vy) = mk(n_train), mk(n_test)
+    return Cifar10(tx, ty, vx, vy, [f"c{i}" for i in range(10)], root=__import__("pathlib").Path("synthetic"))
+
+
+def _model_and_opt(exp: Experiment, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model(exp.model.name, **exp.model.args)
+    return model, build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr), loss_function(exp.train.loss)
+
+
+def seed_style_rate(exp: Experiment, data: Cifar10, steps: int) -> float:
+    mean, std = NORMALIZATIONS[exp.data.normalization]
+    bs = exp.train.batch_size
+    model, opt, loss_fn = _model_and_opt(exp)
+    loader = DataLoader(SeedStyleDataset(data.train_x, data.train_y, mean, std), batch_size=bs, shuffle=True, num_workers=2, persistent_workers=True)
+    model.train()
+    done, t0, it = 0, None, iter(loader)
+    while done < WARMUP + steps:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        if done == WARMUP:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        _ = loss.item()  # as the write-ups do: running_loss += loss.item()
+        done += 1
+    dt = time.perf_counter() - t0
+    del it, loader
+    return steps * bs / dt
+
+
+def harness_rate(exp: Experiment, data: Cifar10, steps: int, precision: str = "fp32") -> float:
+    device = torch.device("cpu")
+    prep = prepare_data(exp, data, 0, None, device)
+    model, opt, loss_fn = _model_and_opt(exp)
+    per_epoch = len(prep.train)
+
+    def batches(n):
+        e = 0
+        while n > 0:
+            k = min(n, per_epoch)
+            for i, b in enumerate(prep.train.batches(e)):
+                if i == k:
+                    break
+                yield b
+            n -= k
+            e += 1
+
+    train_one_epoch(model, batches(WARMUP), WARMUP, opt, loss_fn, precision=precision)
+    t0 = time.perf_counter()
+    stats = train_one_epoch(model, batches(steps), steps, opt, loss_fn, precision=precision)
+    return stats.images / (time.perf_counter() - t0)
+
+
+def tracking_overhead(exp: Experiment, data: Cifar10, epochs: int = 3, rounds: int = 3) -> tuple[float, float, float]:
+    """Train `epochs` real epochs with and without per-epoch MLflow logging, alternating, and
+    compare medians. Returns (overhead %, seconds per epoch without, seconds of logging per epoch)."""
+    from .tracking import Tracker
+
+    prep = prepare_data(exp, data, 0, None, torch.device("cpu"))
+    steps = len(prep.train)
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/bench.db", "bench")
+        run_id = tracker.start_run("bench", {}, {"bench": 1})
+        base, logged, log_cost = [], [], []
+        for r in range(rounds):
+            for with_log in (False, True):
+                model, opt, loss_fn = _model_and_opt(exp)
+                t0 = time.perf_counter()
+                for e in range(epochs):
+                    s = train_one_epoch(model, prep.train.batches(e), steps, opt, loss_fn)
+                    if with_log:
+                        t1 = time.perf_counter()
+                        tracker.log_metrics(run_id, {"train_loss": s.loss, "train_acc": s.acc, "val_loss": s.loss, "val_acc": s.acc,
+                                                     "lr": s.lr, "epoch_time_s": s.time_s, "epoch_images_per_s": 1.0},
+                                            r * epochs + e, {"train_loss_step": [((r * epochs + e) * steps + i, v) for i, v in s.step_losses]})
+                        log_cost.append(time.perf_counter() - t1)
+                (logged if with_log else base).append(time.perf_counter() - t0)
+        tracker.terminate(run_id, "FINISHED")
+    b, l = statistics.median(base), statistics.median(logged)
+    return 100.0 * (l - b) / b, b / epochs, statistics.median(log_cost)
+
+
+def epoch_seconds(exp: Experiment, steps: int = 30) -> float:
+    """Seconds per epoch of full CIFAR-10 (50,000 training images less the recipe's validation share)."""
+    n_full = int(50_000 * (1 - exp.data.val_fraction))
+    probe = synthetic_cifar(max(exp.train.batch_size * (steps + WARMUP), 512))
+    rate = harness_rate(exp, probe, steps)
+    return n_full / rate
+
+
+def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, suite: bool, echo=print) -> None:
+    configure_backend(torch.device("cpu"))
+    cat = load_catalogue()
+    chosen = select(cat, ids)
+    if data_dir:
+        data = load_cifar10(resolve_data_dir(data_dir))
+    else:
+        # pixels do not change speed; enough images that no case wraps an epoch
+        data = synthetic_cifar(max(e.train.batch_size for e in chosen) * (steps + WARMUP) + 64)
+    echo(f"harness bench: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
+         f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {WARMUP} warm-up")
+    for exp in chosen:
+        a = seed_style_rate(exp, data, steps)
+        b = harness_rate(exp, data, steps, precision)
+        tag = "" if precision == "fp32" else f" ({precision})"
+        echo(f"{exp.id}@{exp.train.batch_size} seed-style {a:.0f} img/s | harness{tag} {b:.0f} img/s | speedup {b / a:.2f}x")
+    ov_exp = chosen[0]
+    ov_data = data if len(data.train_x) <= 6000 else synthetic_cifar(5000)
+    pct, sec, cost = tracking_overhead(ov_exp, ov_data)
+    echo(f"tracking overhead ({ov_exp.id}, {len(ov_data.train_x)}-image epochs of {sec:.2f}s, logging {cost * 1000:.0f} ms/epoch): {pct:+.1f}%")
+    if suite:
+        echo("whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe):")
+        total = 0.0
+        for exp in cat.values():
+            s = epoch_seconds(exp)
+            total += s * exp.train.epochs
+            echo(f"  {exp.id:<22} batch {exp.train.batch_size:>3}  {s:8.1f} s/epoch  x {exp.train.epochs:>2} epochs = {s * exp.train.epochs / 60:7.1f} min")
+        echo(f"  total {total / 3600:.1f} h for all {len(cat)} recipes on full CIFAR-10")
