@@ -7,6 +7,8 @@ process is retried rather than crashing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -77,19 +79,20 @@ class Tracker:
         self.experiment_name = experiment_name
         self._check_reachable()
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
         try:
-            exp = self.client.get_experiment_by_name(experiment_name)
-            if exp is None and create:
-                try:
-                    self.client.create_experiment(experiment_name)
-                except MlflowException:  # created meanwhile by a concurrent process
-                    pass
+            with _init_lock(self.uri):
+                self.client = MlflowClient(self.uri)
                 exp = self.client.get_experiment_by_name(experiment_name)
+                if exp is None and create:
+                    try:
+                        self.client.create_experiment(experiment_name)
+                    except MlflowException:  # created meanwhile by a concurrent process
+                        pass
+                    exp = self.client.get_experiment_by_name(experiment_name)
         except MlflowException as e:
             raise HarnessError(f"tracking store {self.uri}: {_first_line(e)}") from None
-        except Exception as e:  # connection errors surface as assorted types
-            raise HarnessError(f"tracking store {self.uri} unreachable: {_first_line(e)}") from None
+        except Exception as e:  # connection and schema errors surface as assorted types
+            raise HarnessError(f"tracking store {self.uri} unusable: {_first_line(e)}") from None
         if exp is None:
             raise HarnessError(f"no experiment {experiment_name!r} in {self.uri}")
         self.experiment_id = exp.experiment_id
@@ -181,6 +184,23 @@ class Tracker:
 def load_model(uri: str, run_id: str):
     mlflow.set_tracking_uri(uri)
     return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+
+
+@contextlib.contextmanager
+def _init_lock(uri: str):
+    """MLflow creates and migrates a new SQLite schema on first use; two processes doing it at
+    once collide ("duplicate column"), so initialisation is serialised with an flock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :]).expanduser()
+    fd = os.open(f"{path}.init-lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _first_line(e: Exception) -> str:

@@ -1,0 +1,182 @@
+"""End to end through the CLI into a temporary sqlite store, on the synthetic set."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CAP = ["--epochs", "1", "--max-train-images", "512", "--no-progress"]
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def runs(store, status=None):
+    c = MlflowClient(store)
+    exp = c.get_experiment_by_name("cifar10-harness")
+    if exp is None:
+        return []
+    rs = c.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in rs if status is None or r.info.status == status]
+
+
+def harness_proc(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_run_records_everything(synthetic_root, store):
+    r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 0, r.output
+    [run] = runs(store)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tutorial-base"
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    for t in ["experiment_id", "config_hash", "seed", "source", "git_commit", "torch_version", "device", "data_fingerprint", "capped"]:
+        assert f"harness.{t}" in tags, t
+    assert tags["harness.capped"] == "true" and tags["harness.source"] == "003_7b9c6eb88bbacb5d.txt"
+    assert params["model.name"] == "tutorial_net" and params["train.batch_size"] == "4" and params["params"] == "62006"
+    assert params["override.epochs"] == "1" and params["train.optimizer.momentum"] == "0.9"
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    expected = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "train_loss_step", "test_loss",
+                "test_acc", "test_f1_macro", "train_time_s", "images_per_s", "params"} | {f"test_acc_{c}" for c in classes}
+    assert expected <= set(metrics)
+    c = MlflowClient(store)
+    steps = c.get_metric_history(run.info.run_id, "train_loss_step")
+    assert 90 <= len(steps) <= 130  # ~100 points for the epoch's 128 steps, not one per step
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class_accuracy.csv", "loss_curve.png", "test_predictions.csv"} <= arts
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(store)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    out = model(torch.randn(5, 3, 32, 32))
+    assert out.shape == (5, 10)
+    # a rerun of the identical configuration is skipped
+    r2 = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r2.exit_code == 0 and "skipped" in r2.output and len(runs(store)) == 1
+
+
+def test_repeats_and_same_seed_same_metrics(synthetic_root, store):
+    r = cli("run", "fastai-convnet", "--repeats", "2", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 0, r.output
+    rs = runs(store, "FINISHED")
+    assert sorted(x.data.tags["harness.seed"] for x in rs) == ["0", "1"]
+    assert sorted(x.info.run_name for x in rs) == ["fastai-convnet-s0", "fastai-convnet-s1"]
+    assert rs[0].data.metrics["train_loss"] != rs[1].data.metrics["train_loss"]
+    r = cli("run", "fastai-convnet", "--seed", "1", "--force", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 0, r.output
+    seed1 = [x for x in runs(store, "FINISHED") if x.data.tags["harness.seed"] == "1"]
+    assert len(seed1) == 2
+    a, b = (MlflowClient(store).get_metric_history(x.info.run_id, "train_loss_step") for x in seed1)
+    assert [m.value for m in a] == [m.value for m in b]
+    assert seed1[0].data.metrics["test_acc"] == seed1[1].data.metrics["test_acc"]
+
+
+def _history(store, run_id, key):
+    return [(m.step, m.value) for m in sorted(MlflowClient(store).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
+    args = ["run", "medium-three-conv", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "4", "--no-progress"]
+    env = {"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]}
+    p = harness_proc(*args, env_extra=env)
+    state = Path(os.environ["HARNESS_STATE_DIR"])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(state.glob("*/state.pt")):
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    [killed] = runs(store)
+    assert killed.info.status == "RUNNING"  # nothing could mark it
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.output
+    [done] = runs(store)
+    assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"
+    resumed = _history(store, done.info.run_id, "val_loss")
+    assert [s for s, _ in resumed] == [0, 1, 2, 3]
+    # an uninterrupted run of the same configuration logs the same numbers
+    r = cli(*args, "--force")
+    assert r.exit_code == 0, r.output
+    other = next(x for x in runs(store) if x.info.run_id != done.info.run_id)
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert _history(store, other.info.run_id, key) == _history(store, done.info.run_id, key), key
+    assert [v for _, v in _history(store, other.info.run_id, "train_loss_step")] == [v for _, v in _history(store, done.info.run_id, "train_loss_step")]
+
+
+def test_ctrl_c_marks_killed_then_resumes(synthetic_root, store):
+    args = ["run", "skl-cnn", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", "--max-train-images", "400", "--no-progress"]
+    p = harness_proc(*args, env_extra={"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]})
+    state = Path(os.environ["HARNESS_STATE_DIR"])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(state.glob("*/state.pt")):
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in out and "KILLED" in out
+    [run] = runs(store)
+    assert run.info.status == "KILLED"
+    r = cli(*args)
+    assert r.exit_code == 0 and "resuming" in r.output
+    [run] = runs(store)
+    assert run.info.status == "FINISHED"
+
+
+def test_diverging_run_fails_and_run_all_goes_on(synthetic_root, store, tmp_path, monkeypatch):
+    exps = tmp_path / "proj" / "experiments"
+    exps.mkdir(parents=True)
+    shutil.copy(REPO / "experiments" / "fastai-simplenet.toml", exps)
+    text = (REPO / "experiments" / "fastai-convnet.toml").read_text().replace('id = "fastai-convnet"', 'id = "diverge"')
+    (exps / "diverge.toml").write_text(text.replace("lr = 1e-1", "lr = 1e12"))
+    monkeypatch.chdir(tmp_path / "proj")
+    r = cli("run-all", "--data-dir", synthetic_root, "--tracking-uri", store, "--no-progress", "--epochs", "2", "--max-train-images", "512")
+    assert r.exit_code == 1
+    assert "diverge" in r.output and "failed" in r.output.lower()
+    by = {x.info.run_name: x for x in runs(store)}
+    assert by["diverge"].info.status == "FAILED" and "diverged" in by["diverge"].data.tags["harness.failure_reason"]
+    assert by["fastai-simplenet"].info.status == "FINISHED"  # it ran after the failure (alphabetical order)
+
+
+def test_two_processes_never_train_the_same_configuration_twice(synthetic_root, store):
+    args = ["run", "tutorial-c16", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP]
+    env = {"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]}
+    procs = [harness_proc(*args, env_extra=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert len(runs(store)) == 1 and runs(store)[0].info.status == "FINISHED"
+    assert any("skipped" in o for o in outs), outs
+
+
+@pytest.mark.parametrize("args, text", [
+    (["run", "no-such-model"], "unknown experiment"),
+    (["run", "tutorial-base", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+    (["run", "tutorial-base", "--tracking-uri", "sqlite:////no/such/dir/m.db"], "does not exist"),
+    (["run-all", "--only", "nothing-*"], "leave no experiment"),
+    (["run", "tutorial-base", "--device", "cuda"] if not torch.cuda.is_available() else ["run", "x"], "cuda" if not torch.cuda.is_available() else "unknown"),
+])
+def test_bad_input_is_one_line_and_creates_no_run(synthetic_root, store, args, text):
+    extra = [] if "--tracking-uri" in args else ["--tracking-uri", store]
+    r = cli(*args, "--data-dir", synthetic_root, *extra)
+    assert r.exit_code != 0 and text in r.output.lower() if text.islower() else text in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert runs(store) == []
+
+
+def test_bad_option_is_usage_error(store):
+    r = cli("run", "tutorial-base", "--epochs", "0")
+    assert r.exit_code == 2 and "Traceback" not in r.output
