@@ -26,6 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow 3's usage telemetry runs a background thread that, offline, cost 15% of training
 # throughput on 2 cores (measured by `harness bench`); a user may still set it to false
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
