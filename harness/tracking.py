@@ -40,6 +40,9 @@ from .errors import HarnessError  # noqa: E402
 
 # the pickle format is chosen deliberately (see log_model); its warning on every run is noise
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# schema creation/migration notices are MLflow internals, not news for a harness user
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 TAG = "harness."
 
@@ -78,7 +81,7 @@ class Tracker:
     def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True):
         self.uri = resolve_uri(uri)
         self.experiment_name = experiment_name
-        self._check_reachable()
+        self._check_reachable(must_exist=not create)
         mlflow.set_tracking_uri(self.uri)
         try:
             with _init_lock(self.uri):
@@ -95,10 +98,11 @@ class Tracker:
         except Exception as e:  # connection and schema errors surface as assorted types
             raise HarnessError(f"tracking store {self.uri} unusable: {_first_line(e)}") from None
         if exp is None:
-            raise HarnessError(f"no experiment {experiment_name!r} in {self.uri}")
+            known = [e.name for e in self.client.search_experiments()]
+            raise HarnessError(f"no experiment {experiment_name!r} in {self.uri} (known: {', '.join(known) or 'none'})")
         self.experiment_id = exp.experiment_id
 
-    def _check_reachable(self) -> None:
+    def _check_reachable(self, must_exist: bool = False) -> None:
         uri = self.uri
         if uri.startswith(("http://", "https://")):
             try:
@@ -106,7 +110,10 @@ class Tracker:
             except (urllib.error.URLError, OSError) as e:
                 raise HarnessError(f"tracking server {uri} unreachable ({getattr(e, 'reason', e)})") from None
         elif uri.startswith("sqlite:///"):
-            folder = Path(uri[len("sqlite:///") :]).expanduser().parent
+            db = Path(uri[len("sqlite:///") :]).expanduser()
+            if must_exist and not db.exists():
+                raise HarnessError(f"no run store at {db}; run `harness run-all` first or pass --tracking-uri")
+            folder = db.parent
             if not folder.is_dir():
                 raise HarnessError(f"tracking store {uri}: folder {folder} does not exist")
 

@@ -1,0 +1,115 @@
+"""The report reads the store: build one with the runner, then check the HTML against it."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, synthetic_root):
+    tmp = tmp_path_factory.mktemp("report")
+    store = f"sqlite:///{tmp}/mlflow.db"
+    proj = tmp / "proj"
+    (proj / "experiments").mkdir(parents=True)
+    for eid in ("tutorial-base", "fastai-simplenet"):
+        shutil.copy(REPO / "experiments" / f"{eid}.toml", proj / "experiments")
+    text = (REPO / "experiments" / "fastai-convnet.toml").read_text().replace('id = "fastai-convnet"', 'id = "diverge"')
+    (proj / "experiments" / "diverge.toml").write_text(text.replace("lr = 1e-1", "lr = 1e12"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_STATE_DIR", str(tmp / "state"))
+        mp.chdir(proj)
+        common = ["--data-dir", str(synthetic_root), "--tracking-uri", store, "--epochs", "2", "--max-train-images", "400", "--no-progress"]
+        r = CliRunner().invoke(main, ["run-all", "--repeats", "2", "--skip", "diverge", *common])
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(main, ["run", "diverge", *common])
+        assert r.exit_code == 1
+        out, csv = tmp / "r.html", tmp / "r.csv"
+        r = CliRunner().invoke(main, ["report", "--tracking-uri", store, "--out", str(out), "--csv", str(csv), "--mlflow-ui-url", "http://ui.example:5000"])
+        assert r.exit_code == 0, r.output
+    c = MlflowClient(store)
+    runs = c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])
+    return {"html": out.read_text(), "csv": pd.read_csv(csv), "runs": runs, "store": store, "out": out, "proj": proj}
+
+
+def test_every_run_appears(built):
+    html = built["html"]
+    assert len(built["runs"]) == 5
+    for r in built["runs"]:
+        assert r.info.run_id[:8] in html and r.info.run_id in html, r.info.run_name
+    failed = [r for r in built["runs"] if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "diverged" in html
+    # experiments of the catalogue with no run are listed as missing (cwd is the repo here)
+    assert "missing" in html.lower()
+
+
+def test_self_contained(built):
+    html = built["html"]
+    assert html.count("data:image/png;base64,") >= 6  # accuracy, time, pareto, per-class, loss, confusion
+    assert not re.search(r'<(script|link|iframe)\b', html, re.I)
+    assert not re.search(r'(src|srcset)\s*=\s*["\']?https?:', html, re.I)
+    assert not re.search(r'url\(\s*["\']?https?:', html, re.I)
+    assert not re.search(r'@import', html)
+    for href in re.findall(r'href="([^"]+)"', html):
+        assert href.startswith("http://ui.example:5000/#/experiments/"), href
+
+
+def test_summary_numbers_equal_the_store(built):
+    runs = [r for r in built["runs"] if r.info.status == "FINISHED"]
+    html = built["html"]
+    summary = html[html.index('id="summary"'): html.index("</table>", html.index('id="summary"'))]
+    csv = built["csv"].set_index("id")
+    for eid in ("tutorial-base", "fastai-simplenet"):
+        accs = [r.data.metrics["test_acc"] for r in runs if r.data.tags["harness.experiment_id"] == eid]
+        assert len(accs) == 2
+        mean = sum(accs) / 2
+        std = pd.Series(accs).std()
+        assert f">{mean:.2f}<" in summary
+        assert csv.loc[eid, "test_acc_mean"] == pytest.approx(mean)
+        assert csv.loc[eid, "test_acc_std"] == pytest.approx(std)
+        assert csv.loc[eid, "n"] == 2 and bool(csv.loc[eid, "capped"])
+        times = [r.data.metrics["train_time_s"] for r in runs if r.data.tags["harness.experiment_id"] == eid]
+        assert csv.loc[eid, "train_time_s"] == pytest.approx(sum(times) / 2)
+    assert set(csv.index) == {"tutorial-base", "fastai-simplenet"}
+    assert "capped" in summary
+
+
+def test_csv_matches_table(built):
+    html = built["html"]
+    for _, row in built["csv"].iterrows():
+        assert f"<b>{row['id']}</b>" in html
+        assert f"{row['test_acc_mean']:.2f}" in html and f"{row['train_time_s']:.1f}" in html
+
+
+def test_significance_section(built):
+    html = built["html"]
+    sig = html[html.index('id="significance"'):]
+    assert "McNemar" in html and ("within noise" in sig or "real" in sig)
+
+
+def test_empty_store_and_unknown_experiment_fail_cleanly(tmp_path, built):
+    r = CliRunner().invoke(main, ["report", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--out", str(tmp_path / "x.html")])
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["report", "--tracking-uri", built["store"], "--experiment-name", "nope", "--out", str(tmp_path / "x.html")])
+    assert r.exit_code != 0 and "nope" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_renders_in_headless_chromium(built, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+                    "--window-size=1300,2400", f"--screenshot={shot}", built["out"].as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000  # a blank page is a few KB
