@@ -25,6 +25,10 @@ from .train import build_optimizer, loss_function, train_one_epoch
 WARMUP = 20
 
 
+def warmup_steps(steps: int) -> int:
+    return max(2, min(WARMUP, steps))
+
+
 class SeedStyleDataset(Dataset):
     """torchvision.datasets.CIFAR10 + ToTensor + Normalize, without importing torchvision."""
 
@@ -65,13 +69,14 @@ def seed_style_rate(exp: Experiment, data: Cifar10, steps: int) -> float:
     loader = DataLoader(SeedStyleDataset(data.train_x, data.train_y, mean, std), batch_size=bs, shuffle=True, num_workers=2, persistent_workers=True)
     model.train()
     done, t0, it = 0, None, iter(loader)
-    while done < WARMUP + steps:
+    warm = warmup_steps(steps)
+    while done < warm + steps:
         try:
             x, y = next(it)
         except StopIteration:
             it = iter(loader)
             continue
-        if done == WARMUP:
+        if done == warm:
             t0 = time.perf_counter()
         opt.zero_grad()
         loss = loss_fn(model(x), y)
@@ -101,7 +106,8 @@ def harness_rate(exp: Experiment, data: Cifar10, steps: int, precision: str = "f
             n -= k
             e += 1
 
-    train_one_epoch(model, batches(WARMUP), WARMUP, opt, loss_fn, precision=precision)
+    warm = warmup_steps(steps)
+    train_one_epoch(model, batches(warm), warm, opt, loss_fn, precision=precision)
     t0 = time.perf_counter()
     stats = train_one_epoch(model, batches(steps), steps, opt, loss_fn, precision=precision)
     return stats.images / (time.perf_counter() - t0)
@@ -139,7 +145,7 @@ def tracking_overhead(exp: Experiment, data: Cifar10, epochs: int = 3, rounds: i
 def epoch_seconds(exp: Experiment, steps: int = 30) -> float:
     """Seconds per epoch of full CIFAR-10 (50,000 training images less the recipe's validation share)."""
     n_full = int(50_000 * (1 - exp.data.val_fraction))
-    probe = synthetic_cifar(max(exp.train.batch_size * (steps + WARMUP), 512))
+    probe = synthetic_cifar(max(exp.train.batch_size * (steps + warmup_steps(steps)), 512))
     rate = harness_rate(exp, probe, steps)
     return n_full / rate
 
@@ -152,9 +158,9 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
         data = load_cifar10(resolve_data_dir(data_dir))
     else:
         # pixels do not change speed; enough images that no case wraps an epoch
-        data = synthetic_cifar(max(e.train.batch_size for e in chosen) * (steps + WARMUP) + 64)
+        data = synthetic_cifar(max(e.train.batch_size for e in chosen) * (steps + warmup_steps(steps)) + 64)
     echo(f"harness bench: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
-         f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {WARMUP} warm-up")
+         f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {warmup_steps(steps)} warm-up")
     for exp in chosen:
         a = seed_style_rate(exp, data, steps)
         b = harness_rate(exp, data, steps, precision)
@@ -168,7 +174,7 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
         echo("whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe):")
         total = 0.0
         for exp in cat.values():
-            s = epoch_seconds(exp)
+            s = epoch_seconds(exp, max(5, min(steps, 30)))
             total += s * exp.train.epochs
             echo(f"  {exp.id:<22} batch {exp.train.batch_size:>3}  {s:8.1f} s/epoch  x {exp.train.epochs:>2} epochs = {s * exp.train.epochs / 60:7.1f} min")
         echo(f"  total {total / 3600:.1f} h for all {len(cat)} recipes on full CIFAR-10")

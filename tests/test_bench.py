@@ -1,0 +1,65 @@
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.data import load_cifar10, resolve_data_dir
+from harness.models import create_model
+from harness.runner import prepare_data
+from harness.spec import load_catalogue
+from harness.train import build_optimizer, loss_function, lr_at, train_one_epoch
+
+CAT = load_catalogue()
+
+
+def test_bench_prints_the_comparison_lines(store):
+    r = CliRunner().invoke(main, ["bench", "--steps", "5"])
+    assert r.exit_code == 0, r.output
+    for case in ("tutorial-base@4", "medium-vgg-bn@20"):
+        assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx$", r.output, re.M), r.output
+    assert re.search(r"tracking overhead .*: [+-]\d+\.\d%", r.output)
+    assert all(eid in r.output for eid in CAT)  # the whole-suite estimate lists every experiment
+
+
+@pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), ("medium-vgg-bn", 100)])
+def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
+    """Same seed and data order: the harness loop (device-side bookkeeping, foreach optimizer,
+    schedule) must give the losses of the plainest PyTorch loop."""
+    exp = CAT[eid]
+    data = load_cifar10(resolve_data_dir(synthetic_root))
+    prep = prepare_data(exp, data, seed=0, max_train_images=n, device=torch.device("cpu"))
+    steps = len(prep.train)
+    torch.manual_seed(0)
+    fast = create_model(exp.model.name, **exp.model.args)
+    torch.manual_seed(0)
+    plain = create_model(exp.model.name, **exp.model.args)
+    opt = build_optimizer(fast, exp.train.optimizer, exp.train.phases[0].lr)
+    epoch = 2 if exp.train.phases[-1].schedule == "sgdr" else 0  # an SGDR epoch for the fastai recipe
+    sched = (lambda i: lr_at(exp.train.phases, epoch, i, steps)) if exp.train.phases[-1].schedule == "sgdr" else None
+    torch.manual_seed(1)
+    stats = train_one_epoch(fast, prep.train.batches(epoch), steps, opt, loss_function(exp.train.loss), sched)
+
+    o = exp.train.optimizer
+    ref_opt = torch.optim.SGD(plain.parameters(), lr=exp.train.phases[0].lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    criterion = F.nll_loss if exp.train.loss == "nll" else F.cross_entropy
+    ref = []
+    torch.manual_seed(1)
+    plain.train()
+    for i, (x, y) in enumerate(prep.train.batches(epoch)):
+        if sched:
+            lr = exp.train.phases[-1].lr / 2 * (1 + math.cos(math.pi * i / steps))
+            for g in ref_opt.param_groups:
+                g["lr"] = lr
+        ref_opt.zero_grad()
+        loss = criterion(plain(x), y)
+        loss.backward()
+        ref_opt.step()
+        ref.append(loss.item())
+    assert steps <= 100  # one logged point per step, so the lists compare step by step
+    torch.testing.assert_close(torch.tensor([v for _, v in stats.step_losses]), torch.tensor(ref), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
