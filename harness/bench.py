@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import NORMALIZATIONS, Cifar10, TensorLoader, load_cifar10, normalize, resolve_data_dir
+from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
 from .models import create_model
 from .runner import configure_backend, prepare_data
 from .spec import Experiment, load_catalogue, select

@@ -3,7 +3,6 @@ failures and go on. Orchestration only; the loop is in train.py, MLflow calls in
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import json

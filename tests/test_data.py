@@ -1,5 +1,4 @@
 import hashlib
-import io
 import pickle
 import shutil
 import tarfile
@@ -146,31 +145,29 @@ def test_augmentation_keeps_shape_labels_is_seeded_and_moves_pixels(synthetic_ro
     assert (a != plain).float().mean() > 0.3
 
 
+def _seed_giving(dy, dx, flip):
+    """A generator seed whose first draws are offset (dy, dx) and the given flip."""
+    for seed in range(2000):
+        g = torch.Generator().manual_seed(seed)
+        d = torch.randint(0, 9, (1,), generator=g).item(), torch.randint(0, 9, (1,), generator=g).item()
+        if d == (dy, dx) and (torch.rand(1, generator=g).item() < 0.5) == flip:
+            return seed
+    pytest.fail(f"no seed gives offset {(dy, dx)} flip={flip}")
+
+
 def test_crop_and_flip_geometry():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
     pv = torch.full((3,), -7.0)
-    for seed in range(500):
-        g = torch.Generator().manual_seed(seed)
-        out = augment_crop_flip(x[:1], 4, "zeros", pv, g)
-        g = torch.Generator().manual_seed(seed)
-        dy, dx = torch.randint(0, 9, (1,), generator=g).item(), torch.randint(0, 9, (1,), generator=g).item()
-        flip = torch.rand(1, generator=g).item() < 0.5
-        if dy == 0 and dx == 0 and not flip:
-            # shifted down-right by 4: the top-left 4x4 corner is padding (black before normalisation)
-            assert (out[0, :, :4, :4] == -7).all() and torch.equal(out[0, :, 4:, 4:], x[0, :, :28, :28])
-            break
-    else:
-        pytest.fail("no seed produced offset (0, 0)")
-    for seed in range(500):
-        g = torch.Generator().manual_seed(seed)
-        out = augment_crop_flip(x[:1], 4, "reflect", None, g)
-        g = torch.Generator().manual_seed(seed)
-        dy, dx = torch.randint(0, 9, (1,), generator=g).item(), torch.randint(0, 9, (1,), generator=g).item()
-        flip = torch.rand(1, generator=g).item() < 0.5
-        if dy == 4 and dx == 4 and flip:
-            assert torch.equal(out[0], x[0].flip(2))
-            return
-    pytest.fail("no seed produced a centred flip")
+    # offset (0, 0) shifts the image down-right by 4: the top-left corner is padding, i.e.
+    # black before normalisation (-mean/std after)
+    out = augment_crop_flip(x[:1], 4, "zeros", pv, torch.Generator().manual_seed(_seed_giving(0, 0, False)))
+    assert (out[0, :, :4, :4] == -7).all() and torch.equal(out[0, :, 4:, 4:], x[0, :, :28, :28])
+    # a centred crop with flip is a plain horizontal mirror
+    out = augment_crop_flip(x[:1], 4, "reflect", None, torch.Generator().manual_seed(_seed_giving(4, 4, True)))
+    assert torch.equal(out[0], x[0].flip(2))
+    # reflect padding copies image pixels, never a constant
+    out = augment_crop_flip(x[:1], 4, "reflect", None, torch.Generator().manual_seed(_seed_giving(0, 0, False)))
+    assert torch.equal(out[0, :, 4, 4:], x[0, :, 0, :28]) and torch.equal(out[0, :, 3, 4:], x[0, :, 1, :28])
 
 
 def test_split_is_reproducible_disjoint_and_sized():

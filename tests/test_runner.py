@@ -38,6 +38,17 @@ def harness_proc(*args, env_extra=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def start_and_wait_for_checkpoint(*args):
+    """Start `harness ARGS` in a subprocess; return it once its first epoch checkpoint exists."""
+    p = harness_proc(*args, env_extra={"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]})
+    state = Path(os.environ["HARNESS_STATE_DIR"])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(state.glob("*/state.pt")):
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.01)
+    return p
+
+
 def test_run_records_everything(synthetic_root, store):
     r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
     assert r.exit_code == 0, r.output
@@ -91,13 +102,7 @@ def _history(store, run_id, key):
 
 def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
     args = ["run", "medium-three-conv", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "4", "--no-progress"]
-    env = {"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]}
-    p = harness_proc(*args, env_extra=env)
-    state = Path(os.environ["HARNESS_STATE_DIR"])
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(state.glob("*/state.pt")):
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.01)
+    p = start_and_wait_for_checkpoint(*args)
     p.send_signal(signal.SIGKILL)
     p.wait()
     [killed] = runs(store)
@@ -120,12 +125,7 @@ def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
 
 def test_ctrl_c_marks_killed_then_resumes(synthetic_root, store):
     args = ["run", "skl-cnn", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", "--max-train-images", "400", "--no-progress"]
-    p = harness_proc(*args, env_extra={"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]})
-    state = Path(os.environ["HARNESS_STATE_DIR"])
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(state.glob("*/state.pt")):
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.01)
+    p = start_and_wait_for_checkpoint(*args)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in out and "KILLED" in out
