@@ -124,32 +124,40 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n: int = BOOT
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
-    """The best uncapped row against each other row on the same test images."""
+def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame]) -> dict:
+    """a (the higher) against b on the same test images, first run of each, plus seed spread."""
+    entry = {"best": a.key, "other": b.key, "diff": a.stats["mean"] - b.stats["mean"], "b": None, "c": None, "p": None, "ci": None}
+    pa, pb = preds.get(a.runs["run_id"].iloc[0]), preds.get(b.runs["run_id"].iloc[0])
+    same_data = a.runs[f"tags.{TAG}data_fingerprint"].iloc[0] == b.runs[f"tags.{TAG}data_fingerprint"].iloc[0]
+    if pa is not None and pb is not None and same_data and len(pa) == len(pb) and (pa["label"].to_numpy() == pb["label"].to_numpy()).all():
+        ca = (pa["pred"] == pa["label"]).to_numpy()
+        cb = (pb["pred"] == pb["label"]).to_numpy()
+        entry["b"], entry["c"], entry["p"] = mcnemar(ca, cb)
+        entry["ci"] = paired_bootstrap(ca, cb)
+    spread = max([s for s in (a.stats["std"], b.stats["std"]) if s is not None], default=None)
+    entry["spread"] = spread
+    real = entry["p"] is not None and entry["p"] < ALPHA
+    if spread is not None and entry["diff"] < 2 * spread:
+        real = False  # inside the seed-to-seed spread: not a ranking
+    entry["verdict"] = "real" if real else ("within noise" if entry["p"] is not None or spread is not None else "untested")
+    return entry
+
+
+def ranked_rows(rows: list[Row]) -> list[Row]:
+    """Uncapped rows by accuracy (capped ones only when nothing else exists)."""
     ranked = [r for r in rows if not r.capped] or rows
-    best = max(ranked, key=lambda r: r.stats["mean"])
-    out = []
-    for r in ranked:
-        if r is best:
-            continue
-        a_id, b_id = best.runs["run_id"].iloc[0], r.runs["run_id"].iloc[0]
-        entry = {"other": r.key, "best": best.key, "diff": best.stats["mean"] - r.stats["mean"], "b": None, "c": None, "p": None, "ci": None}
-        pa, pb = preds.get(a_id), preds.get(b_id)
-        same_data = best.runs[f"tags.{TAG}data_fingerprint"].iloc[0] == r.runs[f"tags.{TAG}data_fingerprint"].iloc[0]
-        if pa is not None and pb is not None and same_data and len(pa) == len(pb) and (pa["label"].to_numpy() == pb["label"].to_numpy()).all():
-            ca = (pa["pred"] == pa["label"]).to_numpy()
-            cb = (pb["pred"] == pb["label"]).to_numpy()
-            entry["b"], entry["c"], entry["p"] = mcnemar(ca, cb)
-            entry["ci"] = paired_bootstrap(ca, cb)
-            entry["n_test"] = len(ca)
-        spread = max([s for s in (best.stats["std"], r.stats["std"]) if s is not None], default=None)
-        entry["spread"] = spread
-        real = entry["p"] is not None and entry["p"] < ALPHA
-        if spread is not None and entry["diff"] < 2 * spread:
-            real = False  # inside the seed-to-seed spread: not a ranking
-        entry["verdict"] = "real" if real else ("within noise" if entry["p"] is not None or spread is not None else "untested")
-        out.append(entry)
-    return out
+    return sorted(ranked, key=lambda r: -r.stats["mean"])
+
+
+def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
+    ranked = ranked_rows(rows)
+    return [paired_compare(ranked[0], r, preds) for r in ranked[1:]]
+
+
+def compare_neighbours(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
+    """Each rank against the next one down: where the ordering itself is inside the noise."""
+    ranked = ranked_rows(rows)
+    return [paired_compare(a, b, preds) for a, b in zip(ranked, ranked[1:])]
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
@@ -283,6 +291,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         classes = sorted(c[len(CLASS_PREFIX):] for c in finished.columns if c.startswith(CLASS_PREFIX))
 
     tests = compare_to_best(rows, preds)
+    neighbours = compare_neighbours(rows, preds)
     figs = charts(rows, histories, cms, classes)
     pts = [(r.key, r.stats["train_time"], r.stats["mean"]) for r in rows]
     front = pareto_front(pts)
@@ -318,7 +327,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
     html = env.get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
-        experiment_name=experiment_name, table=table, tests=tests, figs=figs, unfinished=unfinished, missing=missing,
+        experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
         best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
     )
     out_path = Path(out)

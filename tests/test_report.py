@@ -94,6 +94,9 @@ def test_significance_section(built):
     html = built["html"]
     sig = html[html.index('id="significance"'):]
     assert "McNemar" in html and ("within noise" in sig or "real" in sig)
+    # two experiments: one comparison against the best and one between neighbouring ranks
+    nb = html[html.index('id="neighbours"'): html.index("</table>", html.index('id="neighbours"'))]
+    assert nb.count("<tr><td") == 1 and ("within noise" in nb or "real" in nb)
 
 
 def test_empty_store_and_unknown_experiment_fail_cleanly(tmp_path, built):
