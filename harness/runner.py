@@ -241,6 +241,9 @@ def _train_run(exp, data, tracker, opts, seed, device, chash, run_name, resume_i
             f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy),
             f"{TAG}assumed": ",".join(exp.assumed),
             "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
+            # MLflow's own fields, so the UI's Source and git columns are filled
+            "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
         }
         params = flatten(exp.training_dict())
         params.update({
