@@ -392,7 +392,12 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     outcomes = []
     for exp in experiments:
         for seed in range(opts.seed, opts.seed + opts.repeats):
-            o = run_one(exp, data, tracker, opts, seed, echo)
+            try:
+                o = run_one(exp, data, tracker, opts, seed, echo)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # raised before a run existed: report it, go on with the rest
+                o = Outcome(exp.id, seed, "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             if o.status == "skipped":
                 echo(f"{exp.id} (seed {seed}): skipped, {o.reason}")
             elif o.status == "failed":
