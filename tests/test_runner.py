@@ -180,3 +180,20 @@ def test_bad_input_is_one_line_and_creates_no_run(synthetic_root, store, args, t
 def test_bad_option_is_usage_error(store):
     r = cli("run", "tutorial-base", "--epochs", "0")
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_fault_before_the_run_exists_fails_only_that_experiment(synthetic_root, store, monkeypatch):
+    import harness.runner as runner
+
+    real = runner.prepare_data
+
+    def flaky(exp, *a, **k):
+        if exp.id == "fastai-convnet":
+            raise MemoryError("simulated: cannot allocate the training set")
+        return real(exp, *a, **k)
+
+    monkeypatch.setattr(runner, "prepare_data", flaky)
+    r = cli("run", "fastai-convnet", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "MemoryError" in r.output and "fastai-convnet" in r.output.splitlines()[-1]
+    assert [x.info.run_name for x in runs(store, "FINISHED")] == ["fastai-simplenet"]
