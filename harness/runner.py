@@ -226,13 +226,14 @@ def _train_run(exp, data, tracker, opts, seed, device, chash, run_name, resume_i
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
 
     if resume_id is None:
+        commit = git_commit()
         tags = {
             f"{TAG}experiment_id": exp.id,
             f"{TAG}config_hash": chash,
             f"{TAG}seed": seed,
             f"{TAG}source": exp.source.seed,
             f"{TAG}capped": str(capped).lower(),
-            f"{TAG}git_commit": git_commit(),
+            f"{TAG}git_commit": commit,
             f"{TAG}version": __version__,
             f"{TAG}torch_version": torch.__version__,
             f"{TAG}device": device_name(device),
@@ -243,7 +244,7 @@ def _train_run(exp, data, tracker, opts, seed, device, chash, run_name, resume_i
             "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
             # MLflow's own fields, so the UI's Source and git columns are filled
             "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
         }
         params = flatten(exp.training_dict())
         params.update({
