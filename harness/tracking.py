@@ -89,7 +89,7 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment_name)
                 if exp is None and create:
                     try:
-                        self.client.create_experiment(experiment_name)
+                        self.client.create_experiment(experiment_name, artifact_location=_artifact_location(self.uri, experiment_name))
                     except MlflowException:  # created meanwhile by a concurrent process
                         pass
                     exp = self.client.get_experiment_by_name(experiment_name)
@@ -192,6 +192,16 @@ class Tracker:
 def load_model(uri: str, run_id: str):
     mlflow.set_tracking_uri(uri)
     return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+
+
+def _artifact_location(uri: str, experiment_name: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database (mlflow.db + mlruns/ together),
+    not into whatever directory the process happens to run in."""
+    if not uri.startswith("sqlite:///"):
+        return None  # servers and other stores choose their own
+    folder = Path(uri[len("sqlite:///") :]).expanduser().absolute().parent / "mlruns"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name)
+    return str(folder / safe)
 
 
 @contextlib.contextmanager

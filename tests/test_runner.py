@@ -197,3 +197,11 @@ def test_fault_before_the_run_exists_fails_only_that_experiment(synthetic_root, 
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "MemoryError" in r.output and "fastai-convnet" in r.output.splitlines()[-1]
     assert [x.info.run_name for x in runs(store, "FINISHED")] == ["fastai-simplenet"]
+
+
+def test_artifacts_live_beside_the_sqlite_store(synthetic_root, store, tmp_path):
+    r = cli("run", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 0, r.output
+    [run] = runs(store)
+    assert run.info.artifact_uri.startswith(str(tmp_path / "mlruns"))
+    assert (tmp_path / "mlruns" / "cifar10-harness" / run.info.run_id / "artifacts" / "config.json").exists()
