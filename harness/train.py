@@ -101,8 +101,26 @@ def train_one_epoch(
     win_losses: list[torch.Tensor] = []
     win_out: list[torch.Tensor] = []
     win_y: list[torch.Tensor] = []
-    loss_sum, correct, seen, n_batches, last_lr = 0.0, 0, 0, 0, optimizer.param_groups[0]["lr"]
+    totals = {"loss": 0.0, "correct": 0, "seen": 0, "batches": 0}
     points: list[tuple[int, float]] = []
+
+    def flush(i: int) -> None:
+        # the only host sync: ~100 per epoch
+        w = torch.stack(win_losses).sum().item()
+        k = len(win_losses)
+        totals["correct"] += (torch.cat(win_out).argmax(1) == torch.cat(win_y)).sum().item()
+        totals["seen"] += sum(len(t) for t in win_y)
+        win_losses.clear(), win_out.clear(), win_y.clear()
+        if not math.isfinite(w):
+            raise DivergedError(f"loss became {w / k} at epoch step {i}")
+        totals["loss"] += w
+        totals["batches"] += k
+        points.append((i, w / k))
+        if on_log:
+            on_log(i + 1, w / k, totals["seen"])
+
+    last_lr = optimizer.param_groups[0]["lr"]
+    i = -1
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(batches):
         if lr_for_step is not None:
@@ -117,28 +135,17 @@ def train_one_epoch(
         win_losses.append(loss.detach())
         win_out.append(out.detach())
         win_y.append(y)
-        if len(win_losses) == every or i == steps - 1:
-            # the only host sync: ~100 per epoch
-            w = torch.stack(win_losses).sum().item()
-            c = (torch.cat(win_out).argmax(1) == torch.cat(win_y)).sum().item()
-            k = len(win_losses)
-            seen += sum(len(t) for t in win_y)
-            win_losses.clear(), win_out.clear(), win_y.clear()
-            if not math.isfinite(w):
-                raise DivergedError(f"loss became {w / k} at epoch step {i}")
-            loss_sum += w
-            correct += c
-            n_batches += k
-            points.append((i, w / k))
-            if on_log:
-                on_log(i + 1, w / k, seen)
+        if len(win_losses) == every:
+            flush(i)
+    if win_losses:  # the epoch's tail, whatever `steps` said
+        flush(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     # mean of batch losses (cs598's running_loss / len(trainloader)); equal to the per-image
     # mean except for a smaller last batch
-    mean_loss = loss_sum / max(n_batches, 1)
-    return EpochStats(mean_loss, 100.0 * correct / max(seen, 1), seen, elapsed, last_lr, points)
+    mean_loss = totals["loss"] / max(totals["batches"], 1)
+    return EpochStats(mean_loss, 100.0 * totals["correct"] / max(totals["seen"], 1), totals["seen"], elapsed, last_lr, points)
 
 
 @dataclass
