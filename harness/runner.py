@@ -329,7 +329,10 @@ def _train_run(exp, data, tracker, opts, seed, device, chash, run_name, resume_i
         echo(f"{run_name}: test accuracy {test.acc:.2f}% (published {_fmt_pub(exp)}), train {train_time:.1f}s, run {run_id}")
         return Outcome(exp.id, seed, "finished", run_id, test.acc, train_time)
     except KeyboardInterrupt:
-        tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C); run again to resume")
+        try:
+            tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C); run again to resume")
+        except Exception as e:  # left RUNNING with no lock holder, it is still resumed next time
+            echo(f"{run_name}: could not mark the run KILLED ({type(e).__name__}); run again to resume it")
         raise
     except DivergedError as e:
         tracker.terminate(run_id, "FAILED", f"diverged: {e}")

@@ -12,6 +12,8 @@ import fcntl
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,6 +65,37 @@ def _retry_locked(fn):
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C until a store write is complete. A KeyboardInterrupt raised inside
+    SQLAlchemy leaves the SQLite connection mid-transaction, holding the write lock, so the
+    write that marks the run KILLED then fails with "database is locked" (and the process
+    hung at exit). The interrupt is delivered as soon as the write returns."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # not ours to manage: another thread, or a handler someone else installed
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _write(fn):
+    """A store write: retried while another process holds the SQLite lock, never cut by Ctrl-C."""
+    retried = _retry_locked(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _sigint_deferred():
+            return retried(*args, **kwargs)
 
     return wrapper
 
@@ -144,7 +177,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ writing
 
-    @_retry_locked
+    @_write
     def start_run(self, run_name: str, tags: dict, params: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         rid = run.info.run_id
@@ -153,15 +186,15 @@ class Tracker:
             self.client.log_batch(rid, params=items[i : i + 100])
         return rid
 
-    @_retry_locked
+    @_write
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    @_retry_locked
+    @_write
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_retry_locked
+    @_write
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
         ts = int(time.time() * 1000)
@@ -171,10 +204,11 @@ class Tracker:
         for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
-    @_retry_locked
+    @_write
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
+    @_write
     def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
         with mlflow.start_run(run_id=run_id):
@@ -182,7 +216,7 @@ class Tracker:
                                      input_example=input_example, pip_requirements=pip_requirements)
         # start_run's context exit marks the run FINISHED: the caller sets the real end status
 
-    @_retry_locked
+    @_write
     def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
         if reason:
             self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])

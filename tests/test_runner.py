@@ -137,6 +137,32 @@ def test_ctrl_c_marks_killed_then_resumes(synthetic_root, store):
     assert run.info.status == "FINISHED"
 
 
+def test_ctrl_c_inside_a_store_write_lets_it_finish(store):
+    """Ctrl-C landing mid-write once left SQLite locked, so the run could not be marked KILLED
+    and the process hung; now the write completes and the interrupt follows it."""
+    from harness.tracking import Tracker
+
+    tracker = Tracker(store)
+    run_id = tracker.start_run("t", {"harness.config_hash": "x"}, {"a": 1})
+    real = tracker.client.log_batch
+    calls = []
+
+    def interrupted_batch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between two of the call's batches
+        return real(*a, **kw)
+
+    tracker.client.log_batch = interrupted_batch
+    with pytest.raises(KeyboardInterrupt):
+        tracker.log_metrics(run_id, {"m": 1.0}, 0, {"s": [(i, float(i)) for i in range(1500)]})
+    assert len(calls) == 2 and len(tracker.metric_history(run_id, "s")) == 1500
+    tracker.terminate(run_id, "KILLED", "interrupted")
+    [run] = runs(store)
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_diverging_run_fails_and_run_all_goes_on(synthetic_root, store, tmp_path, monkeypatch):
     exps = tmp_path / "proj" / "experiments"
     exps.mkdir(parents=True)
