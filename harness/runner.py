@@ -255,11 +255,8 @@ def _train_run(exp, data, tracker, opts, seed, device, chash, run_name, resume_i
             "override.max_train_images": opts.max_train_images if opts.max_train_images is not None else "none",
             "published.test_accuracy": json.dumps(exp.published.test_accuracy),
         })
-        run_id = tracker.start_run(run_name, tags, params)
-        with tempfile.TemporaryDirectory() as tmp:
-            resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": opts.overrides(), "epochs": epochs, "config_hash": chash, "params": n_params}}
-            (Path(tmp) / "config.json").write_text(json.dumps(resolved, indent=2))
-            tracker.log_artifacts(run_id, tmp)
+        resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": opts.overrides(), "epochs": epochs, "config_hash": chash, "params": n_params}}
+        run_id = tracker.start_run(run_name, tags, params, {"config.json": json.dumps(resolved, indent=2)})
     else:
         run_id = resume_id
         tracker.reopen(run_id)

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 import urllib.error
@@ -178,12 +179,19 @@ class Tracker:
     # ------------------------------------------------------------------ writing
 
     @_write
-    def start_run(self, run_name: str, tags: dict, params: dict) -> str:
+    def start_run(self, run_name: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> str:
+        """A new RUNNING run with its tags, params and small text artifacts (`files`: name ->
+        content), written as one uninterruptible step so no run exists without its config."""
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         rid = run.info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit for params
             self.client.log_batch(rid, params=items[i : i + 100])
+        if files:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / name).write_text(text)
+                self.client.log_artifacts(rid, tmp)
         return rid
 
     @_write
