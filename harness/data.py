@@ -80,7 +80,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, download: bool = True) 
     """
     given = data_dir if data_dir is not None else os.environ.get("HARNESS_DATA_DIR") or None
     if given is not None:
-        p = Path(given).expanduser().absolute()  # recorded with every run: make it unambiguous
+        p = Path(given).expanduser().resolve()  # recorded with every run: make it unambiguous
         if not p.exists():
             raise HarnessError(f"data dir {p} does not exist (pass --data-dir pointing at cifar-10-batches-py or its parent)")
         if not p.is_dir():
