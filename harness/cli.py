@@ -168,12 +168,14 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
 @click.option("--data-dir", type=str, default=None, envvar="HARNESS_DATA_DIR", help="Real data (default: synthetic images; speed does not depend on pixels).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--no-suite", is_flag=True, help="Skip the per-experiment seconds-per-epoch estimate.")
+@click.option("--overhead-images", type=click.IntRange(min=64), default=5000, show_default=True,
+              help="Images per epoch in the tracking-overhead measurement (the runner logs once per epoch).")
 @friendly
-def bench_cmd(models, steps, data_dir, precision, no_suite):
+def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images):
     """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
     from .bench import run_bench
 
-    run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, echo=click.echo)
+    run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ CAT = load_catalogue()
 
 
 def test_bench_prints_the_comparison_lines(store):
-    r = CliRunner().invoke(main, ["bench", "--steps", "5"])
+    r = CliRunner().invoke(main, ["bench", "--steps", "5", "--overhead-images", "256"])
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-vgg-bn@20"):
         assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx$", r.output, re.M), r.output
