@@ -89,8 +89,9 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
-def _write(fn):
-    """A store write: retried while another process holds the SQLite lock, never cut by Ctrl-C."""
+def _guarded(fn):
+    """A store call made while a run is open: retried while another process holds the SQLite
+    lock, never cut by Ctrl-C (reads too: one cut mid-query can keep the lock)."""
     retried = _retry_locked(fn)
 
     @functools.wraps(fn)
@@ -153,16 +154,16 @@ class Tracker:
 
     # ------------------------------------------------------------------ queries
 
-    @_retry_locked
+    @_guarded
     def find_runs(self, config_hash: str) -> list[RunRecord]:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG}config_hash` = '{config_hash}'", max_results=1000)
         return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time) for r in runs]
 
-    @_retry_locked
+    @_guarded
     def logged_steps(self, run_id: str, key: str) -> list[int]:
         return [m.step for m in self.client.get_metric_history(run_id, key)]
 
-    @_retry_locked
+    @_guarded
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
 
@@ -178,7 +179,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ writing
 
-    @_write
+    @_guarded
     def start_run(self, run_name: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> str:
         """A new RUNNING run with its tags, params and small text artifacts (`files`: name ->
         content), written as one uninterruptible step so no run exists without its config."""
@@ -194,15 +195,15 @@ class Tracker:
                 self.client.log_artifacts(rid, tmp)
         return rid
 
-    @_write
+    @_guarded
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    @_write
+    @_guarded
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_write
+    @_guarded
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
         ts = int(time.time() * 1000)
@@ -212,11 +213,11 @@ class Tracker:
         for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
-    @_write
+    @_guarded
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
-    @_write
+    @_guarded
     def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
         with mlflow.start_run(run_id=run_id):
@@ -224,7 +225,7 @@ class Tracker:
                                      input_example=input_example, pip_requirements=pip_requirements)
         # start_run's context exit marks the run FINISHED: the caller sets the real end status
 
-    @_write
+    @_guarded
     def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
         if reason:
             self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])
