@@ -75,12 +75,18 @@ def _sigint_deferred():
     """Hold Ctrl-C until a store write is complete. A KeyboardInterrupt raised inside
     SQLAlchemy leaves the SQLite connection mid-transaction, holding the write lock, so the
     write that marks the run KILLED then fails with "database is locked" (and the process
-    hung at exit). The interrupt is delivered as soon as the write returns."""
+    hung at exit). The interrupt is delivered as soon as the write returns; a second one at once."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # not ours to manage: another thread, or a handler someone else installed
         return
     pending = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+
+    def hold(signum, frame):
+        if pending:  # a second Ctrl-C (a write stuck on a slow server): the user insists
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:

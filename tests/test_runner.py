@@ -163,6 +163,26 @@ def test_ctrl_c_inside_a_store_write_lets_it_finish(store):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_is_not_held(store):
+    from harness.tracking import Tracker
+
+    tracker = Tracker(store)
+    run_id = tracker.start_run("t", {}, {})
+    real, calls = tracker.client.log_batch, []
+
+    def stuck_batch(*a, **kw):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # raises here, inside the write
+        return real(*a, **kw)
+
+    tracker.client.log_batch = stuck_batch
+    with pytest.raises(KeyboardInterrupt):
+        tracker.log_metrics(run_id, {"m": 1.0}, 0)
+    assert calls == [1] and tracker.metric_history(run_id, "m") == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_diverging_run_fails_and_run_all_goes_on(synthetic_root, store, tmp_path, monkeypatch):
     exps = tmp_path / "proj" / "experiments"
     exps.mkdir(parents=True)
