@@ -95,17 +95,23 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
-def _guarded(fn):
-    """A store call made while a run is open: retried while another process holds the SQLite
-    lock, never cut by Ctrl-C (reads too: one cut mid-query can keep the lock)."""
-    retried = _retry_locked(fn)
+def _held(fn):
+    """Ctrl-C waits until `fn` returns."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with _sigint_deferred():
-            return retried(*args, **kwargs)
+            return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _guarded(fn):
+    """A single store call made while a run is open: retried while another process holds the
+    SQLite lock, never cut by Ctrl-C (reads too: one cut mid-query can keep the lock).
+    Methods of several calls use `_held` and retry each call, so a retry never repeats a
+    call that already succeeded (a second run, metrics logged twice)."""
+    return _held(_retry_locked(fn))
 
 
 @dataclass
@@ -185,20 +191,20 @@ class Tracker:
 
     # ------------------------------------------------------------------ writing
 
-    @_guarded
+    @_held
     def start_run(self, run_name: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> str:
         """A new RUNNING run with its tags, params and small text artifacts (`files`: name ->
         content), written as one uninterruptible step so no run exists without its config."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        run = _retry_locked(self.client.create_run)(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         rid = run.info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit for params
-            self.client.log_batch(rid, params=items[i : i + 100])
+            _retry_locked(self.client.log_batch)(rid, params=items[i : i + 100])
         if files:
             with tempfile.TemporaryDirectory() as tmp:
                 for name, text in files.items():
                     (Path(tmp) / name).write_text(text)
-                self.client.log_artifacts(rid, tmp)
+                _retry_locked(self.client.log_artifacts)(rid, tmp)
         return rid
 
     @_guarded
@@ -209,7 +215,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_guarded
+    @_held
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
         ts = int(time.time() * 1000)
@@ -217,7 +223,7 @@ class Tracker:
         for key, pts in (series or {}).items():
             items.extend(Metric(key, float(v), ts, s) for s, v in pts)
         for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+            _retry_locked(self.client.log_batch)(run_id, metrics=items[i : i + 1000])
 
     @_guarded
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:

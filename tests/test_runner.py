@@ -163,6 +163,26 @@ def test_ctrl_c_inside_a_store_write_lets_it_finish(store):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_locked_store_retries_the_failed_call_only(store):
+    """Another process holding the SQLite lock mid-way through start_run must not give a
+    second run (an orphan RUNNING run would later be 'resumed' without its params)."""
+    from harness.tracking import Tracker
+
+    tracker = Tracker(store)
+    real, fails = tracker.client.log_batch, [1]
+
+    def locked_once(*a, **kw):
+        if fails:
+            fails.pop()
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(*a, **kw)
+
+    tracker.client.log_batch = locked_once
+    run_id = tracker.start_run("t", {}, {"a": 1}, {"config.json": "{}"})
+    [run] = runs(store)
+    assert run.info.run_id == run_id and run.data.params == {"a": "1"}
+
+
 def test_a_second_ctrl_c_is_not_held(store):
     from harness.tracking import Tracker
 
