@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
 from .models import create_model
-from .runner import configure_backend, prepare_data
+from .environment import configure_backend
+from .recipe_data import prepare_data
 from .spec import Experiment, load_catalogue, select
 from .train import build_optimizer, loss_function, train_one_epoch
 

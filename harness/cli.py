@@ -9,7 +9,10 @@ import sys
 
 import click
 
-from .errors import HarnessError
+from .errors import HarnessError, UsageError
+
+
+MAX_SEED = 2**31 - 1  # seeds feed torch, NumPy (< 2**32) and per-epoch generators (seed * 1_000_003 + epoch)
 
 
 def _fail(msg: str, code: int = 1):
@@ -25,9 +28,10 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except HarnessError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: the current run is marked KILLED; run the same command again to resume it", err=True)
+            _fail(str(e), getattr(e, "exit_code", 1))
+        except KeyboardInterrupt as e:
+            # the runner says what the interrupt left behind (a run marked KILLED, or nothing yet)
+            click.echo(f"\ninterrupted: {e}" if str(e) else "\ninterrupted: no run had been created yet; nothing was recorded", err=True)
             sys.exit(130)
 
     return wrapper
@@ -81,7 +85,7 @@ def run_options(fn):
         click.option("--tracking-uri", type=str, default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
         click.option("--experiment-name", default="cifar10-harness", show_default=True, help="MLflow experiment to log into."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True),
         click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="N runs with seeds S..S+N-1."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Cap: follow the recipe's schedule, stop after N epochs (run tagged capped)."),
         click.option("--max-train-images", type=click.IntRange(min=10), default=None, help="Train on a class-balanced subset (run tagged capped)."),
@@ -99,6 +103,8 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     from .runner import RunOptions, resolve_device, run_many, summary_table
     from .tracking import Tracker
 
+    if seed + repeats - 1 > MAX_SEED:
+        raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
                       device=device, precision=precision, progress=not no_progress)
     resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
@@ -137,7 +143,7 @@ def run_all_cmd(only, skip, **kw):
     cat = load_catalogue()
     chosen = [e for i, e in cat.items() if (not only or any(fnmatch.fnmatch(i, p) for p in only)) and not any(fnmatch.fnmatch(i, p) for p in skip)]
     if not chosen:
-        raise HarnessError(f"--only/--skip leave no experiment (known: {', '.join(cat)})")
+        raise UsageError(f"--only/--skip leave no experiment (known: {', '.join(cat)})")
     _execute(chosen, **kw)
 
 
@@ -155,7 +161,7 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
     """Build one self-contained HTML comparison from the run store."""
     from .report import build_report
 
-    path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url)
+    path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True))
     click.echo(f"report written to {path}")
 
 

@@ -261,11 +261,42 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
 # --------------------------------------------------------------------------- build
 
 
-def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str) -> Path:
+def _writable_target(path: str, what: str) -> Path:
+    """Fail before any work (and leave nothing behind) when `path` cannot be written."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise HarnessError(f"{what} {p} is a folder; give a file name")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        probe = p.with_name(p.name + ".tmp")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except HarnessError:
+        raise
+    except OSError as e:
+        reason = {FileExistsError: "a file stands where a folder is needed", NotADirectoryError: "a file stands where a folder is needed",
+                  PermissionError: "permission denied"}.get(type(e), e.strerror or type(e).__name__)
+        raise HarnessError(f"{what} {p}: cannot write there ({reason})") from None
+    return p
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # readers never see half a file
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise HarnessError(f"{what} {path}: cannot write ({e.strerror or type(e).__name__})") from None
+
+
+def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from .spec import load_catalogue
 
+    out_path = _writable_target(out, "--out")
+    csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
     df = load_runs(tracker)
     finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna()]
@@ -275,18 +306,28 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
 
     preds, cms, histories, classes = {}, {}, {}, []
+    lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
+    names = dict(zip(finished["run_id"], finished.get("tags.mlflow.runName", finished["run_id"])))
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
             for run_id in r.runs["run_id"]:
                 p = tracker.download_artifact(run_id, "test_predictions.csv", f"{tmp}/{run_id}")
                 if p:
                     preds[run_id] = pd.read_csv(p)
+                else:
+                    lost.setdefault(run_id, []).append("test_predictions.csv")
             first = r.runs["run_id"].iloc[0]
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
             if c:
                 cms[first] = pd.read_csv(c, index_col=0)
                 classes = classes or list(cms[first].columns)
+            else:
+                lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
+    missing_artifacts = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
+    if missing_artifacts:
+        warn(f"artifacts missing for {len(missing_artifacts)} run(s), whose significance tests and confusion matrices are left out: "
+             + "; ".join(f"{m['name']} ({m['run_id']}): {m['files']}" for m in missing_artifacts))
     if not classes:
         classes = sorted(c[len(CLASS_PREFIX):] for c in finished.columns if c.startswith(CLASS_PREFIX))
 
@@ -329,15 +370,12 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
         best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
+        missing_artifacts=missing_artifacts,
     )
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out_path.with_suffix(out_path.suffix + ".tmp")
-    tmp_out.write_text(html, encoding="utf-8")
-    tmp_out.replace(out_path)
-    if csv_path:
+    _write_text(out_path, html, "--out")
+    if csv_target:
         cols = ["id", "capped", "source", "params", "published_mean", "mean", "std", "n", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
         pd.DataFrame([{k: t[k] for k in cols} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
             columns={"mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s", "published_mean": "published_acc_mean"}
-        ).to_csv(csv_path, index=False)
+        ).to_csv(csv_target, index=False)
     return out_path

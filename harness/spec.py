@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .data import AUGMENTATIONS, NORMALIZATIONS, PAD_MODES
-from .errors import HarnessError
+from .errors import HarnessError, UsageError
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("cross_entropy", "nll")
@@ -197,7 +197,7 @@ def _build(cls, table: dict, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise _SpecError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(fields)})")
+        raise _SpecError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], f"unknown key (known: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -232,9 +232,13 @@ def load_spec(path: str | Path) -> Experiment:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise HarnessError(f"{path}: cannot read ({e.strerror})") from None
+        raise HarnessError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {e.start}); TOML specs must be UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{path}: invalid TOML ({e})") from None
+    except RecursionError:
+        raise HarnessError(f"{path}: invalid TOML (nested too deeply)") from None
     try:
         exp = _build(Experiment, raw)
         if exp.id != path.stem:
@@ -254,10 +258,10 @@ def load_spec(path: str | Path) -> Experiment:
         for a in exp.assumed:
             if not _key_exists(raw, a):
                 raise _SpecError("assumed", f"{a!r} names no key of this spec")
-        from .models import create_model
+        from .models import check_forward, create_model
 
         try:
-            create_model(exp.model.name, **exp.model.args)
+            check_forward(exp.model.name, create_model(exp.model.name, **exp.model.args))
         except HarnessError as e:
             raise _SpecError("model", str(e)) from None
     except _SpecError as e:
@@ -278,8 +282,15 @@ def load_catalogue(directory: str | Path | None = None) -> dict[str, Experiment]
     if not d.is_dir():
         raise HarnessError(f"experiments folder {d} not found")
     out: dict[str, Experiment] = {}
-    for p in sorted(d.glob("*.toml")):
+    try:
+        # `.TOML` too: a spec is never ignored for the case of its suffix
+        paths = sorted(p for p in d.iterdir() if p.suffix.lower() == ".toml" and not p.name.startswith("."))
+    except OSError as e:
+        raise HarnessError(f"experiments folder {d}: cannot read ({e.strerror or type(e).__name__})") from None
+    for p in paths:
         exp = load_spec(p)
+        if exp.id in out:
+            raise HarnessError(f"{p}: id {exp.id!r} is already defined by another spec in {d}")
         out[exp.id] = exp
     return out
 
@@ -288,6 +299,6 @@ def select(catalogue: dict[str, Experiment], ids: typing.Iterable[str]) -> list[
     chosen = []
     for i in ids:
         if i not in catalogue:
-            raise HarnessError(f"unknown experiment {i!r} (known: {', '.join(catalogue)})")
+            raise UsageError(f"unknown experiment {i!r} (known: {', '.join(catalogue)})")
         chosen.append(catalogue[i])
     return chosen

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.data import load_cifar10, resolve_data_dir
 from harness.models import create_model
-from harness.runner import prepare_data
+from harness.recipe_data import prepare_data
 from harness.spec import load_catalogue
 from harness.train import build_optimizer, loss_function, lr_at, train_one_epoch
 

@@ -3,8 +3,11 @@ answered with the list of known ones."""
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from ..errors import HarnessError
@@ -26,13 +29,60 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+MAX_WIDTH = 1 << 14  # channels or units per layer; the widest documented layer has 3,072
+MAX_LAYERS = 32
+MAX_WEIGHTS = 200_000_000  # ~0.8 GB of fp32 weights; the largest documented network has 5.9M
+
+
+def _check_args(name: str, fn: Callable, kwargs: dict) -> None:
+    """Every argument is a layer width (int) or a list of widths: each must be 1..MAX_WIDTH,
+    checked before anything is built (c1 = -6 or 10**12 would fail deep inside torch, or
+    allocate until the machine gives up)."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    for key, value in kwargs.items():
+        if key not in sig.parameters:
+            raise HarnessError(f"model {name!r}: unknown argument {key!r} (known: {', '.join(sig.parameters) or 'none'})")
+        want = hints.get(key, int)
+        items = value if typing.get_origin(want) is list else [value]
+        if typing.get_origin(want) is list and (not isinstance(value, list) or not value):
+            raise HarnessError(f"model {name!r}: argument {key!r} must be a non-empty list of layer widths, found {value!r}")
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
+                raise HarnessError(f"model {name!r}: argument {key!r} must be {'widths' if items is value else 'a width'} "
+                                   f"between 1 and {MAX_WIDTH}, found {value!r}")
+        if items is value:
+            if len(value) > MAX_LAYERS:
+                raise HarnessError(f"model {name!r}: argument {key!r} lists {len(value)} layers (at most {MAX_LAYERS})")
+            # adjacent widths bound the weights of a dense or 3x3 layer between them
+            if 9 * sum(a * b for a, b in zip(value, value[1:])) > MAX_WEIGHTS:
+                raise HarnessError(f"model {name!r}: argument {key!r} = {value} would need more than {MAX_WEIGHTS:,} weights")
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise HarnessError(f"unknown model {name!r} (known: {', '.join(list_models())})")
+    _check_args(name, _REGISTRY[name], kwargs)
     try:
         return _REGISTRY[name](**kwargs)
-    except TypeError as e:
-        raise HarnessError(f"model {name!r}: bad arguments {kwargs} ({e})") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise HarnessError(f"model {name!r}: bad arguments {kwargs} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def check_forward(name: str, model: nn.Module) -> None:
+    """A dry forward pass on two 32x32 images: arguments that construct but do not fit
+    together (the tutorial net's hard-coded 16 * 5 * 5) are caught when the spec is read."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, 32, 32))
+    except (RuntimeError, ValueError) as e:
+        raise HarnessError(f"model {name!r}: does not run on 32x32 images ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, 10):
+        raise HarnessError(f"model {name!r}: gives outputs of shape {tuple(out.shape)} for 2 images, expected (2, 10)")
 
 
 def count_params(model: nn.Module) -> int:

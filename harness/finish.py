@@ -1,0 +1,65 @@
+"""The end of one run's life: test metrics, artifacts and the kept model, logged so that doing
+it twice (a process killed half-way, then rerun) completes what is missing and repeats nothing."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .cifar_files import Cifar10
+from .recipe_data import Prepared
+from .spec import Experiment
+from .tracking import Tracker
+
+
+def final_metrics(data: Cifar10, prep: Prepared, test, train_time: float, epochs: int, n_params: int):
+    """(metrics, confusion matrix, per-class accuracy) of the test evaluation."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    y = prep.test_y.cpu().numpy()
+    pred = test.preds.numpy()
+    k = len(data.classes)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    per_class = [100.0 * cm[i, i] / cm[i].sum() if cm[i].sum() else float("nan") for i in range(k)]
+    metrics = {"test_loss": test.loss, "test_acc": test.acc, "test_f1_macro": f1_score(y, pred, average="macro"),
+               "test_f1_micro": f1_score(y, pred, average="micro"), "train_time_s": train_time,
+               "images_per_s": prep.n_train * epochs / max(train_time, 1e-9), "params": n_params}
+    metrics.update({f"test_acc_{c}": a for c, a in zip(data.classes, per_class)})
+    return metrics, cm, per_class
+
+
+def write_artifacts(folder: Path, tracker: Tracker, run_id: str, exp: Experiment, data: Cifar10, prep: Prepared, test, cm, per_class) -> None:
+    import pandas as pd
+
+    from .plots import confusion_figure, loss_curve_figure, save_png
+
+    pd.DataFrame(cm, index=data.classes, columns=data.classes).to_csv(folder / "confusion_matrix.csv", index_label="true\\predicted")
+    save_png(confusion_figure(cm, data.classes, f"{exp.id}: test confusion matrix"), folder / "confusion_matrix.png")
+    pd.DataFrame({"class": data.classes, "accuracy": per_class, "n": cm.sum(1)}).to_csv(folder / "per_class_accuracy.csv", index=False)
+    preds = pd.DataFrame({"label": prep.test_y.cpu().numpy(), "pred": test.preds.numpy()})
+    for i, c in enumerate(data.classes):
+        preds[f"p_{c}"] = test.probs[:, i].numpy().round(6)
+    preds.to_csv(folder / "test_predictions.csv", index_label="index")
+    hist_tr = tracker.metric_history(run_id, "train_loss")
+    hist_va = tracker.metric_history(run_id, "val_loss")
+    save_png(loss_curve_figure([s + 1 for s, _ in hist_tr], [v for _, v in hist_tr], [v for _, v in hist_va],
+                               f"{exp.id}: loss", "test" if prep.val_is_test else "validation"), folder / "loss_curve.png")
+
+
+def log_final(tracker: Tracker, run_id: str, model, exp: Experiment, data: Cifar10, prep: Prepared, test,
+              train_time: float, epochs: int, n_params: int) -> None:
+    """Idempotent: the metrics are logged once (skipped when a previous attempt logged them),
+    artifacts are overwritten with identical files, and the model is logged only if no
+    complete copy exists (a half-logged one from a killed attempt is removed)."""
+    metrics, cm, per_class = final_metrics(data, prep, test, train_time, epochs, n_params)
+    if epochs not in tracker.logged_steps(run_id, "test_acc"):
+        tracker.log_metrics(run_id, metrics, epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifacts(Path(tmp), tracker, run_id, exp, data, prep, test, cm, per_class)
+        tracker.log_artifacts(run_id, tmp)
+    if not tracker.has_model(run_id):
+        model.eval()
+        example = prep.test_x[:2].float().cpu().numpy()
+        tracker.log_model(run_id, model.cpu(), example, [f"torch=={torch.__version__.split('+')[0]}"])

@@ -1,0 +1,26 @@
+"""Every MLflow call of the harness lives in this package.
+
+- guards.py: Ctrl-C held over store writes, "database is locked" retried call by call.
+- store.py: which store a URI names, whether it is reachable, usable and writable, and
+  creating a new SQLite store all-or-nothing; one-line reasons for store errors.
+- tracker.py: Tracker, the connection to one store and experiment (runs, metrics,
+  artifacts, logged models).
+"""
+
+import os
+
+# set before MLflow is imported anywhere in the process
+# fail fast on an unreachable server instead of MLflow's minutes of back-off
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow 3's usage telemetry runs a background thread that, offline, cost 15% of training
+# throughput on 2 cores (measured by `harness bench`); a user may still set it to false
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from .store import DEFAULT_EXPERIMENT, DEFAULT_URI, redact, resolve_uri  # noqa: E402
+from .tracker import TAG, RunRecord, Tracker, load_model  # noqa: E402
+
+__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_URI", "TAG", "RunRecord", "Tracker", "load_model", "redact", "resolve_uri"]

@@ -1,0 +1,71 @@
+"""Store calls that neither a concurrent process nor a Ctrl-C can cut in half."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+import time
+
+
+def retry_locked(fn):
+    """Retry `fn` while another process holds the SQLite write lock."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        delay = 0.2
+        for attempt in range(12):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # sqlalchemy OperationalError arrives wrapped in MlflowException
+                if "locked" not in str(e).lower() or attempt == 11:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 3.0)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C until a store write is complete. A KeyboardInterrupt raised inside
+    SQLAlchemy leaves the SQLite connection mid-transaction, holding the write lock, so the
+    write that marks the run KILLED then fails with "database is locked" (and the process
+    hung at exit). The interrupt is delivered as soon as the write returns; a second one at once."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # not ours to manage: another thread, or a handler someone else installed
+        return
+    pending = []
+
+    def hold(signum, frame):
+        if pending:  # a second Ctrl-C (a write stuck on a slow server): the user insists
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def held(fn):
+    """Ctrl-C waits until `fn` returns."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with sigint_deferred():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def guarded(fn):
+    """A single store call made while a run is open: retried while another process holds the
+    SQLite lock, never cut by Ctrl-C (reads too: one cut mid-query can keep the lock).
+    Methods of several calls use `held` and retry each call, so a retry never repeats a
+    call that already succeeded (a second run, metrics logged twice)."""
+    return held(retry_locked(fn))

@@ -1,0 +1,178 @@
+"""Tracker: the connection to one tracking store and MLflow experiment.
+
+Runs are written through MlflowClient with explicit run ids (no global active run), metrics
+go in batches (one call per epoch), and SQLite "database is locked" from a concurrent
+process is retried rather than crashing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..errors import HarnessError
+from .guards import guarded as _guarded
+from .guards import held as _held
+from .guards import retry_locked as _retry_locked
+from .store import DEFAULT_EXPERIMENT, artifact_location, check_reachable, describe, init_lock, prepare, redact, resolve_uri
+
+# the pickle format is chosen deliberately (see log_model); its warning on every run is noise
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# schema creation/migration notices are MLflow internals, not news for a harness user
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+# MLflow logs every SQLAlchemy error with its traceback before raising it; the harness
+# reports each failure itself, in one line with the database's own reason (store.describe)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+TAG = "harness."
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str
+    tags: dict
+    start_time: int
+
+
+class Tracker:
+    """A connection to one tracking store and one MLflow experiment."""
+
+    def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True):
+        self.uri = resolve_uri(uri)
+        self.experiment_name = experiment_name
+        shown = redact(self.uri)
+        check_reachable(self.uri, must_exist=not create)
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            with init_lock(self.uri):
+                prepare(self.uri, writing=create)
+                self.client = MlflowClient(self.uri)
+                exp = self.client.get_experiment_by_name(experiment_name)
+                if exp is None and create:
+                    try:
+                        self.client.create_experiment(experiment_name, artifact_location=artifact_location(self.uri, experiment_name))
+                    except MlflowException:  # created meanwhile by a concurrent process
+                        pass
+                    exp = self.client.get_experiment_by_name(experiment_name)
+        except HarnessError:
+            raise
+        except Exception as e:  # connection, driver and schema errors surface as assorted types
+            raise HarnessError(f"tracking store {shown} unusable: {describe(e)}") from None
+        if exp is None:
+            known = [e.name for e in self.client.search_experiments()]
+            raise HarnessError(f"no experiment {experiment_name!r} in {shown} (known: {', '.join(known) or 'none'})")
+        self.experiment_id = exp.experiment_id
+
+    # ------------------------------------------------------------------ queries
+
+    @_guarded
+    def find_runs(self, config_hash: str) -> list[RunRecord]:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG}config_hash` = '{config_hash}'", max_results=1000)
+        return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time) for r in runs]
+
+    @_guarded
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    @_guarded
+    def logged_steps(self, run_id: str, key: str) -> list[int]:
+        return [m.step for m in self.client.get_metric_history(run_id, key)]
+
+    @_guarded
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def search_runs_df(self):
+        """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
+        return mlflow.search_runs(experiment_ids=[self.experiment_id], max_results=50000)
+
+    def download_artifact(self, run_id: str, path: str, dst: str) -> str | None:
+        try:
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=self.uri)
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ writing
+
+    @_held
+    def start_run(self, run_name: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> str:
+        """A new RUNNING run with its tags, params and small text artifacts (`files`: name ->
+        content), written as one uninterruptible step so no run exists without its config."""
+        run = _retry_locked(self.client.create_run)(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        rid = run.info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            _retry_locked(self.client.log_batch)(rid, params=items[i : i + 100])
+        if files:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / name).write_text(text)
+                _retry_locked(self.client.log_artifacts)(rid, tmp)
+        return rid
+
+    @_guarded
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    @_guarded
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    @_held
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
+        """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        for key, pts in (series or {}).items():
+            items.extend(Metric(key, float(v), ts, s) for s, v in pts)
+        for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
+            _retry_locked(self.client.log_batch)(run_id, metrics=items[i : i + 1000])
+
+    @_guarded
+    def log_artifacts(self, run_id: str, folder: str | Path) -> None:
+        self.client.log_artifacts(run_id, str(folder))
+
+    @_held
+    def has_model(self, run_id: str, name: str = "model") -> bool:
+        """Whether the run has a complete (READY) logged model `name`. Incomplete ones, left by
+        a process killed while logging, are deleted so that the next attempt leaves one model."""
+        found = _retry_locked(self.client.search_logged_models)(
+            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        ready = False
+        for m in found:
+            if str(m.status).endswith("READY"):
+                ready = True
+            else:
+                _retry_locked(self.client.delete_logged_model)(m.model_id)
+        return ready
+
+    @_guarded
+    def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
+        # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                     input_example=input_example, pip_requirements=pip_requirements)
+        # start_run's context exit marks the run FINISHED: the caller sets the real end status
+
+    @_held
+    def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """End the run with `status`; FAILED and KILLED say why, FINISHED clears an earlier reason."""
+        if reason:
+            _retry_locked(self.client.set_tag)(run_id, f"{TAG}failure_reason", reason[:5000])
+        elif status == "FINISHED" and f"{TAG}failure_reason" in _retry_locked(self.client.get_run)(run_id).data.tags:
+            _retry_locked(self.client.delete_tag)(run_id, f"{TAG}failure_reason")
+        _retry_locked(self.client.set_terminated)(run_id, status=status)
+
+
+def load_model(uri: str, run_id: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
