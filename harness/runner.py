@@ -237,6 +237,8 @@ def _train_run(job: Job, resume_id: str | None) -> Outcome:
             bar.close()
             bar = None
         return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
+    except Interrupted:  # already settled: the run finished before the interrupt took effect
+        raise
     except KeyboardInterrupt:
         try:
             tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C); run again to resume")

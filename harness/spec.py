@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -180,6 +181,8 @@ def _check(value, tp, key: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _SpecError(key, f"expected a number, found {value!r}")
+        if not math.isfinite(value) or abs(value) > 1e15:
+            raise _SpecError(key, f"expected a finite number, found {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -246,10 +249,13 @@ def load_spec(path: str | Path) -> Experiment:
         if not exp.train.phases:
             raise _SpecError("train.phases", "at least one phase is needed")
         for p in exp.train.phases:
-            if p.epochs < 1 or p.lr <= 0:
-                raise _SpecError("train.phases", "each phase needs epochs >= 1 and lr > 0")
-        if exp.train.batch_size < 1:
-            raise _SpecError("train.batch_size", "must be >= 1")
+            if not 1 <= p.epochs <= 100_000 or not p.lr > 0:
+                raise _SpecError("train.phases", "each phase needs 1 <= epochs <= 100000 and lr > 0")
+        if not 1 <= exp.train.batch_size <= 1_000_000:
+            raise _SpecError("train.batch_size", "must be between 1 and 1000000")
+        opt = exp.train.optimizer
+        if not 0 <= opt.momentum < 1 or not 0 <= opt.weight_decay < 1:
+            raise _SpecError("train.optimizer", "momentum and weight_decay must be in [0, 1)")
         if not 0 <= exp.data.val_fraction < 1:
             raise _SpecError("data.val_fraction", "must be in [0, 1)")
         if exp.train.checkpoint == "best_val_loss" and exp.data.val_fraction == 0:
