@@ -22,6 +22,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from ..errors import HarnessError, db_reason, one_line
+from .guards import sigint_deferred
 
 DEFAULT_EXPERIMENT = "cifar10-harness"
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -170,7 +171,10 @@ def prepare(uri: str, writing: bool) -> None:
         return
     try:
         if _check_sqlite(db, writing) and writing:
-            _create_sqlite(db)
+            # Ctrl-C waits the second or two this takes: SQLAlchemy's garbage-collection
+            # callbacks, which run here, swallow an interrupt that lands in them
+            with sigint_deferred():
+                _create_sqlite(db)
     except OSError as e:
         raise HarnessError(f"tracking store {db}: {e.strerror or type(e).__name__}") from None
 
