@@ -20,7 +20,8 @@ from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
 from .models import create_model
 from .environment import configure_backend
 from .recipe_data import prepare_data
-from .spec import Experiment, load_catalogue, select
+from .catalogue import load_catalogue, select
+from .spec import Experiment
 from .train import build_optimizer, loss_function, train_one_epoch
 
 WARMUP = 20

@@ -56,7 +56,7 @@ def main():
 def list_cmd(fmt, experiments_dir):
     """List the experiments of the catalogue with their parameter counts."""
     from .models import count_params, create_model
-    from .spec import load_catalogue
+    from .catalogue import load_catalogue
 
     rows = []
     for exp in load_catalogue(experiments_dir).values():
@@ -126,7 +126,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
 @friendly
 def run_cmd(ids, **kw):
     """Train the experiments IDS (see `harness list`), one MLflow run each."""
-    from .spec import load_catalogue, select
+    from .catalogue import load_catalogue, select
 
     _execute(select(load_catalogue(), ids), **kw)
 
@@ -138,7 +138,7 @@ def run_cmd(ids, **kw):
 @friendly
 def run_all_cmd(only, skip, **kw):
     """Train every experiment in experiments/; finished ones are skipped, killed ones resumed."""
-    from .spec import load_catalogue
+    from .catalogue import load_catalogue
 
     cat = load_catalogue()
     chosen = [e for i, e in cat.items() if (not only or any(fnmatch.fnmatch(i, p) for p in only)) and not any(fnmatch.fnmatch(i, p) for p in skip)]

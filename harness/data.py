@@ -22,7 +22,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fastai": ((0.4914, 0.48216, 0.44653), (0.24703, 0.24349, 0.26159)),
 }
 AUGMENTATIONS = ("none", "crop4+flip")
-PAD_MODES = ("zeros", "reflect")
+PAD_MODES = ("zeros", "reflect", "symmetric")
 
 
 # --------------------------------------------------------------------------- splits
@@ -82,22 +82,36 @@ def normalize(x_uint8: torch.Tensor, mean, std, device, dtype=torch.float32) -> 
     return x.sub_(m).div_(s)
 
 
-def augment_crop_flip(x: torch.Tensor, pad: int, pad_mode: str, pad_values: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+def symmetric_index(n: int, pad: int, device=None) -> torch.Tensor:
+    """Source index of each of the n + 2*pad positions under OpenCV's BORDER_REFLECT, which
+    repeats the edge pixel: dcba|abcd|dcba (PyTorch's "reflect" is dcb|abcd|cba)."""
+    i = torch.arange(-pad, n + pad, device=device)
+    i = torch.where(i < 0, -i - 1, i)
+    return torch.where(i >= n, 2 * n - i - 1, i)
+
+
+def augment_crop_flip(x: torch.Tensor, pad: int, pad_mode: str, pad_values: torch.Tensor | None, generator: torch.Generator,
+                      crop_style: str = "torchvision") -> torch.Tensor:
     """Random pad-and-crop plus horizontal flip of a whole normalised batch.
 
     Zero padding means black pixels *before* normalisation (as torchvision pads the PIL
-    image), i.e. per-channel value -mean/std here; `pad_values` carries that.
+    image), i.e. per-channel value -mean/std here; `pad_values` carries that. Crop offsets are
+    0..2*pad (torchvision's RandomCrop) or 0..2*pad-1 (fastai 0.7: floor(u * 2*pad)).
     """
     n, c, h, w = x.shape
     if pad_mode == "reflect":
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    elif pad_mode == "symmetric":
+        rows, cols = symmetric_index(h, pad, x.device), symmetric_index(w, pad, x.device)
+        padded = x[:, :, rows][:, :, :, cols]
     else:
         padded = x.new_empty(n, c, h + 2 * pad, w + 2 * pad)
         padded[:] = pad_values.view(1, c, 1, 1) if pad_values is not None else 0
         padded[:, :, pad : pad + h, pad : pad + w] = x
     dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    span = 2 * pad + 1 if crop_style == "torchvision" else 2 * pad
+    dy = torch.randint(0, span, (n,), generator=generator, device=generator.device).to(dev)
+    dx = torch.randint(0, span, (n,), generator=generator, device=generator.device).to(dev)
     flip = torch.rand(n, generator=generator, device=generator.device).to(dev) < 0.5
     ar = torch.arange(h, device=dev)
     rows = (dy[:, None] + ar)[:, None, :, None]  # (n,1,h,1)
@@ -115,7 +129,7 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True,
                  augmentation: str = "none", pad_mode: str = "zeros", pad_values: torch.Tensor | None = None,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, crop_style: str = "torchvision"):
         if augmentation not in AUGMENTATIONS:
             raise HarnessError(f"unknown augmentation {augmentation!r} (known: {', '.join(AUGMENTATIONS)})")
         self.x, self.y = x, y
@@ -124,6 +138,7 @@ class TensorLoader:
         self.augmentation = augmentation
         self.pad_mode = pad_mode
         self.pad_values = pad_values
+        self.crop_style = crop_style
         self.seed = seed
         self.drop_last = drop_last
 
@@ -139,7 +154,7 @@ class TensorLoader:
             perm = torch.randperm(len(x), generator=g).to(x.device)
             x, y = x[perm], y[perm]
         if self.augmentation == "crop4+flip":
-            chunks = [augment_crop_flip(x[i : i + 8192], 4, self.pad_mode, self.pad_values, g) for i in range(0, len(x), 8192)]
+            chunks = [augment_crop_flip(x[i : i + 8192], 4, self.pad_mode, self.pad_values, g, self.crop_style) for i in range(0, len(x), 8192)]
             x = torch.cat(chunks) if chunks else x
         return x, y
 

@@ -32,7 +32,7 @@ def prepare_data(exp: Experiment, data: Cifar10, seed: int, max_train_images: in
     y_tr = y[tr_idx].to(device)
     pad_values = (-torch.tensor(mean) / torch.tensor(std)).to(device)
     loader = TensorLoader(x_tr, y_tr, exp.train.batch_size, shuffle=True, augmentation=exp.data.augmentation,
-                          pad_mode=exp.data.pad_mode, pad_values=pad_values, seed=seed)
+                          pad_mode=exp.data.pad_mode, pad_values=pad_values, seed=seed, crop_style=exp.data.crop_style)
     test_x = normalize(data.test_x, mean, std, device)
     test_y = data.test_y.to(device)
     if len(va_idx):

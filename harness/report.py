@@ -95,11 +95,33 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
             "n_train": str(g.get("params.data.n_train", pd.Series(["?"])).iloc[0]),
             "seeds": ", ".join(str(s) for s in g.get(f"tags.{TAG}seed", pd.Series([])).tolist()),
         }
-        r.stats["diff"] = r.stats["mean"] - r.stats["published_mean"] if r.stats["published_mean"] is not None else None
+        r.stats["published_interval"] = _published_interval(g, pub)
+        r.stats["diff"] = distance_to_interval(r.stats["mean"], r.stats["published_interval"])
+        r.stats["eval_mode"] = str(g.get(f"tags.{TAG}eval_mode", pd.Series(["eval"])).fillna("eval").iloc[0])
+        std_acc = g["metrics.test_acc_eval_mode"].to_numpy(dtype=float) if "metrics.test_acc_eval_mode" in g else np.array([np.nan])
+        r.stats["mean_eval_mode"] = float(np.nanmean(std_acc)) if not np.isnan(std_acc).all() else None
         rows.append(r)
     # uncapped first, then by accuracy
     rows.sort(key=lambda r: (r.capped, -r.stats["mean"]))
     return rows
+
+
+def _published_interval(g: pd.DataFrame, pub: list[float]) -> tuple[float, float] | None:
+    col = f"tags.{TAG}published_interval"
+    if col in g and g[col].notna().any():
+        iv = json.loads(g[col].dropna().iloc[0])
+        if iv:
+            return float(iv[0]), float(iv[1])
+    return (min(pub), max(pub)) if pub else None  # runs recorded before intervals: the printed values
+
+
+def distance_to_interval(value: float, interval: tuple[float, float] | None) -> float | None:
+    """Δ to published: 0 inside the interval the printed numbers admit, else the signed
+    distance to its nearest bound."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    return 0.0 if lo <= value <= hi else (value - hi if value > hi else value - lo)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -293,7 +315,7 @@ def _write_text(path: Path, text: str, what: str) -> None:
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from .spec import load_catalogue
+    from .catalogue import load_catalogue
 
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
@@ -354,7 +376,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
-            "diff": s["diff"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
+            "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
+            "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
             "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"],
             "pareto": r.key in front, "verdict": "best" if r.key == best else verdict.get(r.key, "-"),
             "runs": [(rid, link(rid)) for rid in r.runs["run_id"]],
@@ -374,7 +397,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     )
     _write_text(out_path, html, "--out")
     if csv_target:
-        cols = ["id", "capped", "source", "params", "published_mean", "mean", "std", "n", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
+        cols = ["id", "capped", "source", "params", "published_mean", "mean", "std", "n", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
         pd.DataFrame([{k: t[k] for k in cols} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
             columns={"mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s", "published_mean": "published_acc_mean"}
         ).to_csv(csv_target, index=False)

@@ -22,12 +22,12 @@ from .claims import ConfigLock
 from .environment import configure_backend, device_name, git_commit, resolve_device
 from .errors import DivergedError, Interrupted, one_line
 from .finish import log_final
-from .models import count_params, create_model
+from .models import apply_init, count_params, create_model
 from .recipe_data import Prepared, prepare_data
 from .spec import Experiment, Phase, config_hash, flatten
 from .tracking import TAG, Tracker
 from .tracking.guards import sigint_deferred
-from .train import build_optimizer, evaluate, loss_function, lr_at, phase_of, set_lr, train_one_epoch
+from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -128,6 +128,7 @@ def _run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, di
         f"{TAG}torch_version": torch.__version__, f"{TAG}device": device_name(job.device),
         f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
         f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
+        f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,
         "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
         # MLflow's own fields, so the UI's Source and git columns are filled
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
@@ -185,8 +186,11 @@ def _progress_bar(job: Job, total: int):
 
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state: RunState, pr: Progress, bar) -> None:
     exp, steps = job.exp, len(prep.train)
+    clamp = exp.train.optimizer.step_clamp
     for epoch in range(pr.start_epoch, job.epochs):
         phase = phase_of(exp.train.phases, epoch)
+        if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
+            optimizer.state.clear()  # a new fit() call: fastai builds a new optimizer, momentum restarts
         set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))
         lr_fn = (lambda i, e=epoch: lr_at(exp.train.phases, e, i, steps)) if phase.schedule == "sgdr" else None
         last = [0]
@@ -197,9 +201,11 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
                 last[0] = step
                 bar.set_postfix(epoch=f"{e + 1}/{job.epochs}", loss=f"{loss:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
 
-        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log)
+        before_step = (lambda: clamp_adam_steps(optimizer, clamp.limit, clamp.reset_to)) if clamp and epoch > clamp.after_epoch else None
+        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step)
         pr.train_time += stats.time_s
-        val = evaluate(model, prep.val_x, prep.val_y, loss_fn, precision=job.opts.precision)
+        # validation as the write-up measured it (for cs598 that is the test set, in training mode)
+        val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
         metrics = {"train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
                    "lr": stats.lr, "epoch_time_s": stats.time_s, "epoch_images_per_s": stats.images / max(stats.time_s, 1e-9)}
         series = {"train_loss_step": [(epoch * steps + s, v) for s, v in stats.step_losses]}
@@ -218,7 +224,7 @@ def _train_run(job: Job, resume_id: str | None) -> Outcome:
     prep = prepare_data(exp, job.data, job.seed, job.opts.max_train_images, job.device)
     torch.manual_seed(job.seed)  # weight init, dropout
     np.random.seed(job.seed)
-    model = create_model(exp.model.name, **exp.model.args).to(job.device)
+    model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
     n_params = count_params(model)
     loss_fn = loss_function(exp.train.loss)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
@@ -264,13 +270,15 @@ def _finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state: RunSta
         best = state.load_best(job.device)
         if best is not None:
             model.load_state_dict(best)
-    test = evaluate(model, prep.test_x, prep.test_y, loss_fn, precision=job.opts.precision)
+    test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+    # the standard protocol as well, for every recipe (the same figure where the write-up uses it)
+    test_std = test if exp.eval.mode == "eval" else evaluate(model, prep.test_x, prep.test_y, loss_fn, precision=job.opts.precision)
     # a Ctrl-C now waits the few seconds until the run is complete and FINISHED (a second one
     # cuts it short; the rerun then completes what is missing, see finish.py)
     interrupted = False
     try:
         with sigint_deferred():
-            log_final(job.tracker, run_id, model, exp, job.data, prep, test, pr.train_time, job.epochs, n_params)
+            log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
             job.tracker.terminate(run_id, "FINISHED")
     except KeyboardInterrupt:
         if job.tracker.run_status(run_id) != "FINISHED":

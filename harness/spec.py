@@ -1,32 +1,22 @@
-"""Experiment specs: one TOML file per documented model, validated into typed dataclasses.
-
-Every defect is reported as one line naming the file and the key.
-"""
+"""Experiment specs: the typed configuration of one documented model (nanoGPT-style
+dataclasses), plus its config hash. Reading and validating TOML files is catalogue.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
-import sys
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from .data import AUGMENTATIONS, NORMALIZATIONS, PAD_MODES
-from .errors import HarnessError, UsageError
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("cross_entropy", "nll")
 SCHEDULES = ("constant", "sgdr")
 CHECKPOINTS = ("last", "best_val_loss")
 VAL_SPLITS = ("random", "stratified")
+EVAL_MODES = ("eval", "train")
+INITS = ("current", "torch<=0.4")
+CROP_STYLES = ("torchvision", "fastai0.7")
+ROUNDINGS = ("round", "truncate")
 
 
 @dataclass
@@ -41,15 +31,32 @@ class Source:
 class ModelSpec:
     name: str
     args: dict = field(default_factory=dict)
+    # "torch<=0.4": BatchNorm weights drawn uniformly from [0, 1], as PyTorch did until 0.4
+    # (conv and linear initialisation is the same then and now)
+    init: str = "current"
 
 
 @dataclass
 class DataSpec:
     normalization: str
     augmentation: str = "none"
-    pad_mode: str = "zeros"
+    pad_mode: str = "zeros"  # zeros | reflect (dcb|abcd|cba) | symmetric (OpenCV BORDER_REFLECT: dcba|abcd|dcba)
+    # crop offsets for a pad p: torchvision RandomCrop draws 0..2p; fastai 0.7 floor(u * 2p), i.e. 0..2p-1
+    crop_style: str = "torchvision"
     val_fraction: float = 0.0
     val_split: str = "random"
+
+
+@dataclass
+class StepClamp:
+    """cs598's Adam workaround: from epoch `after_epoch` + 1 on (0-based `epoch > after_epoch`),
+    before every optimizer step, each parameter's Adam step counter that reached `limit` is set
+    back to `reset_to`. It keeps the bias correction 1 - beta2**step (and so the step size) away
+    from its limit of 1: at step ~1000, sqrt(1 - 0.999**1000) = 0.80."""
+
+    after_epoch: int
+    limit: int
+    reset_to: int
 
 
 @dataclass
@@ -57,11 +64,13 @@ class OptimizerSpec:
     name: str
     momentum: float = 0.0
     weight_decay: float = 0.0
+    step_clamp: StepClamp | None = None
 
 
 @dataclass
 class Phase:
-    """`epochs` epochs at `lr`: constant, or SGDR (cosine from lr to 0 within each epoch, restarted each epoch)."""
+    """`epochs` epochs at `lr`: constant, or SGDR (fastai 0.7's CosAnneal with cycle_len=1: cosine
+    from lr to 0 within each epoch, restarted each epoch; the phase's first len/20 iterations at lr/100)."""
 
     epochs: int
     lr: float
@@ -75,6 +84,8 @@ class TrainSpec:
     batch_size: int
     phases: list[Phase]
     checkpoint: str = "last"
+    # fastai builds a new optimizer in every fit() call: momentum buffers restart at each phase
+    fresh_optimizer_per_phase: bool = False
 
     @property
     def epochs(self) -> int:
@@ -82,12 +93,35 @@ class TrainSpec:
 
 
 @dataclass
+class EvalSpec:
+    """How the write-up measured accuracy. `train` = the network left in training mode
+    (dropout active, BatchNorm normalising each batch by its own statistics), which makes
+    the result depend on `batch_size`."""
+
+    mode: str = "eval"
+    batch_size: int = 1000
+
+
+@dataclass
 class Published:
     test_accuracy: list[float] = field(default_factory=list)  # percent, every published repeat
+    # how the numbers were printed: "round" to `precision` (53.44 = 53.435..53.445) or
+    # "truncate" (`%2d%%`: 63 = 63.0 <= acc < 64.0)
+    precision: float = 0.01
+    rounding: str = "round"
     best_epoch_accuracy: float | None = None
     micro_f1: float | None = None
     confusion_matrix: list[list[int]] | None = None
     note: str = ""
+
+    def interval(self) -> tuple[float, float] | None:
+        """The accuracies the published numbers admit: every repeat's printing interval, joined."""
+        if not self.test_accuracy:
+            return None
+        if self.rounding == "truncate":
+            return min(self.test_accuracy), max(self.test_accuracy) + self.precision
+        half = self.precision / 2
+        return min(self.test_accuracy) - half, max(self.test_accuracy) + half
 
 
 @dataclass
@@ -99,11 +133,13 @@ class Experiment:
     data: DataSpec
     train: TrainSpec
     published: Published
+    eval: EvalSpec = field(default_factory=EvalSpec)
     assumed: list[str] = field(default_factory=list)
 
     def training_dict(self) -> dict:
-        """What determines training (not titles or published numbers): the config-hash input."""
-        return {"model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
+        """What determines training and measurement (not titles or published numbers): the config-hash input."""
+        return {"model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train), "eval": dataclasses.asdict(self.eval)}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,179 +168,3 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 def config_hash(exp: Experiment, overrides: dict, seed: int, data_fingerprint: str) -> str:
     blob = json.dumps({"spec": exp.training_dict(), "overrides": overrides, "seed": seed, "data": data_fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- validation
-
-_CHOICES = {
-    "data.normalization": tuple(NORMALIZATIONS),
-    "data.augmentation": AUGMENTATIONS,
-    "data.pad_mode": PAD_MODES,
-    "data.val_split": VAL_SPLITS,
-    "train.loss": LOSSES,
-    "train.optimizer.name": OPTIMIZERS,
-    "train.checkpoint": CHECKPOINTS,
-    "train.phases.schedule": SCHEDULES,
-}
-
-
-class _SpecError(Exception):
-    def __init__(self, key: str, msg: str):
-        super().__init__(f"{key}: {msg}")
-        self.key = key
-
-
-def _typename(t) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
-
-
-def _check(value, tp, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check(value, inner[0], key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _SpecError(key, f"expected a table, found {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise _SpecError(key, f"expected a list, found {type(value).__name__}")
-        return [_check(v, args[0], f"{key}[{i}]" if not dataclasses.is_dataclass(args[0]) else key) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise _SpecError(key, f"expected a table, found {type(value).__name__}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _SpecError(key, f"expected a number, found {value!r}")
-        if not math.isfinite(value) or abs(value) > 1e15:
-            raise _SpecError(key, f"expected a finite number, found {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _SpecError(key, f"expected an integer, found {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise _SpecError(key, f"expected a string, found {value!r}")
-        return value
-    raise _SpecError(key, f"unsupported type {_typename(tp)}")  # pragma: no cover
-
-
-def _build(cls, table: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise _SpecError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], f"unknown key (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in table:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _SpecError(key, "missing key")
-            continue
-        value = _check(table[name], hints[name], key)
-        choices = _CHOICES.get(key.split("[")[0])
-        if choices and value not in choices:
-            raise _SpecError(key, f"unknown value {value!r} (known: {', '.join(choices)})")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _key_exists(raw: dict, dotted: str) -> bool:
-    node = raw
-    for part in dotted.split("."):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                return False
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False
-    return True
-
-
-def load_spec(path: str | Path) -> Experiment:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
-    except UnicodeDecodeError as e:
-        raise HarnessError(f"{path}: not UTF-8 text (byte {e.start}); TOML specs must be UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise HarnessError(f"{path}: invalid TOML ({e})") from None
-    except RecursionError:
-        raise HarnessError(f"{path}: invalid TOML (nested too deeply)") from None
-    try:
-        exp = _build(Experiment, raw)
-        if exp.id != path.stem:
-            raise _SpecError("id", f"{exp.id!r} differs from the file name {path.stem!r}")
-        if not exp.train.phases:
-            raise _SpecError("train.phases", "at least one phase is needed")
-        for p in exp.train.phases:
-            if not 1 <= p.epochs <= 100_000 or not p.lr > 0:
-                raise _SpecError("train.phases", "each phase needs 1 <= epochs <= 100000 and lr > 0")
-        if not 1 <= exp.train.batch_size <= 1_000_000:
-            raise _SpecError("train.batch_size", "must be between 1 and 1000000")
-        opt = exp.train.optimizer
-        if not 0 <= opt.momentum < 1 or not 0 <= opt.weight_decay < 1:
-            raise _SpecError("train.optimizer", "momentum and weight_decay must be in [0, 1)")
-        if not 0 <= exp.data.val_fraction < 1:
-            raise _SpecError("data.val_fraction", "must be in [0, 1)")
-        if exp.train.checkpoint == "best_val_loss" and exp.data.val_fraction == 0:
-            # without a held-out split, "best" would be chosen on the test set
-            raise _SpecError("train.checkpoint", "best_val_loss needs data.val_fraction > 0")
-        for a in exp.assumed:
-            if not _key_exists(raw, a):
-                raise _SpecError("assumed", f"{a!r} names no key of this spec")
-        from .models import check_forward, create_model
-
-        try:
-            check_forward(exp.model.name, create_model(exp.model.name, **exp.model.args))
-        except HarnessError as e:
-            raise _SpecError("model", str(e)) from None
-    except _SpecError as e:
-        raise HarnessError(f"{path}: {e}") from None
-    return exp
-
-
-def experiments_dir() -> Path:
-    """`experiments/` of the working directory when present, else the one beside the package."""
-    cwd = Path.cwd() / "experiments"
-    if cwd.is_dir():
-        return cwd
-    return Path(__file__).resolve().parent.parent / "experiments"
-
-
-def load_catalogue(directory: str | Path | None = None) -> dict[str, Experiment]:
-    d = Path(directory) if directory else experiments_dir()
-    if not d.is_dir():
-        raise HarnessError(f"experiments folder {d} not found")
-    out: dict[str, Experiment] = {}
-    try:
-        # `.TOML` too: a spec is never ignored for the case of its suffix
-        paths = sorted(p for p in d.iterdir() if p.suffix.lower() == ".toml" and not p.name.startswith("."))
-    except OSError as e:
-        raise HarnessError(f"experiments folder {d}: cannot read ({e.strerror or type(e).__name__})") from None
-    for p in paths:
-        exp = load_spec(p)
-        if exp.id in out:
-            raise HarnessError(f"{p}: id {exp.id!r} is already defined by another spec in {d}")
-        out[exp.id] = exp
-    return out
-
-
-def select(catalogue: dict[str, Experiment], ids: typing.Iterable[str]) -> list[Experiment]:
-    chosen = []
-    for i in ids:
-        if i not in catalogue:
-            raise UsageError(f"unknown experiment {i!r} (known: {', '.join(catalogue)})")
-        chosen.append(catalogue[i])
-    return chosen

@@ -40,21 +40,51 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec, lr: float) -> torch.o
     raise HarnessError(f"unknown optimizer {spec.name!r} (known: sgd, adam)")
 
 
-def phase_of(phases: list[Phase], epoch: int) -> Phase:
-    for p in phases:
+def phase_position(phases: list[Phase], epoch: int) -> tuple[int, int]:
+    """(index of the phase that `epoch` belongs to, epoch number within that phase)."""
+    for i, p in enumerate(phases):
         if epoch < p.epochs:
-            return p
+            return i, epoch
         epoch -= p.epochs
-    return phases[-1]
+    return len(phases) - 1, epoch + phases[-1].epochs
+
+
+def phase_of(phases: list[Phase], epoch: int) -> Phase:
+    return phases[phase_position(phases, epoch)[0]]
+
+
+def starts_phase(phases: list[Phase], epoch: int) -> bool:
+    """Whether `epoch` is the first epoch of a phase after the first (a new fastai fit() call)."""
+    i, within = phase_position(phases, epoch)
+    return i > 0 and within == 0
 
 
 def lr_at(phases: list[Phase], epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Learning rate for a step. SGDR is fastai 0.7's CosAnneal with cycle_len=1:
-    lr/2 * (1 + cos(pi * step / steps)), restarted at every epoch."""
-    p = phase_of(phases, epoch)
+    """Learning rate for a step. SGDR is fastai 0.7's CosAnneal with cycle_len=1 (sgdr.py):
+    lr/2 * (1 + cos(pi * step / steps)), restarted at every epoch, except that while the fit
+    call's iteration counter is below nb/20 (nb = steps per cycle) the rate is lr/100. That
+    counter (LR_Updater.iteration) starts at 0 in on_train_begin and is never reset per
+    cycle, so the warm-up opens the phase's first epoch only; the cosine still counts those
+    steps (cycle_iter advances during the warm-up)."""
+    i, within = phase_position(phases, epoch)
+    p = phases[i]
     if p.schedule == "sgdr":
+        if within == 0 and step < steps_per_epoch / 20:
+            return p.lr / 100
         return p.lr / 2 * (1 + math.cos(math.pi * step / steps_per_epoch))
     return p.lr
+
+
+def clamp_adam_steps(optimizer: torch.optim.Optimizer, limit: int, reset_to: int) -> None:
+    """cs598's workaround, as written: `if state['step'] >= limit: state['step'] = reset_to`
+    for every parameter, before the step (current PyTorch keeps `step` as a tensor)."""
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if step is not None and float(step) >= limit:
+            if torch.is_tensor(step):
+                step.fill_(reset_to)
+            else:
+                state["step"] = reset_to
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -91,9 +121,11 @@ def train_one_epoch(
     lr_for_step: Callable[[int], float] | None = None,
     precision: str = "fp32",
     on_log: Callable[[int, float, int], None] | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over `batches`. `lr_for_step(i)` is called only when the schedule varies
-    within the epoch. Raises DivergedError on a non-finite loss."""
+    within the epoch; `before_step()` between backward and the optimizer step (a recipe's
+    optimizer-state quirk). Raises DivergedError on a non-finite loss."""
     model.train()
     device = next(model.parameters()).device
     every = max(1, steps // LOG_POINTS_PER_EPOCH)
@@ -131,6 +163,8 @@ def train_one_epoch(
             loss = loss_fn(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:
+            before_step()
         optimizer.step()
         win_losses.append(loss.detach())
         win_out.append(out.detach())
@@ -156,11 +190,36 @@ class EvalResult:
     probs: torch.Tensor
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, mode: str):
+    """`eval`: the standard protocol. `train`: as a write-up that never calls net.eval() measured
+    (dropout active, BatchNorm on each batch's own statistics); the running statistics that
+    such passes update are put back afterwards, so the eval-mode figure is not disturbed."""
+    if mode == "eval":
+        model.eval()
+        yield
+        return
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches_tracked" in k}
+    model.train()
+    try:
+        yield
+    finally:
+        if saved:
+            model.load_state_dict(saved, strict=False)
+        model.eval()  # as after an eval-mode evaluation: training puts it back in train mode
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 1000, precision: str = "fp32") -> EvalResult:
-    """Loss, accuracy and softmax probabilities over a resident tensor set.
-    softmax(log_softmax(z)) == softmax(z), so probabilities are right for NLL models too."""
-    model.eval()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 1000, precision: str = "fp32",
+             mode: str = "eval") -> EvalResult:
+    """Loss, accuracy and softmax probabilities over a resident tensor set, in batches of
+    `batch_size` (which matters in `train` mode). softmax(log_softmax(z)) == softmax(z), so
+    probabilities are right for NLL models too."""
+    with evaluation_mode(model, mode):
+        return _evaluate(model, x, y, loss_fn, batch_size, precision)
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int, precision: str) -> EvalResult:
     device = x.device
     total = torch.zeros((), device=device)
     probs = []

@@ -10,7 +10,7 @@ from harness.cli import main
 from harness.data import load_cifar10, resolve_data_dir
 from harness.models import create_model
 from harness.recipe_data import prepare_data
-from harness.spec import load_catalogue
+from harness.catalogue import load_catalogue
 from harness.train import build_optimizer, loss_function, lr_at, train_one_epoch
 
 CAT = load_catalogue()
@@ -23,6 +23,43 @@ def test_bench_prints_the_comparison_lines(store):
         assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx$", r.output, re.M), r.output
     assert re.search(r"tracking overhead .*: [+-]\d+\.\d%", r.output)
     assert all(eid in r.output for eid in CAT)  # the whole-suite estimate lists every experiment
+
+
+class FastaiCosAnneal:
+    """fastai 0.7's CosAnneal as a state machine (sgdr.py): `iteration` counts batches since
+    the fit call began, `cycle_iter` within the cycle; calc_lr runs once before each batch."""
+
+    def __init__(self, lr: float, nb: int):
+        self.lr, self.nb, self.iteration, self.cycle_iter = lr, nb, 0, 0
+
+    def next_lr(self) -> float:
+        if self.iteration < self.nb / 20:
+            out = self.lr / 100
+            self.cycle_iter += 1
+        else:
+            out = self.lr / 2 * (math.cos(math.pi * self.cycle_iter / self.nb) + 1)
+            self.cycle_iter += 1
+            if self.cycle_iter == self.nb:
+                self.cycle_iter = 0
+        self.iteration += 1
+        return out
+
+
+def test_sgdr_follows_fastai_cos_anneal_over_a_whole_fit():
+    """Every step of fit(lr, 3, cycle_len=1) after a constant fit(lr, 2): warm-up at lr/100 for the
+    first nb/20 iterations of the fit only, then the cosine restarted each epoch."""
+    from harness.spec import Phase
+
+    phases = [Phase(2, 0.1, "constant"), Phase(3, 0.1, "sgdr")]
+    nb = 45
+    cos = FastaiCosAnneal(0.1, nb)
+    for epoch in range(2, 5):
+        for step in range(nb):
+            assert lr_at(phases, epoch, step, nb) == pytest.approx(cos.next_lr(), rel=1e-12), (epoch, step)
+    assert lr_at(phases, 2, 0, nb) == pytest.approx(0.001) and lr_at(phases, 2, 2, nb) == pytest.approx(0.001)
+    assert lr_at(phases, 2, 3, nb) == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / nb)))  # 45/20 = 2.25: steps 0..2 warm
+    assert lr_at(phases, 3, 0, nb) == pytest.approx(0.1)  # the next cycle restarts at lr, no warm-up
+    assert lr_at(phases, 0, 10, nb) == 0.1
 
 
 @pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), ("medium-vgg-bn", 100)])
@@ -49,9 +86,10 @@ def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
     ref = []
     torch.manual_seed(1)
     plain.train()
+    cos = FastaiCosAnneal(exp.train.phases[-1].lr, steps)  # epoch 2 opens the fit(..., cycle_len=1) call
     for i, (x, y) in enumerate(prep.train.batches(epoch)):
         if sched:
-            lr = exp.train.phases[-1].lr / 2 * (1 + math.cos(math.pi * i / steps))
+            lr = cos.next_lr()
             for g in ref_opt.param_groups:
                 g["lr"] = lr
         ref_opt.zero_grad()

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from harness.cifar_files import _read_batch, _unpickle
 from harness.errors import HarnessError
-from harness.spec import Experiment, load_spec
+from harness.catalogue import load_spec
+from harness.spec import Experiment
 
 if sys.version_info >= (3, 11):
     import tomllib

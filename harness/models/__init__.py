@@ -1,6 +1,6 @@
 """The documented networks. Importing this package registers all of them."""
 
 from . import fastai, medium, skl, tutorial  # noqa: F401  (registration side effect)
-from .registry import check_forward, count_params, create_model, list_models, register_model
+from .registry import apply_init, check_forward, count_params, create_model, list_models, register_model
 
-__all__ = ["check_forward", "count_params", "create_model", "list_models", "register_model"]
+__all__ = ["apply_init", "check_forward", "count_params", "create_model", "list_models", "register_model"]

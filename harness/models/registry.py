@@ -69,6 +69,23 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise HarnessError(f"model {name!r}: bad arguments {kwargs} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+def apply_init(model: nn.Module, init: str) -> nn.Module:
+    """Re-create the initialisation of an older PyTorch where it differs from today's.
+    "torch<=0.4": `_BatchNorm.reset_parameters` drew the weight uniformly from [0, 1] (bias 0);
+    from 0.5 on it is 1. Conv and Linear were uniform(+-1/sqrt(fan_in)) then and are now
+    (kaiming_uniform with a = sqrt(5) gives the same bound), so only BatchNorm changes."""
+    if init == "current":
+        return model
+    if init != "torch<=0.4":
+        raise HarnessError(f"unknown init {init!r} (known: current, torch<=0.4)")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                m.weight.uniform_(0, 1)
+                m.bias.zero_()
+    return model
+
+
 def check_forward(name: str, model: nn.Module) -> None:
     """A dry forward pass on two 32x32 images: arguments that construct but do not fit
     together (the tutorial net's hard-coded 16 * 5 * 5) are caught when the spec is read."""
