@@ -91,22 +91,26 @@ def run_options(fn):
         click.option("--max-train-images", type=click.IntRange(min=10), default=None, help="Train on a class-balanced subset (run tagged capped)."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision; fp32 keeps results comparable."),
         click.option("--force", is_flag=True, help="Train again even if an identical finished run exists."),
-        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
+        click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
-def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress):
+def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
+             no_system_metrics):
     from .data import load_cifar10, resolve_data_dir
-    from .runner import RunOptions, resolve_device, run_many, summary_table
+    from .environment import resolve_device
+    from .job import RunOptions
+    from .runner import run_many, summary_table
     from .tracking import Tracker
 
     if seed + repeats - 1 > MAX_SEED:
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
-                      device=device, precision=precision, progress=not no_progress)
+                      device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics)
     resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
     data = load_cifar10(resolve_data_dir(data_dir))
     tracker = Tracker(tracking_uri, experiment_name)

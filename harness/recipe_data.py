@@ -19,6 +19,8 @@ class Prepared:
     test_x: torch.Tensor
     test_y: torch.Tensor
     n_train: int
+    train_idx: torch.Tensor | None = None  # which training images (of the loaded set) each split holds
+    val_idx: torch.Tensor | None = None
 
 
 def prepare_data(exp: Experiment, data: Cifar10, seed: int, max_train_images: int | None, device: torch.device) -> Prepared:
@@ -39,4 +41,4 @@ def prepare_data(exp: Experiment, data: Cifar10, seed: int, max_train_images: in
         val_x, val_y, val_is_test = normalize(data.train_x[va_idx], mean, std, device), y[va_idx].to(device), False
     else:  # as the write-ups without a split do: validate on the test set
         val_x, val_y, val_is_test = test_x, test_y, True
-    return Prepared(loader, val_x, val_y, val_is_test, test_x, test_y, len(tr_idx))
+    return Prepared(loader, val_x, val_y, val_is_test, test_x, test_y, len(tr_idx), tr_idx, va_idx)

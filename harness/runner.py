@@ -8,82 +8,28 @@ the final logging finish.py, MLflow calls tracking/.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import __version__
 from .checkpoints import RunState
 from .cifar_files import Cifar10
 from .claims import ConfigLock
-from .environment import configure_backend, device_name, git_commit, resolve_device
+from .environment import configure_backend, resolve_device
 from .errors import DivergedError, Interrupted, one_line
 from .finish import log_final
+from .job import Job, Outcome, Progress, RunOptions, capped_phases
 from .models import apply_init, count_params, create_model
+from .progress import epoch_line, progress_bar
 from .recipe_data import Prepared, prepare_data
-from .spec import Experiment, Phase, config_hash, flatten
-from .tracking import TAG, Tracker
+from .run_record import datasets, run_record
+from .spec import Experiment, config_hash
+from .tracking import Tracker
 from .tracking.guards import sigint_deferred
 from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class RunOptions:
-    seed: int = 0
-    repeats: int = 1
-    epochs: int | None = None  # cap: follow the recipe's schedule, stop after N epochs
-    max_train_images: int | None = None
-    force: bool = False
-    device: str = "auto"
-    precision: str = "fp32"
-    progress: bool = True
-
-    def overrides(self) -> dict:
-        """What changes the result beyond the spec and the seed (recorded and hashed)."""
-        o = {}
-        if self.epochs is not None:
-            o["epochs"] = self.epochs
-        if self.max_train_images is not None:
-            o["max_train_images"] = self.max_train_images
-        if self.precision != "fp32":
-            o["precision"] = self.precision
-        return o
-
-
-@dataclass
-class Outcome:
-    experiment_id: str
-    seed: int
-    status: str  # finished | skipped | failed | killed
-    run_id: str | None = None
-    test_acc: float | None = None
-    train_time_s: float | None = None
-    reason: str = ""
-
-
-@dataclass
-class Job:
-    """Everything one run needs, resolved once."""
-
-    exp: Experiment
-    data: Cifar10
-    tracker: Tracker
-    opts: RunOptions
-    seed: int
-    device: torch.device
-    chash: str
-    run_name: str
-    epochs: int
-    echo: object = print
-
-
-def capped_phases(phases: list[Phase], epochs: int) -> int:
-    return min(epochs, sum(p.epochs for p in phases))
 
 
 # --------------------------------------------------------------------------- claim
@@ -117,43 +63,6 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
 # --------------------------------------------------------------------------- start or resume
 
 
-def _run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dict]:
-    """(tags, params, config.json) of a new run."""
-    exp, opts, seed = job.exp, job.opts, job.seed
-    capped = job.epochs < exp.train.epochs or opts.max_train_images is not None
-    commit = git_commit()
-    tags = {
-        f"{TAG}experiment_id": exp.id, f"{TAG}config_hash": job.chash, f"{TAG}seed": seed, f"{TAG}source": exp.source.seed,
-        f"{TAG}capped": str(capped).lower(), f"{TAG}git_commit": commit, f"{TAG}version": __version__,
-        f"{TAG}torch_version": torch.__version__, f"{TAG}device": device_name(job.device),
-        f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
-        f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
-        f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,
-        "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
-        # MLflow's own fields, so the UI's Source and git columns are filled
-        "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-    }
-    params = flatten(exp.training_dict())
-    params.update({
-        "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,
-        "precision": opts.precision, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
-        "data.n_test": len(prep.test_x), "data.val_on": "test" if prep.val_is_test else "validation split",
-        "override.epochs": opts.epochs if opts.epochs is not None else "none",
-        "override.max_train_images": opts.max_train_images if opts.max_train_images is not None else "none",
-        "published.test_accuracy": json.dumps(exp.published.test_accuracy),
-    })
-    resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": opts.overrides(), "epochs": job.epochs,
-                                             "config_hash": job.chash, "params": n_params}}
-    return tags, params, {"config.json": json.dumps(resolved, indent=2)}
-
-
-@dataclass
-class Progress:
-    start_epoch: int = 0
-    best_val: float = float("inf")
-    train_time: float = 0.0
-
-
 def _restore(job: Job, run_id: str, state: RunState, model, optimizer) -> Progress:
     """Continue a killed run after its last checkpointed epoch (logging that epoch if the kill
     came between the checkpoint and the store write)."""
@@ -175,18 +84,10 @@ def _restore(job: Job, run_id: str, state: RunState, model, optimizer) -> Progre
 # --------------------------------------------------------------------------- train
 
 
-def _progress_bar(job: Job, total: int):
-    if not job.opts.progress:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: silent when stderr is not a terminal
-    return tqdm(total=total, desc=job.run_name, unit="step", dynamic_ncols=True, leave=False, mininterval=0.5, disable=None)
-
-
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state: RunState, pr: Progress, bar) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
+    t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
         phase = phase_of(exp.train.phases, epoch)
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
@@ -216,6 +117,8 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
                          "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
                          "best_val": pr.best_val, "train_time": pr.train_time, "metrics": metrics, "series": series})
         job.tracker.log_metrics(run_id, metrics, epoch, series)
+        if job.opts.progress and (bar is None or bar.disable):
+            job.echo(epoch_line(job, epoch, pr, metrics, t_start))
 
 
 def _train_run(job: Job, resume_id: str | None) -> Outcome:
@@ -229,20 +132,22 @@ def _train_run(job: Job, resume_id: str | None) -> Outcome:
     loss_fn = loss_function(exp.train.loss)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
     if resume_id is None:
-        run_id = tracker.start_run(job.run_name, *_run_record(job, prep, n_params))
+        run_id = tracker.start_run(job.run_name, *run_record(job, prep, n_params))
+        tracker.log_datasets(run_id, datasets(job, prep))
     else:
         run_id = resume_id
         tracker.reopen(run_id)
     state = RunState(run_id)
     bar = None
     try:
-        pr = _restore(job, run_id, state, model, optimizer) if resume_id is not None else Progress()
-        bar = _progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
-        _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar)
-        if bar is not None:
-            bar.close()
-            bar = None
-        return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
+        with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resume_id is not None):
+            pr = _restore(job, run_id, state, model, optimizer) if resume_id is not None else Progress()
+            bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
+            _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar)
+            if bar is not None:
+                bar.close()
+                bar = None
+            return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
     except Interrupted:  # already settled: the run finished before the interrupt took effect
         raise
     except KeyboardInterrupt:

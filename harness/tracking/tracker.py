@@ -7,6 +7,8 @@ process is retried rather than crashing.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,8 +33,11 @@ logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 # MLflow logs every SQLAlchemy error with its traceback before raising it; the harness
 # reports each failure itself, in one line with the database's own reason (store.describe)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+# "Started/Stopping system metrics monitoring" at INFO for every run is noise in a suite
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 TAG = "harness."
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 @dataclass
@@ -63,6 +68,10 @@ class Tracker:
                     except MlflowException:  # created meanwhile by a concurrent process
                         pass
                     exp = self.client.get_experiment_by_name(experiment_name)
+                if exp is not None and create and EXPERIMENT_KIND not in exp.tags:
+                    # MLflow 3's UI opens an experiment on its GenAI overview unless told it is
+                    # model training; a kind the user set is left alone
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         except HarnessError:
             raise
         except Exception as e:  # connection, driver and schema errors surface as assorted types
@@ -140,6 +149,38 @@ class Tracker:
     @_guarded
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
+
+    @_guarded
+    def log_datasets(self, run_id: str, datasets: list[dict]) -> None:
+        """MLflow dataset inputs (the runs table's Dataset column): each dict has name, digest,
+        source (a folder or URL), profile (a dict) and context (training, validation, test)."""
+        inputs = []
+        for d in datasets:
+            source_type = "http" if str(d["source"]).startswith(("http://", "https://")) else "local"
+            entity = Dataset(name=d["name"], digest=d["digest"], source_type=source_type,
+                             source=json.dumps({"url" if source_type == "http" else "uri": str(d["source"])}),
+                             profile=json.dumps(d["profile"]))
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", d["context"])]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, enabled: bool, interval_s: float, resume: bool):
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) sampled by a
+        background thread every `interval_s` seconds for the duration of the block."""
+        monitor = None
+        if enabled:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resume, tracking_uri=self.uri)
+                monitor.start()
+            except Exception:  # psutil missing or a platform it cannot read: training goes on without
+                monitor = None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()
 
     @_held
     def has_model(self, run_id: str, name: str = "model") -> bool:

@@ -1,0 +1,72 @@
+"""What a new run records about itself: tags, params, config.json and its dataset inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from . import __version__
+from .environment import device_name, git_commit
+from .recipe_data import Prepared
+from .spec import flatten
+from .tracking import TAG
+
+from .job import Job
+
+
+def run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dict]:
+    """(tags, params, config.json) of a new run."""
+    exp, opts, seed = job.exp, job.opts, job.seed
+    capped = job.epochs < exp.train.epochs or opts.max_train_images is not None
+    commit = git_commit()
+    tags = {
+        f"{TAG}experiment_id": exp.id, f"{TAG}config_hash": job.chash, f"{TAG}seed": seed, f"{TAG}source": exp.source.seed,
+        f"{TAG}capped": str(capped).lower(), f"{TAG}git_commit": commit, f"{TAG}version": __version__,
+        f"{TAG}torch_version": torch.__version__, f"{TAG}device": device_name(job.device),
+        f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
+        f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
+        f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,
+        "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
+        # MLflow's own fields, so the UI's Source and git columns are filled
+        "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+    }
+    params = flatten(exp.training_dict())
+    params.update({
+        "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,
+        "precision": opts.precision, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
+        "data.n_test": len(prep.test_x), "data.val_on": "test" if prep.val_is_test else "validation split",
+        "override.epochs": opts.epochs if opts.epochs is not None else "none",
+        "override.max_train_images": opts.max_train_images if opts.max_train_images is not None else "none",
+        "published.test_accuracy": json.dumps(exp.published.test_accuracy),
+    })
+    resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": opts.overrides(), "epochs": job.epochs,
+                                             "config_hash": job.chash, "params": n_params}}
+    return tags, params, {"config.json": json.dumps(resolved, indent=2)}
+
+
+def split_digest(fingerprint: str, split: str, idx: torch.Tensor | None) -> str:
+    """Identifies exactly which images a split holds: the data set's fingerprint plus the indices."""
+    h = hashlib.sha256(f"{fingerprint}:{split}:".encode())
+    if idx is not None:
+        h.update(idx.cpu().numpy().astype("int64").tobytes())
+    return h.hexdigest()[:16]
+
+
+def datasets(job: Job, prep: Prepared) -> list[dict]:
+    """The run's training, validation and test sets as MLflow dataset inputs. The digest names
+    the split's exact images (MLflow keeps one entity per name and digest, so a capped training
+    split must not share one with the full split); the profile carries the data fingerprint."""
+    data = job.data
+    base = "cifar10" if (len(data.train_x), len(data.test_x)) == (50000, 10000) else "cifar10-subset"
+    fp, src = data.fingerprint, str(data.root)
+    out = [{"name": f"{base}-train", "context": "training", "source": src, "digest": split_digest(fp, "train", prep.train_idx),
+            "profile": {"num_images": prep.n_train, "of": len(data.train_x), "data_fingerprint": fp, "split_seed": job.seed,
+                        "capped": job.opts.max_train_images is not None}},
+           {"name": f"{base}-test", "context": "test", "source": src, "digest": split_digest(fp, "test", None),
+            "profile": {"num_images": len(prep.test_x), "data_fingerprint": fp}}]
+    if not prep.val_is_test:
+        out.insert(1, {"name": f"{base}-val", "context": "validation", "source": src, "digest": split_digest(fp, "val", prep.val_idx),
+                       "profile": {"num_images": len(prep.val_x), "of": len(data.train_x), "data_fingerprint": fp, "split_seed": job.seed}})
+    return out
