@@ -190,7 +190,8 @@ def _finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state: RunSta
             raise
         interrupted = True
     state.clear()
-    job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}% (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
+    protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
+    job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
     if interrupted:
         raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED; nothing else was started")
     return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)

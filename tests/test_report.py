@@ -1,5 +1,6 @@
 """The report reads the store: build one with the runner, then check the HTML against it."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -107,12 +108,83 @@ def test_empty_store_and_unknown_experiment_fail_cleanly(tmp_path, built):
     assert not (tmp_path / "x.html").exists()
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
+CHECK = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});</script></body>"""
+
+
+def offline(cmd: list[str]) -> list[str]:
+    """No network at all where we may make a namespace (root); else the proxy and resolver flags."""
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        return ["unshare", "-n", *cmd]
+    return cmd
+
+
 def test_renders_in_headless_chromium(built, tmp_path):
+    """The report in a real browser with no network: every image decodes, every run is there."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("chromium not installed (apt-get install chromium)")
+    page = tmp_path / "checked.html"
+    page.write_text(built["html"].replace("</body>", CHECK))  # the check runs in a copy; the report has no script
+    base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'prof'}"]
+    r = subprocess.run(offline([*base, "--virtual-time-budget=15000", "--dump-dom", page.as_uri()]), capture_output=True, text=True, timeout=180)
+    m = re.search(r'data-images="(\d+)/(\d+)"', r.stdout)
+    assert m, r.stderr[-2000:]
+    ok, total = int(m.group(1)), int(m.group(2))
+    assert total >= 7 and ok == total, (ok, total)
+    for run in built["runs"]:
+        assert run.info.run_id in r.stdout, run.info.run_name
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-                    "--window-size=1300,2400", f"--screenshot={shot}", built["out"].as_uri()], capture_output=True, timeout=120)
+    subprocess.run(offline([*base, "--window-size=1300,2400", f"--screenshot={shot}", built["out"].as_uri()]), capture_output=True, timeout=180)
     assert shot.exists() and shot.stat().st_size > 20_000  # a blank page is a few KB
+
+
+def test_holm_adjusts_a_family_of_p_values():
+    from harness.report.mathstats import holm
+
+    # sorted 0.01, 0.02, 0.04 of 3 -> 0.03, 0.04, 0.04 (monotone); None is no test
+    adj = holm([0.04, 0.01, None, 0.02])
+    assert adj[1] == pytest.approx(0.03) and adj[3] == pytest.approx(0.04) and adj[0] == pytest.approx(0.04) and adj[2] is None
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_t_interval_over_seeds():
+    from harness.report.mathstats import t_interval
+
+    lo, hi = t_interval([60.0, 62.0, 64.0])
+    assert (lo + hi) / 2 == pytest.approx(62.0) and hi - lo == pytest.approx(2 * 4.302653 * 2 / 3**0.5, rel=1e-4)
+    assert t_interval([60.0]) is None
+
+
+def test_budget_table_picks_the_best_within_each_budget():
+    import numpy as np
+
+    from harness.report.budget import budget_table
+    from harness.report.rows import Row
+
+    def row(key):
+        return Row(key, False, pd.DataFrame(), [])
+
+    fast = [(np.array([20.0, 40, 60, 80]), np.array([40.0, 45, 47, 48])), (np.array([21.0, 41, 61, 81]), np.array([41.0, 46, 47.5, 48.2]))]
+    slow = [(np.array([100.0, 200, 400]), np.array([50.0, 60, 70])), (np.array([110.0, 210, 420]), np.array([52.0, 61, 71]))]
+    t = {b["minutes"]: b for b in budget_table([row("fast"), row("slow")], {"fast": fast, "slow": slow}, (1, 5, 15))}
+    assert t[1]["best"] == "fast" and t[1]["runner_up"] is None and t[1]["acc"] == pytest.approx(46.5)  # 47 at 60 s and 46 at 41 s (61 s is over)
+    assert t[5]["best"] == "slow" and t[5]["acc"] == pytest.approx(60.5) and t[5]["runner_up"] == "fast"
+    assert t[5]["p"] is not None and t[5]["verdict"] == "beats it beyond noise"
+    assert t[15]["acc"] == pytest.approx(70.5)
+
+
+def test_report_has_the_budget_table_ci_and_holm(built):
+    html = built["html"]
+    assert 'id="budgets"' in html and "time_to_accuracy" not in html  # the figure is embedded, not named
+    budgets = html[html.index('id="budgets"'): html.index("</table>", html.index('id="budgets"'))]
+    for m in (1, 5, 15, 60):
+        assert f">{m} min<" in budgets
+    assert "Holm" in html and "p (Holm)" in html and "95% CI (seeds)" in html
+    summary = html[html.index('id="summary"'): html.index("</table>", html.index('id="summary"'))]
+    assert summary.count("[") >= 2  # a t-interval for each of the two experiments with 2 seeds

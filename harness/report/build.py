@@ -14,7 +14,8 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
-from .charts import CLASS_PREFIX, charts
+from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
+from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
 from .rows import build_rows, load_runs
 from .stats import ALPHA, compare_neighbours, compare_to_best, pareto_front
 
@@ -63,7 +64,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     if not rows:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
 
-    preds, cms, histories, classes = {}, {}, {}, []
+    preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
     names = dict(zip(finished["run_id"], finished.get("tags.mlflow.runName", finished["run_id"])))
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +83,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
             else:
                 lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
+            curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in ("epoch_time_s", "val_acc")}) for rid in r.runs["run_id"]]
     missing_artifacts = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
     if missing_artifacts:
         warn(f"artifacts missing for {len(missing_artifacts)} run(s), whose significance tests and confusion matrices are left out: "
@@ -92,6 +94,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     tests = compare_to_best(rows, preds)
     neighbours = compare_neighbours(rows, preds)
     figs = charts(rows, histories, cms, classes)
+    figs["time_to_accuracy"] = time_to_accuracy_chart(rows, {k: mean_curve(v) for k, v in curves.items()}, BUDGETS_MIN)
+    budgets = budget_table(rows, curves)
     pts = [(r.key, r.stats["train_time"], r.stats["mean"]) for r in rows]
     front = pareto_front(pts)
     verdict = {t["other"]: t["verdict"] for t in tests}
@@ -112,7 +116,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
-            "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
+            "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
             "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
             "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"],
             "pareto": r.key in front, "verdict": "best" if r.key == best else verdict.get(r.key, "-"),
@@ -129,7 +133,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
         best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
-        missing_artifacts=missing_artifacts,
+        missing_artifacts=missing_artifacts, budgets=budgets,
     )
     _write_text(out_path, html, "--out")
     if csv_target:

@@ -31,12 +31,14 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
     # measured vs published
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.5))
     y = np.arange(len(rows))
-    ax.barh(y - 0.2, [r.stats["mean"] for r in rows], 0.4, xerr=[r.stats["std"] or 0 for r in rows], label="measured (mean ± std over seeds)", color="#4C72B0", capsize=3)
+    err = [[r.stats["mean"] - r.stats["ci95"][0] if r.stats["ci95"] else 0 for r in rows],
+           [r.stats["ci95"][1] - r.stats["mean"] if r.stats["ci95"] else 0 for r in rows]]
+    ax.barh(y - 0.2, [r.stats["mean"] for r in rows], 0.4, xerr=err, label="measured (mean, 95% t-interval over seeds)", color="#4C72B0", capsize=3)
     ax.barh(y + 0.2, [r.stats["published_mean"] or 0 for r in rows], 0.4, label="published (mean of repeats)", color="#DD8452")
     for i, r in enumerate(rows):
         for p in r.published:
             ax.plot(p, i + 0.2, "k|", ms=9)
-    ax.set_yticks(y, names)
+    ax.set_yticks(y, [f"{n} (n={r.stats['n']})" for n, r in zip(names, rows)])
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%)")
     ax.legend(loc="lower right", fontsize=8)
@@ -102,3 +104,27 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
             ax.axis("off")
         out["confusion"] = b64(png_bytes(fig))
     return out
+
+
+def time_to_accuracy_chart(rows: list[Row], curves: dict[str, tuple[np.ndarray, np.ndarray]], budgets_min) -> str:
+    """Validation accuracy (the test set where the write-up validates on it) against cumulative
+    training time, one line per experiment (seeds averaged per epoch), budgets marked."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from ..plots import png_bytes
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    palette = sns.color_palette("tab20", len(rows))
+    for r, col in zip(rows, palette):
+        t, a = curves.get(r.key, (np.array([]), np.array([])))
+        if len(t):
+            ax.plot(t, a, "-o", color=col, ms=3, lw=1.4, label=r.key)
+    for m in budgets_min:
+        ax.axvline(60 * m, color="#999", ls="--", lw=0.8)
+        ax.annotate(f"{m} min", (60 * m, 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="#666", rotation=90, ha="right")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training time (s, log scale; training only, on the measured device)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    return b64(png_bytes(fig))

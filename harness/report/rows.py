@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
+from .mathstats import t_interval
 
 @dataclass
 class Row:
@@ -70,6 +71,7 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
             "n": len(acc),
             "mean": float(acc.mean()),
             "std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+            "ci95": t_interval(acc),
             "published_mean": float(np.mean(pub)) if pub else None,
             "train_time": float(g["metrics.train_time_s"].mean()),
             "images_per_s": float(g["metrics.images_per_s"].mean()),

@@ -1,34 +1,14 @@
-"""Is a difference real? Paired tests on the same test images, seed spread, Holm's correction."""
+"""Is a difference real? Each comparison the report makes, corrected per family (Holm)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from ..tracking import TAG
+from .mathstats import holm, mcnemar, paired_bootstrap
 from .rows import Row
 
-BOOTSTRAP = 2000
 ALPHA = 0.05
-
-
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
-    """Exact McNemar test on paired correctness: (b, c, two-sided p)."""
-    from scipy.stats import binomtest
-
-    b = int(np.sum(correct_a & ~correct_b))
-    c = int(np.sum(~correct_a & correct_b))
-    p = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
-    return b, c, float(p)
-
-
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """95% interval of accuracy(a) - accuracy(b), resampling test images (in points of %)."""
-    rng = np.random.default_rng(seed)
-    d = correct_a.astype(float) - correct_b.astype(float)
-    idx = rng.integers(0, len(d), size=(n, len(d)))
-    means = 100.0 * d[idx].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame]) -> dict:
@@ -41,13 +21,23 @@ def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame]) -> dict:
         cb = (pb["pred"] == pb["label"]).to_numpy()
         entry["b"], entry["c"], entry["p"] = mcnemar(ca, cb)
         entry["ci"] = paired_bootstrap(ca, cb)
-    spread = max([s for s in (a.stats["std"], b.stats["std"]) if s is not None], default=None)
-    entry["spread"] = spread
-    real = entry["p"] is not None and entry["p"] < ALPHA
-    if spread is not None and entry["diff"] < 2 * spread:
-        real = False  # inside the seed-to-seed spread: not a ranking
-    entry["verdict"] = "real" if real else ("within noise" if entry["p"] is not None or spread is not None else "untested")
+    entry["spread"] = max([s for s in (a.stats["std"], b.stats["std"]) if s is not None], default=None)
+    entry["p_holm"] = entry["p"]  # until holm_family() adjusts it among its family
     return entry
+
+
+def _verdict(entry: dict) -> str:
+    real = entry["p_holm"] is not None and entry["p_holm"] < ALPHA
+    if entry["spread"] is not None and entry["diff"] < 2 * entry["spread"]:
+        real = False  # inside the seed-to-seed spread: not a ranking
+    return "real" if real else ("within noise" if entry["p"] is not None or entry["spread"] is not None else "untested")
+
+
+def holm_family(entries: list[dict]) -> list[dict]:
+    for e, adj in zip(entries, holm([e["p"] for e in entries])):
+        e["p_holm"] = adj
+        e["verdict"] = _verdict(e)
+    return entries
 
 
 def ranked_rows(rows: list[Row]) -> list[Row]:
@@ -58,13 +48,13 @@ def ranked_rows(rows: list[Row]) -> list[Row]:
 
 def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
     ranked = ranked_rows(rows)
-    return [paired_compare(ranked[0], r, preds) for r in ranked[1:]]
+    return holm_family([paired_compare(ranked[0], r, preds) for r in ranked[1:]])
 
 
 def compare_neighbours(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
     """Each rank against the next one down: where the ordering itself is inside the noise."""
     ranked = ranked_rows(rows)
-    return [paired_compare(a, b, preds) for a, b in zip(ranked, ranked[1:])]
+    return holm_family([paired_compare(a, b, preds) for a, b in zip(ranked, ranked[1:])])
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
