@@ -119,6 +119,11 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
     click.echo("")
     click.echo(summary_table(outcomes))
+    if tracker.uri.startswith(("http://", "https://")):
+        where = ""
+    else:
+        where = "`mlflow ui` here, then " if tracker.uri == "sqlite:///mlflow.db" else f"`mlflow ui --backend-store-uri {tracker.uri}`, then "
+    click.echo(f"\nruns: {where}{tracker.ui_url()}   report: `harness report`")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")

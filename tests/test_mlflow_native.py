@@ -79,3 +79,19 @@ def test_a_log_file_gets_one_line_per_epoch(synthetic_root, tmp_path):
         for word in ("train_loss", "val_acc", "img/s", "elapsed", "ETA"):
             assert word in ln, ln
     assert "\r" not in text  # no progress-bar redraws in a file
+
+
+def test_run_all_and_the_report_point_at_the_training_view_of_the_ui(synthetic_root, store, tmp_path):
+    """MLflow 3.17's UI ignores mlflow.experimentKind and opens in GenAI mode unless the URL
+    asks for the training view: every link harness prints or writes does."""
+    r = CliRunner().invoke(main, ["run", "fastai-simplenet", "--data-dir", str(synthetic_root), "--tracking-uri", store,
+                                  "--epochs", "1", "--max-train-images", "128", "--no-progress", "--no-system-metrics"])
+    assert r.exit_code == 0, r.output
+    assert "?workflowType=machine_learning" in r.output.splitlines()[-1] and "mlflow ui --backend-store-uri" in r.output
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(main, ["report", "--tracking-uri", store, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    import re
+
+    links = re.findall(r'href="(http://127\.0\.0\.1:5000/[^"]+)"', out.read_text())
+    assert links and all(link.endswith("?workflowType=machine_learning") for link in links)

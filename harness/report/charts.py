@@ -122,7 +122,7 @@ def time_to_accuracy_chart(rows: list[Row], curves: dict[str, tuple[np.ndarray, 
             ax.plot(t, a, "-o", color=col, ms=3, lw=1.4, label=r.key)
     for m in budgets_min:
         ax.axvline(60 * m, color="#999", ls="--", lw=0.8)
-        ax.annotate(f"{m} min", (60 * m, 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="#666", rotation=90, ha="right")
+        ax.text(60 * m, 0.98, f" {m} min", transform=ax.get_xaxis_transform(), fontsize=8, color="#555", va="top", ha="left")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training time (s, log scale; training only, on the measured device)")
     ax.set_ylabel("validation accuracy (%)")

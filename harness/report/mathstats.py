@@ -38,8 +38,9 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return out
 
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean over seeds (None with fewer than 2)."""
+def t_interval(values: np.ndarray, level: float = 0.95, bounds: tuple[float, float] = (0.0, 100.0)) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean over seeds (None with fewer than 2), clipped
+    to the values an accuracy can take (with 2 seeds t = 12.7 makes it wide)."""
     from scipy.stats import t
 
     values = np.asarray(values, dtype=float)
@@ -47,7 +48,7 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] |
     if n < 2:
         return None
     half = t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
-    return float(values.mean() - half), float(values.mean() + half)
+    return max(bounds[0], float(values.mean() - half)), min(bounds[1], float(values.mean() + half))
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:

@@ -38,6 +38,9 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 TAG = "harness."
 EXPERIMENT_KIND = "mlflow.experimentKind"
+# MLflow 3.17's UI ignores the experiment kind: it opens in the browser's last "GenAI" / "Model
+# training" mode, GenAI by default; this query parameter selects (and remembers) training
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 @dataclass
@@ -99,6 +102,12 @@ class Tracker:
     @_guarded
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """Where the runs are in the MLflow UI (`mlflow ui` for a local store, the server itself otherwise)."""
+        if self.uri.startswith(("http://", "https://")):
+            base = redact(self.uri)
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?{UI_TRAINING_VIEW}"
 
     def search_runs_df(self):
         """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
