@@ -28,9 +28,54 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_backend(device: torch.device) -> None:
-    # all cores for intra-op work; PyTorch's default can be lower inside containers
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+# Below this much work per training step (multiply-accumulates of the convolutions and linear
+# layers, forward, whole batch) a recipe trains on one intra-op thread. Measured on 2 cores
+# (`harness bench` prints it): such steps gain 0.8-1.3x from a second thread when the machine
+# is idle and lose 3.5-60x when another process is busy (OpenMP threads wait on each other
+# across preempted cores: tutorial-base@4 trained at 45 img/s on 2 threads against 2,789 on 1
+# beside a second harness). Above it (the fastai batch-256 nets from 188 M, the VGG from 2.7 G)
+# a second core pays 1.5-2x. The batch-4/20 recipes are 2.6-76 M.
+SMALL_STEP_MACS = 100e6
+
+
+def all_cores() -> int:
+    # PyTorch's own default can be lower inside containers
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def macs_per_image(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of the convolutions and linear layers for one 32x32 image."""
+    total = [0]
+
+    def hook(m, _inputs, out):
+        per_output = m.in_features if isinstance(m, torch.nn.Linear) else (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        total[0] += out.numel() // out.shape[0] * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total[0]
+
+
+def choose_threads(model: torch.nn.Module, batch_size: int, device: torch.device, override: int | None = None) -> int:
+    """Intra-op threads for a recipe: the user's number, else 1 for small steps on the CPU
+    (see SMALL_STEP_MACS), else every core."""
+    if override:
+        return override
+    if device.type == "cpu" and macs_per_image(model) * batch_size < SMALL_STEP_MACS:
+        return 1
+    return all_cores()
+
+
+def configure_backend(device: torch.device, threads: int | None = None) -> None:
+    torch.set_num_threads(threads or all_cores())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 

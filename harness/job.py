@@ -22,6 +22,7 @@ class RunOptions:
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True  # tqdm bars on a terminal, one line per epoch elsewhere (logs, nohup, CI)
+    threads: int | None = None  # intra-op threads; None: chosen per recipe (environment.choose_threads)
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
 
@@ -62,6 +63,7 @@ class Job:
     run_name: str
     epochs: int
     echo: object = print
+    threads: int = 1  # intra-op threads the run trains on (recorded as a param)
 
 
 def capped_phases(phases: list[Phase], epochs: int) -> int:

@@ -16,7 +16,7 @@ import torch
 from .checkpoints import RunState
 from .cifar_files import Cifar10
 from .claims import ConfigLock
-from .environment import configure_backend, resolve_device
+from .environment import choose_threads, configure_backend, resolve_device
 from .errors import DivergedError, Interrupted, one_line
 from .finish import log_final
 from .job import Job, Outcome, Progress, RunOptions, capped_phases
@@ -123,11 +123,12 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
 
 def _train_run(job: Job, resume_id: str | None) -> Outcome:
     exp, tracker = job.exp, job.tracker
-    configure_backend(job.device)
     prep = prepare_data(exp, job.data, job.seed, job.opts.max_train_images, job.device)
     torch.manual_seed(job.seed)  # weight init, dropout
     np.random.seed(job.seed)
     model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
+    job.threads = choose_threads(model, exp.train.batch_size, job.device, job.opts.threads)
+    configure_backend(job.device, job.threads)
     n_params = count_params(model)
     loss_fn = loss_function(exp.train.loss)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)

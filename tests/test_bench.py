@@ -22,6 +22,11 @@ def test_bench_prints_the_comparison_lines(store):
     for case in ("tutorial-base@4", "medium-vgg-bn@20"):
         assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx$", r.output, re.M), r.output
     assert re.search(r"tracking overhead .*: [+-]\d+\.\d%", r.output)
+    for case, policy in (("tutorial-base@4", 1), ("medium-vgg-bn@20", None)):
+        line = re.search(rf"^{re.escape(case)} threads: alone 1 thread \d+ img/s \| (\d+) threads \d+ img/s; beside a busy process "
+                         rf"1 thread \d+ img/s \| \d+ threads \d+ img/s; policy: (\d+)", r.output, re.M)
+        assert line, r.output
+        assert int(line.group(2)) == (policy or int(line.group(1)))
     assert all(eid in r.output for eid in CAT)  # the whole-suite estimate lists every experiment
 
 
@@ -101,3 +106,27 @@ def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
     torch.testing.assert_close(torch.tensor([v for _, v in stats.step_losses]), torch.tensor(ref), rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_thread_policy_picks_one_thread_for_the_small_recipes_and_all_cores_for_the_rest():
+    from harness.environment import all_cores, choose_threads
+
+    cpu = torch.device("cpu")
+    small = {"tutorial-base", "tutorial-c16", "tutorial-c32", "tutorial-c128", "skl-cnn", "medium-tutorial-net",
+             "medium-three-conv", "fastai-simplenet"}
+    for eid, exp in CAT.items():
+        model = create_model(exp.model.name, **exp.model.args)
+        assert choose_threads(model, exp.train.batch_size, cpu) == (1 if eid in small else all_cores()), eid
+        assert choose_threads(model, exp.train.batch_size, cpu, override=3) == 3
+
+
+def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
+    for eid, extra in (("tutorial-base", []), ("fastai-convnet", ["--threads", "2"])):
+        r = CliRunner().invoke(main, ["run", eid, "--data-dir", str(synthetic_root), "--tracking-uri", store, "--epochs", "1",
+                                      "--max-train-images", "128", "--no-progress", "--no-system-metrics", *extra])
+        assert r.exit_code == 0, r.output
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(store)
+    runs = {x.data.tags["harness.experiment_id"]: x for x in c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])}
+    assert runs["tutorial-base"].data.params["threads"] == "1" and runs["fastai-convnet"].data.params["threads"] == "2"
