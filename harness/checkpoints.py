@@ -1,6 +1,10 @@
 """Where a run's training state lives between epochs: one folder per MLflow run id under the
-state root (./.harness/state, or $HARNESS_STATE_DIR), written atomically, read back without
-unpickling arbitrary objects (weights_only)."""
+state root, written atomically, read back without unpickling arbitrary objects (weights_only).
+
+The state root belongs to the tracking store, not to the folder a command runs in: for a SQLite
+store it is `.harness/state` beside the database, so every process that uses the store (from
+any folder, with a relative or an absolute URI) finds the same locks and checkpoints.
+$HARNESS_STATE_DIR overrides it."""
 
 from __future__ import annotations
 
@@ -11,17 +15,31 @@ from pathlib import Path
 import torch
 
 from .errors import HarnessError
+from .tracking.store import redact, sqlite_path
 
 
-def state_root() -> Path:
-    return Path(os.environ.get("HARNESS_STATE_DIR") or Path.cwd() / ".harness" / "state")
+def state_root(store_uri: str | None = None) -> Path:
+    if os.environ.get("HARNESS_STATE_DIR"):
+        return Path(os.environ["HARNESS_STATE_DIR"])
+    db = sqlite_path(store_uri) if store_uri else None
+    if db is not None:
+        return db.expanduser().resolve().parent / ".harness" / "state"
+    return Path.cwd() / ".harness" / "state"
+
+
+def store_identity(store_uri: str) -> str:
+    """One name per store however its URI is spelt: a SQLite file by its resolved path."""
+    db = sqlite_path(store_uri)
+    if db is not None:
+        return "sqlite:" + str(db.expanduser().resolve())
+    return redact(store_uri).rstrip("/").lower()
 
 
 class RunState:
     """The epoch checkpoint (`state.pt`) and the best-validation weights (`best.pt`) of one run."""
 
-    def __init__(self, run_id: str):
-        self.dir = state_root() / run_id
+    def __init__(self, run_id: str, root: Path | None = None):
+        self.dir = (root or state_root()) / run_id
         self.last = self.dir / "state.pt"
         self.best = self.dir / "best.pt"
 

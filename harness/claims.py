@@ -5,15 +5,15 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .checkpoints import state_root
+from pathlib import Path
 
 
 class ConfigLock:
-    """An flock per configuration: a second process on the same store skips it instead of
-    training it twice; the kernel drops the lock when a holder dies, even by SIGKILL."""
+    """An flock per configuration, in the store's state root: a second process on the same
+    store (from any folder) skips it instead of training it twice; the kernel drops the lock
+    when a holder dies, even by SIGKILL."""
 
-    def __init__(self, key: str):
-        root = state_root()
+    def __init__(self, key: str, root: Path):
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / f"{key}.lock"
         self.fd = None

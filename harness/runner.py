@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from .checkpoints import RunState
+from .checkpoints import RunState, state_root, store_identity
 from .cifar_files import Cifar10
 from .claims import ConfigLock
 from .environment import choose_threads, configure_backend, resolve_device
@@ -40,8 +40,8 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
     chash = config_hash(exp, opts.overrides(), seed, data.fingerprint)
     epochs = capped_phases(exp.train.phases, opts.epochs) if opts.epochs is not None else exp.train.epochs
     job = Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 else f"{exp.id}-s{seed}", epochs, echo)
-    key = hashlib.sha256(f"{tracker.uri}|{tracker.experiment_name}|{chash}".encode()).hexdigest()[:20]
-    lock = ConfigLock(key)
+    key = hashlib.sha256(f"{store_identity(tracker.uri)}|{tracker.experiment_name}|{chash}".encode()).hexdigest()[:20]
+    lock = ConfigLock(key, state_root(tracker.uri))
     if not lock.acquire():
         return Outcome(exp.id, seed, "skipped", reason="being trained by another process")
     try:
@@ -138,7 +138,7 @@ def _train_run(job: Job, resume_id: str | None) -> Outcome:
     else:
         run_id = resume_id
         tracker.reopen(run_id)
-    state = RunState(run_id)
+    state = RunState(run_id, state_root(tracker.uri))
     bar = None
     try:
         with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resume_id is not None):

@@ -1,0 +1,88 @@
+"""One store, many processes: a configuration is trained once whatever folder a process runs in
+and however it spells the store's URI, and a killed run resumes from any folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+IDS = ["fastai-simplenet", "tutorial-base", "fastai-convnet"]
+
+
+def folder(tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    shutil.copytree(REPO / "experiments", d / "experiments")
+    return d
+
+
+def harness(cwd: Path, *args) -> subprocess.Popen:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
+    env.pop("HARNESS_STATE_DIR", None)  # where state lives is what these tests are about
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def check_each_trained_once(store: str, ids: list[str], epochs: int) -> None:
+    c = MlflowClient(store)
+    runs = c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id], max_results=100)
+    by_id = {}
+    for r in runs:
+        by_id.setdefault(r.data.tags["harness.experiment_id"], []).append(r)
+    for eid in ids:
+        [run] = by_id[eid]  # one run, not two
+        assert run.info.status == "FINISHED", (eid, run.info.status)
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")) == list(range(epochs)), eid
+        assert len(c.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
+
+
+@pytest.mark.parametrize("spelling", ["two folders", "relative and absolute URI"])
+def test_two_run_alls_on_one_store_train_each_configuration_once(tmp_path, synthetic_root, spelling):
+    a = folder(tmp_path, "a")
+    store_abs = f"sqlite:///{a}/mlflow.db"
+    if spelling == "two folders":
+        b, uris = folder(tmp_path, "b"), (store_abs, store_abs)
+    else:
+        b, uris = a, ("sqlite:///mlflow.db", store_abs)
+    common = ["--data-dir", synthetic_root, "--epochs", "2", "--max-train-images", "400", "--no-progress", "--no-system-metrics"]
+    procs = [harness(a, "run", *IDS, "--tracking-uri", uris[0], *common),
+             harness(b, "run", *reversed(IDS), "--tracking-uri", uris[1], *common)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    check_each_trained_once(store_abs, IDS, 2)
+
+
+def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthetic_root):
+    a, b = folder(tmp_path, "a"), folder(tmp_path, "b")
+    store = f"sqlite:///{a}/mlflow.db"
+    args = ["run", "medium-vgg-bn", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "4",
+            "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
+    p = harness(a, *args)
+    state = a / ".harness" / "state"  # beside the store, whatever the working folder
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        cks = list(state.glob("*/state.pt"))
+        if cks:
+            try:
+                if torch.load(cks[0], weights_only=True)["epoch"] >= 1:
+                    break
+            except Exception:
+                pass  # caught between write and rename: look again
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    r = harness(b, *args)
+    out = r.communicate(timeout=600)[0]
+    assert r.returncode == 0 and "resuming" in out, out
+    check_each_trained_once(store, ["medium-vgg-bn"], 4)
