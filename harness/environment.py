@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -80,7 +81,9 @@ def configure_backend(device: torch.device, threads: int | None = None) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The harness's own commit (-dirty with local changes), read once per process."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)

@@ -233,3 +233,21 @@ def test_delta_to_published_is_zero_inside_and_the_distance_to_the_nearest_bound
     assert distance_to_interval(62.5, (63.0, 64.0)) == pytest.approx(-0.5)
     assert distance_to_interval(65.0, (63.0, 64.0)) == pytest.approx(1.0)
     assert distance_to_interval(50.0, None) is None
+
+
+def test_confusion_matrix_and_f1_equal_sklearns():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from harness.finish import confusion, f1_scores
+
+    rng = np.random.default_rng(0)
+    for k, n, never in ((10, 500, None), (10, 300, 3), (4, 50, 0)):
+        y = rng.integers(0, k, n)
+        pred = np.where(rng.random(n) < 0.4, y, rng.integers(0, k, n))
+        if never is not None:
+            pred[pred == never] = (never + 1) % k  # a class never predicted
+        cm = confusion(y, pred, k)
+        np.testing.assert_array_equal(cm, confusion_matrix(y, pred, labels=list(range(k))))
+        macro, micro = f1_scores(cm)
+        assert macro == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+        assert micro == pytest.approx(f1_score(y, pred, average="micro"))
