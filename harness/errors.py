@@ -21,7 +21,12 @@ def one_line(e: BaseException) -> str:
 
 
 class HarnessError(Exception):
-    """A mistake in input or environment that the user can fix; never shown as a traceback."""
+    """A mistake in input or environment that the user can fix; never shown as a traceback.
+    Its message is one line whatever it quotes (a file's bytes, a TOML key): line breaks are
+    kept visible as \\n."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class DivergedError(HarnessError):

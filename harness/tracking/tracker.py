@@ -20,7 +20,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..errors import HarnessError
+from ..errors import HarnessError, UsageError
 from .guards import guarded as _guarded
 from .guards import held as _held
 from .guards import retry_locked as _retry_locked
@@ -78,6 +78,9 @@ class Tracker:
         except HarnessError:
             raise
         except Exception as e:  # connection, driver and schema errors surface as assorted types
+            if any(f"error code {code}" in str(e) for code in (401, 403)):
+                raise UsageError(f"tracking server {shown}: authentication failed; check MLFLOW_TRACKING_USERNAME and "
+                                 "MLFLOW_TRACKING_PASSWORD") from None
             raise HarnessError(f"tracking store {shown} unusable: {describe(e)}") from None
         if exp is None:
             known = [e.name for e in self.client.search_experiments()]
