@@ -60,26 +60,32 @@ def main():
 @click.option("--experiments-dir", type=click.Path(file_okay=False), default=None, help="Folder of *.toml specs (default: ./experiments).")
 @friendly
 def list_cmd(fmt, experiments_dir):
-    """List the experiments of the catalogue with their parameter counts."""
-    from .models import count_params, create_model
+    """List the experiments of the catalogue: parameters, published accuracy, CPU threads, source."""
+    import torch
+
     from .catalogue import load_catalogue
+    from .environment import choose_threads, macs_per_image
+    from .models import count_params, create_model
 
     rows = []
     for exp in load_catalogue(experiments_dir).values():
-        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed,
-                     "params": count_params(create_model(exp.model.name, **exp.model.args)),
-                     "published_accuracy": exp.published.test_accuracy})
+        model = create_model(exp.model.name, **exp.model.args)
+        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed, "params": count_params(model),
+                     "published_accuracy": exp.published.test_accuracy,
+                     "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
+                     "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu"))})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no experiments found")
         return
-    head = ("id", "params", "published", "source", "title")
-    table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", r["source"], r["title"]) for r in rows]
-    w = [max(len(str(x[i])) for x in [head, *table]) for i in range(4)]
+    head = ("id", "params", "published", "M MACs/step", "CPU threads", "source", "title")
+    table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", f"{r['mmacs_per_step']:,.0f}",
+              str(r["cpu_threads"]), r["source"], r["title"]) for r in rows]
+    w = [max(len(str(x[i])) for x in [head, *table]) for i in range(6)]
     for r in [head, *table]:
-        click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}")
+        click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]:<{w[5]}}  {r[6]}")
 
 
 # --------------------------------------------------------------------------- run / run-all

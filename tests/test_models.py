@@ -94,7 +94,9 @@ def test_list_json_has_every_experiment_with_computed_params():
 
     rows = json.loads(r.output)
     assert {row["id"]: row["params"] for row in rows} == PUBLISHED_PARAMS
-    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy"} for row in rows)
+    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy", "mmacs_per_step", "cpu_threads"} for row in rows)
+    threads = {row["id"]: row["cpu_threads"] for row in rows}
+    assert threads["tutorial-base"] == 1 and threads["skl-cnn"] == 1 and threads["medium-vgg-bn"] >= 1
     c128 = next(row for row in rows if row["id"] == "tutorial-c128")
     assert c128["published_accuracy"] == [60.77, 62.73, 58.73]
 
