@@ -28,7 +28,8 @@ def as_plain_user() -> list[str]:
 
 
 def harness(*args, cwd: Path, prefix=(), env_extra=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), **(env_extra or {}))
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
+    env.update(env_extra or {})
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([*prefix, sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
@@ -213,14 +214,13 @@ def test_read_only_store_says_so_in_one_line(finished_store, data):
     assert_one_line(r, 1, "read-only")
 
 
-def test_postgresql_without_its_driver_names_the_install_command(work, data):
-    try:
-        import psycopg  # noqa: F401
-
-        pytest.skip("psycopg is installed here")
-    except ImportError:
-        pass
-    r = harness(*RUN, "--data-dir", data, "--tracking-uri", "postgresql://u:secret@127.0.0.1:9/db", cwd=work)
+def test_postgresql_without_its_driver_names_the_install_command(work, data, tmp_path):
+    # psycopg may be installed here (the server tests use it): hide it as a machine without it would
+    hide = tmp_path / "no-psycopg"
+    (hide / "psycopg").mkdir(parents=True)
+    (hide / "psycopg" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n")
+    r = harness(*RUN, "--data-dir", data, "--tracking-uri", "postgresql://u:secret@127.0.0.1:9/db", cwd=work,
+                env_extra={"PYTHONPATH": f"{hide}{os.pathsep}{REPO}"})
     line = assert_one_line(r, 1, 'pip install "psycopg[binary]"')
     assert "secret" not in line  # the password is never printed
 
