@@ -29,9 +29,6 @@ from .tracking import Tracker
 from .tracking.guards import sigint_deferred
 from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 # --------------------------------------------------------------------------- claim
 
 

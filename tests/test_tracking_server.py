@@ -107,8 +107,7 @@ def server():
 
 def harness(server, *args, password=PASSWORD, cwd=None):
     env = dict(os.environ, MLFLOW_TRACKING_URI=server["url"], MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=password,
-               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
-    env.pop("HARNESS_STATE_DIR", None)
+               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), HARNESS_STATE_DIR=str(server["root"] / "state"))
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
