@@ -141,7 +141,7 @@ def test_runs_params_metrics_and_artifacts_reach_the_server(trained, admin):
         assert {"config.json", "confusion_matrix.png", "test_predictions.csv", "loss_curve.png"} <= arts
         assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"cifar10-subset-train", "cifar10-subset-test"}
     assert admin.get_experiment(trained["exp"].experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    assert "?workflowType=machine_learning" in trained["out"]
+    assert "?workflowType=machine_learning" in trained["out"] and "View run" not in trained["out"]
 
 
 def test_the_logged_model_loads_in_another_process(server, trained):

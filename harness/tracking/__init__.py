@@ -19,6 +19,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow 3's usage telemetry runs a background thread that, offline, cost 15% of training
 # throughput on 2 cores (measured by `harness bench`); a user may still set it to false
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# against a server MLflow prints "View run/experiment" links as each run ends (one more request
+# each); harness prints its own, pointing at the UI's training view
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from .store import DEFAULT_EXPERIMENT, DEFAULT_URI, redact, resolve_uri  # noqa: E402
 from .tracker import TAG, UI_TRAINING_VIEW, RunRecord, Tracker, load_model  # noqa: E402
