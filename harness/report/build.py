@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import HarnessError
-from ..tracking import TAG, UI_TRAINING_VIEW, Tracker
+from ..tracking import TAG, Tracker, ui_link
 from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
 from .rows import build_rows, load_runs
@@ -108,7 +108,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     present = set(finished[f"tags.{TAG}experiment_id"])
     missing = [k for k in known if k not in present]
     exp_id = tracker.experiment_id
-    link = lambda run_id: f"{ui_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?{UI_TRAINING_VIEW}"
+    link = lambda run_id: ui_link(ui_url, exp_id, run_id)
 
     table = []
     for r in rows:
@@ -133,7 +133,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
         best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
-        experiment_link=f"{ui_url.rstrip('/')}/#/experiments/{exp_id}?{UI_TRAINING_VIEW}",
+        experiment_link=ui_link(ui_url, exp_id),
         missing_artifacts=missing_artifacts, budgets=budgets,
     )
     _write_text(out_path, html, "--out")

@@ -24,6 +24,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from .store import DEFAULT_EXPERIMENT, DEFAULT_URI, redact, resolve_uri  # noqa: E402
-from .tracker import TAG, UI_TRAINING_VIEW, RunRecord, Tracker, load_model  # noqa: E402
+from .tracker import TAG, RunRecord, Tracker, load_model, ui_link  # noqa: E402
 
-__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_URI", "TAG", "UI_TRAINING_VIEW", "RunRecord", "Tracker", "load_model", "redact", "resolve_uri"]
+__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_URI", "TAG", "RunRecord", "Tracker", "load_model", "redact", "resolve_uri", "ui_link"]

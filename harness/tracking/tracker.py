@@ -43,6 +43,12 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 
+def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A page of the MLflow UI at `base`, in its Model training view."""
+    page = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}{page}?{UI_TRAINING_VIEW}"
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -110,7 +116,7 @@ class Tracker:
         """Where the runs are in the MLflow UI (`mlflow ui` for a local store, the server itself otherwise)."""
         if self.uri.startswith(("http://", "https://")):
             base = redact(self.uri)
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?{UI_TRAINING_VIEW}"
+        return ui_link(base, self.experiment_id)
 
     def search_runs_df(self):
         """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
