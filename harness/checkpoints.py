@@ -1,21 +1,32 @@
-"""Where a run's training state lives between epochs: one folder per MLflow run id under the
-state root, written atomically, read back without unpickling arbitrary objects (weights_only).
+"""Where a run's training state lives between epochs, so a killed run resumes after its last
+completed epoch: one file with the weights, the optimizer, the RNG, the progress and (for the
+recipes that keep their best-validation weights) those too, read back with weights_only so a
+checkpoint cannot run code.
 
-The state root belongs to the tracking store, not to the folder a command runs in: for a SQLite
-store it is `.harness/state` beside the database, so every process that uses the store (from
-any folder, with a relative or an absolute URI) finds the same locks and checkpoints.
-$HARNESS_STATE_DIR overrides it."""
+Two homes, chosen by the store:
+- a SQLite store is one machine's: `LocalRunState` keeps the file in `.harness/state/<run id>/`
+  beside the database (so every process on the store, from any folder, finds it), written
+  atomically. $HARNESS_STATE_DIR overrides the folder.
+- a tracking server is shared by many machines: `SharedRunState` keeps it as an artifact of the
+  run itself (`harness-state/`), so a run whose machine died resumes on any other. Two slots are
+  written in turn and a tag names the complete one, so a kill mid-upload loses nothing.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import HarnessError
+from .tracking import TAG, Tracker
 from .tracking.store import redact, sqlite_path
+
+STATE_DIR = "harness-state"
+STATE_TAG = f"{TAG}checkpoint"
 
 
 def state_root(store_uri: str | None = None) -> Path:
@@ -27,6 +38,14 @@ def state_root(store_uri: str | None = None) -> Path:
     return Path.cwd() / ".harness" / "state"
 
 
+def lock_root(store_uri: str) -> Path:
+    """Where this machine keeps the configuration locks of a store: beside a SQLite file, in the
+    user's cache for a server (the same folder whichever folder a command runs in)."""
+    if os.environ.get("HARNESS_STATE_DIR") or sqlite_path(store_uri) is not None:
+        return state_root(store_uri)
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "harness" / "locks"
+
+
 def store_identity(store_uri: str) -> str:
     """One name per store however its URI is spelt: a SQLite file by its resolved path."""
     db = sqlite_path(store_uri)
@@ -35,40 +54,69 @@ def store_identity(store_uri: str) -> str:
     return redact(store_uri).rstrip("/").lower()
 
 
-class RunState:
-    """The epoch checkpoint (`state.pt`) and the best-validation weights (`best.pt`) of one run."""
+def shared_store(store_uri: str) -> bool:
+    """Whether processes on other machines may share the store (anything but a SQLite file)."""
+    return sqlite_path(store_uri) is None
+
+
+class LocalRunState:
+    """The epoch checkpoint of one run in a folder of its own."""
 
     def __init__(self, run_id: str, root: Path | None = None):
         self.dir = (root or state_root()) / run_id
         self.last = self.dir / "state.pt"
-        self.best = self.dir / "best.pt"
 
-    def save_last(self, state: dict) -> None:
-        _atomic_save(state, self.last, self.dir)
+    def save(self, state: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.last.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.last)  # a kill mid-write leaves the previous checkpoint intact
 
-    def save_best(self, weights: dict) -> None:
-        _atomic_save(weights, self.best, self.dir)
-
-    def load_last(self, device: torch.device) -> dict | None:
-        return _load(self.last, device)
-
-    def load_best(self, device: torch.device) -> dict | None:
-        return _load(self.best, device)
+    def load(self, device: torch.device) -> dict | None:
+        return _load(self.last, device) if self.last.exists() else None
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _atomic_save(obj, path: Path, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+class SharedRunState:
+    """The epoch checkpoint of one run as artifacts of the run, in the tracking server's store."""
+
+    def __init__(self, tracker: Tracker, run_id: str, known: str | None = None):
+        self.tracker, self.run_id = tracker, run_id
+        self.current = known  # "<slot>:<epoch>" of the complete checkpoint, from the run's tag
+
+    def save(self, state: dict) -> None:
+        slot = "b.pt" if self.current and self.current.startswith("a.pt") else "a.pt"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / slot
+            torch.save(state, path)
+            self.tracker.upload_file(self.run_id, path, STATE_DIR)
+        self.current = f"{slot}:{state['epoch']}"
+        self.tracker.set_tags(self.run_id, {STATE_TAG: self.current})  # only now is the new slot the one to read
+
+    def load(self, device: torch.device) -> dict | None:
+        current = self.current or self.tracker.run_tags(self.run_id).get(STATE_TAG)
+        if not current:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.tracker.fetch_file(self.run_id, f"{STATE_DIR}/{current.split(':')[0]}", tmp)
+            except Exception as e:
+                raise HarnessError(f"checkpoint {current} of run {self.run_id} could not be downloaded ({type(e).__name__})") from None
+            return _load(Path(path), device)
+
+    def clear(self) -> None:
+        self.tracker.delete_artifacts(self.run_id, STATE_DIR)
 
 
-def _load(path: Path, device: torch.device) -> dict | None:
-    if not path.exists():
-        return None
+def run_state(tracker: Tracker, run_id: str) -> LocalRunState | SharedRunState:
+    if shared_store(tracker.uri) and not os.environ.get("HARNESS_STATE_DIR"):
+        return SharedRunState(tracker, run_id)
+    return LocalRunState(run_id, state_root(tracker.uri))
+
+
+def _load(path: Path, device: torch.device) -> dict:
     try:
         # tensors, numbers, strings, lists and dicts only: a checkpoint file cannot run code
         return torch.load(path, map_location=device, weights_only=True)

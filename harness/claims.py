@@ -1,11 +1,40 @@
-"""Who trains what: a configuration is trained by one process at a time."""
+"""Who trains what: an (experiment, seed, configuration) is trained once among every process
+that shares a tracking store, on this machine or any other.
+
+Two layers:
+- ConfigLock, an flock per configuration in the store's state root: exact and instant between
+  processes of one machine (from any folder), and dropped by the kernel when its holder dies,
+  even by SIGKILL.
+- The store itself, for processes on other machines: the MLflow run is the claim. Its owner
+  tag names the process that trains it and a heartbeat tag, refreshed every
+  `stale_after_s / 4` by a background thread, says it is alive. A RUNNING run whose heartbeat
+  is older than `stale_after_s` is abandoned and may be taken over (and resumed from its
+  checkpoint); one whose owner was on this machine is abandoned as soon as its lock is free.
+
+Races settle deterministically. Two processes that find no run both create one, wait
+`settle_s` (longer than a store write takes) and compare: the run created first (start time,
+then run id) wins, every other creator deletes its own and does not train. Two processes that
+take over one abandoned run both write their owner tag, wait, and read it back: the last
+write is the one every reader sees, so exactly one trains. Cross-machine start times assume
+clocks agree to better than `settle_s` (NTP does).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
-
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from .tracking import TAG, RunRecord, Tracker
+
+OWNER = f"{TAG}owner"
+HEARTBEAT = f"{TAG}heartbeat"
+RECORDED = f"{TAG}recorded"
 
 
 class ConfigLock:
@@ -33,3 +62,147 @@ class ConfigLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+# --------------------------------------------------------------------------- the store's claim
+
+
+def machine_id() -> str:
+    """This machine (hostname and boot), so an owner on it can be checked through its lock."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def new_owner() -> str:
+    return f"{machine_id()}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
+
+
+def owner_machine(owner: str) -> str:
+    return owner.split("|", 1)[0]
+
+
+@dataclass(frozen=True)
+class ClaimPolicy:
+    stale_after_s: float = 120.0  # no heartbeat for this long: the run's process is gone
+    settle_s: float = 2.0  # > a store write's latency (and clock skew between machines)
+
+    @classmethod
+    def for_store(cls, uri: str) -> "ClaimPolicy":
+        # one SQLite file is one machine's: its flock already orders the claimers
+        settle = 0.0 if uri.startswith("sqlite:") else 2.0
+        return cls(float(os.environ.get("HARNESS_STALE_AFTER_S", cls.stale_after_s)), float(os.environ.get("HARNESS_CLAIM_SETTLE_S", settle)))
+
+
+@dataclass
+class Claimed:
+    run_id: str
+    resumed: bool  # an earlier attempt's run, continued from its checkpoint
+    recorded: bool  # it already has its params and config
+
+
+@dataclass
+class Declined:
+    reason: str
+    run_id: str | None = None
+    finished: bool = False
+
+
+class Claimer:
+    """Claims configurations in one store on behalf of one owner (a process, or a Ray driver
+    for all its tasks). `lock_held`: this process holds the configuration's local lock, so an
+    owner on this machine is certainly gone."""
+
+    def __init__(self, tracker: Tracker, policy: ClaimPolicy, owner: str | None = None, clock=time.time, sleep=time.sleep):
+        self.tracker, self.policy = tracker, policy
+        self.owner = owner or new_owner()
+        self.clock, self.sleep = clock, sleep
+
+    def alive(self, run: RunRecord, lock_held: bool) -> bool:
+        """Whether `run` is being trained (or being taken over) by a live process right now."""
+        if run.status not in ("RUNNING", "KILLED"):
+            return False
+        owner = run.tags.get(OWNER, "")
+        if lock_held and owner_machine(owner) == machine_id():
+            return False
+        try:
+            beat = float(run.tags.get(HEARTBEAT, "0"))
+        except ValueError:
+            return False
+        if run.status == "KILLED" and (run.end_time is None or beat * 1000 <= run.end_time):
+            return False  # stopped, and nobody has claimed it since
+        return self.clock() - beat < self.policy.stale_after_s
+
+    def claim(self, chash: str, run_name: str, tags: dict, force: bool, lock_held: bool) -> Claimed | Declined:
+        runs = self.tracker.find_runs(chash)
+        done = [r for r in runs if r.status == "FINISHED"]
+        if done and not force:
+            return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
+        live = [r for r in runs if self.alive(r, lock_held)]
+        if live:
+            return Declined(f"being trained by {live[0].tags.get(OWNER, 'another process')}", live[0].run_id)
+        abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED")]
+        if abandoned and not force:
+            return self._take_over(max(abandoned, key=lambda r: r.start_time))
+        won = self._create(chash, run_name, tags, lock_held)
+        if isinstance(won, Claimed) and force:
+            for r in abandoned:
+                self.tracker.terminate(r.run_id, "KILLED", "abandoned: superseded by a --force run")
+        return won
+
+    def _take_over(self, run: RunRecord) -> Claimed | Declined:
+        self.tracker.set_tags(run.run_id, {OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"})
+        self.sleep(self.policy.settle_s)
+        tags = self.tracker.run_tags(run.run_id)
+        if tags.get(OWNER) != self.owner:
+            return Declined(f"taken over by {tags.get(OWNER)}", run.run_id)
+        return Claimed(run.run_id, resumed=True, recorded=RECORDED in tags)
+
+    def _create(self, chash: str, run_name: str, tags: dict, lock_held: bool) -> Claimed | Declined:
+        mine = self.tracker.create_run(run_name, {**tags, f"{TAG}config_hash": chash, OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"})
+        self.sleep(self.policy.settle_s)
+        rivals = [r for r in self.tracker.find_runs(chash) if r.run_id == mine.run_id or self.alive(r, False)]
+        first = min(rivals, key=lambda r: (r.start_time, r.run_id))
+        if first.run_id != mine.run_id:
+            self.tracker.delete_run(mine.run_id)
+            return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
+        return Claimed(mine.run_id, resumed=False, recorded=False)
+
+
+class Heartbeat:
+    """Refreshes the heartbeat tag of the runs it holds, from a daemon thread, until stopped."""
+
+    def __init__(self, tracker: Tracker, interval_s: float, clock=time.time):
+        self.tracker, self.interval_s, self.clock = tracker, interval_s, clock
+        self.runs: set[str] = set()
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def hold(self, run_id: str) -> None:
+        with self._mutex:
+            self.runs.add(run_id)
+
+    def drop(self, run_id: str) -> None:
+        with self._mutex:
+            self.runs.discard(run_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._mutex:
+                runs = list(self.runs)
+            for run_id in runs:
+                try:
+                    self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}"})
+                except Exception:  # a store hiccup: the next beat retries; missing several makes the run stale
+                    pass

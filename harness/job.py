@@ -75,3 +75,4 @@ class Progress:
     start_epoch: int = 0
     best_val: float = float("inf")
     train_time: float = 0.0
+    best_weights: dict | None = None  # the best-validation weights, for recipes that keep them

@@ -78,7 +78,7 @@ def test_phase_starts():
 
 @pytest.mark.parametrize("fresh", [True, False])
 def test_momentum_restarts_at_each_fit_call_only_where_the_recipe_says(synthetic_root, store, monkeypatch, tmp_path, fresh):
-    import harness.runner as runner
+    import harness.one_run as runner
 
     seen = []
     real = runner.train_one_epoch
@@ -178,7 +178,7 @@ def test_cs598_spec_clamps_as_written():
 
 
 def test_runner_applies_the_clamp_after_its_epoch(synthetic_root, store, monkeypatch):
-    import harness.runner as runner
+    import harness.one_run as runner
 
     calls = []
     real = runner.train_one_epoch

@@ -141,7 +141,7 @@ def test_ctrl_c_before_any_run_says_nothing_was_recorded(synthetic_root, store, 
 
 
 def test_a_resumed_run_that_finishes_loses_its_failure_reason(synthetic_root, store, monkeypatch):
-    import harness.runner as runner
+    import harness.one_run as runner
 
     real, calls = runner._train_epochs, []
 
@@ -180,11 +180,11 @@ def test_report_names_the_runs_whose_artifacts_are_gone(synthetic_root, store, t
 def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, monkeypatch):
     import torch
 
-    from harness.checkpoints import RunState
+    from harness.checkpoints import LocalRunState
 
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path))
-    state = RunState("r1")
+    state = LocalRunState("r1")
     state.dir.mkdir(parents=True)
     torch.save({"epoch": 1, "evil": HarnessError("x")}, state.last)  # an arbitrary class inside
     with pytest.raises(HarnessError, match="unreadable"):
-        state.load_last(torch.device("cpu"))
+        state.load(torch.device("cpu"))

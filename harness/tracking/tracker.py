@@ -55,6 +55,7 @@ class RunRecord:
     status: str
     tags: dict
     start_time: int
+    end_time: int | None = None
 
 
 class Tracker:
@@ -98,7 +99,7 @@ class Tracker:
     @_guarded
     def find_runs(self, config_hash: str) -> list[RunRecord]:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG}config_hash` = '{config_hash}'", max_results=1000)
-        return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time) for r in runs]
+        return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time, r.info.end_time) for r in runs]
 
     @_guarded
     def run_status(self, run_id: str) -> str:
@@ -134,17 +135,57 @@ class Tracker:
     def start_run(self, run_name: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> str:
         """A new RUNNING run with its tags, params and small text artifacts (`files`: name ->
         content), written as one uninterruptible step so no run exists without its config."""
+        rid = self.create_run(run_name, tags).run_id
+        self.record(rid, {}, params, files)
+        return rid
+
+    @_held
+    def create_run(self, run_name: str, tags: dict) -> RunRecord:
+        """A new RUNNING run carrying only `tags` (a claim; its record follows with `record`)."""
         run = _retry_locked(self.client.create_run)(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-        rid = run.info.run_id
+        return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), run.info.start_time)
+
+    @_held
+    def record(self, run_id: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> None:
+        """Tags, params and small text artifacts of a claimed run; repeating it (a kill half-way,
+        then a resume) logs the same values again, which MLflow accepts."""
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit for params
-            _retry_locked(self.client.log_batch)(rid, params=items[i : i + 100])
+            _retry_locked(self.client.log_batch)(run_id, params=items[i : i + 100])
         if files:
             with tempfile.TemporaryDirectory() as tmp:
                 for name, text in files.items():
                     (Path(tmp) / name).write_text(text)
-                _retry_locked(self.client.log_artifacts)(rid, tmp)
-        return rid
+                _retry_locked(self.client.log_artifacts)(run_id, tmp)
+        if tags:  # last, so a tag can mark the record complete
+            _retry_locked(self.client.log_batch)(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    @_guarded
+    def run_tags(self, run_id: str) -> dict:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    @_guarded
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    @_guarded
+    def upload_file(self, run_id: str, path: str | Path, artifact_dir: str) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+    def fetch_file(self, run_id: str, path: str, dst: str) -> str:
+        """Download one artifact; raises if it is not there."""
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=self.uri)
+
+    def delete_artifacts(self, run_id: str, path: str) -> bool:
+        """Remove the run's artifacts under `path` where the artifact store allows it."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri, tracking_uri=self.uri)
+            repo.delete_artifacts(path)
+            return True
+        except Exception:  # a store without deletion keeps them: space, not correctness
+            return False
 
     @_guarded
     def reopen(self, run_id: str) -> None:

@@ -1,0 +1,179 @@
+"""One run's life, once it is claimed: record it (or pick up where a killed attempt stopped),
+train epoch by epoch with a checkpoint after each, then finish, fail or be marked killed.
+
+The same code trains a run for the local executor and inside a Ray task. Who trains what is
+claims.py, where the state lives checkpoints.py, the loop train.py, the final logging finish.py,
+MLflow calls tracking/.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .checkpoints import run_state
+from .claims import RECORDED, Heartbeat
+from .environment import choose_threads, configure_backend
+from .errors import DivergedError, Interrupted, one_line
+from .finish import log_final
+from .job import Job, Outcome, Progress
+from .models import apply_init, count_params, create_model
+from .progress import epoch_line, progress_bar
+from .recipe_data import Prepared, prepare_data
+from .run_record import datasets, run_record
+from .spec import Experiment
+from .tracking.guards import sigint_deferred
+from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
+
+
+def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float) -> Outcome:
+    """Train the claimed run `run_id` to its end. `resumed`: an earlier attempt's run, continued
+    from its checkpoint; `recorded`: it already has its params and config. A run that fails
+    before it was recorded (nothing trained, nothing to see) is deleted rather than left behind."""
+    tracker = job.tracker
+    bar = None
+    try:
+        with Heartbeat(tracker, beat_s) as heartbeat:
+            heartbeat.hold(run_id)
+            prep = prepare_data(job.exp, job.data, job.seed, job.opts.max_train_images, job.device)
+            model, optimizer, loss_fn, n_params = _build(job)
+            if not recorded:
+                tags, params, files = run_record(job, prep, n_params)
+                tracker.record(run_id, tags, params, files)
+                tracker.log_datasets(run_id, datasets(job, prep))
+                tracker.set_tags(run_id, {RECORDED: "true"})
+                recorded = True
+            if resumed:
+                tracker.reopen(run_id)
+            state = run_state(tracker, run_id)
+            with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
+                pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
+                bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
+                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar)
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
+    except Interrupted:  # already settled: the run finished before the interrupt took effect
+        raise
+    except KeyboardInterrupt:
+        if not recorded and not resumed:
+            tracker.delete_run(run_id)
+            raise Interrupted(f"run {job.run_name} was interrupted before it started; nothing of it was recorded") from None
+        try:
+            tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C); run again to resume")
+        except Exception as e:  # left RUNNING, its heartbeat stops: it is resumed next time all the same
+            raise Interrupted(f"run {job.run_name} ({run_id}) could not be marked KILLED ({type(e).__name__}); run the same command again to resume it") from None
+        raise Interrupted(f"run {job.run_name} ({run_id}) is marked KILLED; run the same command again to resume it") from None
+    except Exception as e:  # any other fault fails this run, not the whole run-all
+        reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
+        if not recorded and not resumed:
+            tracker.delete_run(run_id)
+            return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+        tracker.terminate(run_id, "FAILED", reason)
+        if isinstance(e, DivergedError):
+            run_state(tracker, run_id).clear()
+        return Outcome(job.exp.id, job.seed, "failed", run_id, reason=reason)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _build(job: Job):
+    """(model, optimizer, loss function, parameter count), seeded as the run's seed says."""
+    exp = job.exp
+    torch.manual_seed(job.seed)  # weight init, dropout
+    np.random.seed(job.seed)
+    model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
+    job.threads = choose_threads(model, exp.train.batch_size, job.device, job.opts.threads)
+    configure_backend(job.device, job.threads)
+    optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
+    return model, optimizer, loss_function(exp.train.loss), count_params(model)
+
+
+def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
+    """Continue a killed run after its last checkpointed epoch (logging that epoch if the kill
+    came between the checkpoint and the store write)."""
+    ck = state.load(job.device)
+    if ck is None:
+        if job.tracker.logged_steps(run_id, "epoch_time_s"):
+            job.echo(f"{job.run_name}: restarting run {run_id} from epoch 1 (no checkpoint)")
+        return Progress()
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["rng_cpu"].cpu())
+    if job.device.type == "cuda" and ck.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
+    if ck["epoch"] not in job.tracker.logged_steps(run_id, "epoch_time_s"):
+        job.tracker.log_metrics(run_id, ck["metrics"], ck["epoch"], ck["series"])
+    job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
+    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"))
+
+
+def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar) -> None:
+    exp, steps = job.exp, len(prep.train)
+    clamp = exp.train.optimizer.step_clamp
+    t_start = time.perf_counter()
+    for epoch in range(pr.start_epoch, job.epochs):
+        if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
+            optimizer.state.clear()  # a new fit() call: fastai builds a new optimizer, momentum restarts
+        set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))
+        lr_fn = (lambda i, e=epoch: lr_at(exp.train.phases, e, i, steps)) if phase_of(exp.train.phases, epoch).schedule == "sgdr" else None
+        last = [0]
+
+        def on_log(step, loss, seen, e=epoch, t0=time.perf_counter()):
+            if bar is not None:
+                bar.update(step - last[0])
+                last[0] = step
+                bar.set_postfix(epoch=f"{e + 1}/{job.epochs}", loss=f"{loss:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+        before_step = (lambda: clamp_adam_steps(optimizer, clamp.limit, clamp.reset_to)) if clamp and epoch > clamp.after_epoch else None
+        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step)
+        pr.train_time += stats.time_s
+        # validation as the write-up measured it (for cs598 that is the test set, in training mode)
+        val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+        metrics = {"train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
+                   "lr": stats.lr, "epoch_time_s": stats.time_s, "epoch_images_per_s": stats.images / max(stats.time_s, 1e-9)}
+        series = {"train_loss_step": [(epoch * steps + s, v) for s, v in stats.step_losses]}
+        if exp.train.checkpoint == "best_val_loss" and val.loss <= pr.best_val:  # `<=` as in the write-up
+            pr.best_val = val.loss
+            pr.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
+                    "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series})
+        job.tracker.log_metrics(run_id, metrics, epoch, series)
+        if job.opts.progress and (bar is None or bar.disable):
+            job.echo(epoch_line(job, epoch, pr, metrics, t_start))
+
+
+def _finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:
+    exp = job.exp
+    if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
+        model.load_state_dict(pr.best_weights)
+    test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+    # the standard protocol as well, for every recipe (the same figure where the write-up uses it)
+    test_std = test if exp.eval.mode == "eval" else evaluate(model, prep.test_x, prep.test_y, loss_fn, precision=job.opts.precision)
+    # a Ctrl-C now waits the few seconds until the run is complete and FINISHED (a second one
+    # cuts it short; the rerun then completes what is missing, see finish.py)
+    interrupted = False
+    try:
+        with sigint_deferred():
+            log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
+            job.tracker.terminate(run_id, "FINISHED")
+    except KeyboardInterrupt:
+        if job.tracker.run_status(run_id) != "FINISHED":
+            raise
+        interrupted = True
+    state.clear()
+    protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
+    job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
+    if interrupted:
+        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED; nothing else was started")
+    return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)
+
+
+def _fmt_pub(exp: Experiment) -> str:
+    acc = exp.published.test_accuracy
+    return ", ".join(f"{a:.2f}%" for a in acc) if acc else "none"

@@ -1,0 +1,126 @@
+"""Claims through the store itself, as processes on different machines see them: a live run is
+left alone, an abandoned one is taken over by exactly one claimer, and claimers that race for
+a new configuration settle it so that exactly one trains. (Same-machine locks: test_shared_store.)"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from harness.claims import HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined
+from harness.tracking import Tracker
+
+ELSEWHERE = "other-host/abcd1234|4242|deadbeef"  # an owner on another machine
+
+
+@pytest.fixture
+def tracker(store):
+    return Tracker(store)
+
+
+def claimer(tracker, settle=0.3, stale=120.0, clock=None, owner=None):
+    import time
+
+    return Claimer(tracker, ClaimPolicy(stale_after_s=stale, settle_s=settle), owner=owner, clock=clock or time.time)
+
+
+def other_run(tracker, chash, beat: float, status="RUNNING"):
+    rec = tracker.create_run("x", {"harness.config_hash": chash, OWNER: ELSEWHERE, HEARTBEAT: f"{beat:.3f}"})
+    if status != "RUNNING":
+        tracker.terminate(rec.run_id, status)
+    return rec.run_id
+
+
+def test_a_run_with_a_fresh_heartbeat_elsewhere_is_left_alone(tracker):
+    import time
+
+    rid = other_run(tracker, "c1", time.time() - 10)
+    got = claimer(tracker).claim("c1", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Declined) and got.run_id == rid and ELSEWHERE in got.reason
+    assert len(tracker.find_runs("c1")) == 1
+
+
+def test_a_run_whose_heartbeat_stopped_is_taken_over_and_resumed(tracker):
+    import time
+
+    rid = other_run(tracker, "c2", time.time() - 500)
+    c = claimer(tracker, stale=120)
+    got = c.claim("c2", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Claimed) and got.run_id == rid and got.resumed
+    assert tracker.run_tags(rid)[OWNER] == c.owner
+    # now it is alive again, under its new owner: a third process (that cannot hold the owner's
+    # lock) leaves it alone
+    assert isinstance(claimer(tracker).claim("c2", "x", {}, force=False, lock_held=False), Declined)
+
+
+def test_a_killed_run_is_resumable_at_once_but_not_twice(tracker):
+    import time
+
+    rid = other_run(tracker, "c3", time.time(), status="KILLED")  # stopped by Ctrl-C a moment ago
+    first = claimer(tracker).claim("c3", "x", {}, force=False, lock_held=True)
+    assert isinstance(first, Claimed) and first.run_id == rid
+    # still KILLED until its new owner reopens it, but claimed: nobody else takes it
+    second = claimer(tracker).claim("c3", "x", {}, force=False, lock_held=False)
+    assert isinstance(second, Declined)
+
+
+def test_an_owner_on_this_machine_is_gone_when_its_lock_is_free(tracker):
+    import time
+
+    mine = claimer(tracker)
+    rid = tracker.create_run("x", {"harness.config_hash": "c4", OWNER: mine.owner, HEARTBEAT: f"{time.time():.3f}"}).run_id
+    assert isinstance(claimer(tracker).claim("c4", "x", {}, force=False, lock_held=False), Declined)
+    got = claimer(tracker).claim("c4", "x", {}, force=False, lock_held=True)  # we hold the flock: its owner died
+    assert isinstance(got, Claimed) and got.run_id == rid
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_claimers_racing_for_a_new_configuration_train_it_once(tracker, n):
+    barrier, results = threading.Barrier(n), [None] * n
+
+    def go(i):
+        c = claimer(Tracker(tracker.uri), settle=0.5)
+        barrier.wait()
+        results[i] = c.claim(f"race{n}", "x", {}, force=False, lock_held=False)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if isinstance(r, Claimed)]
+    assert len(winners) == 1, results
+    # the losers deleted their runs: one run of the configuration is left, the winner's
+    assert [r.run_id for r in tracker.find_runs(f"race{n}")] == [winners[0].run_id]
+    assert all(r.run_id == winners[0].run_id for r in results if isinstance(r, Declined))
+
+
+def test_claimers_racing_to_take_over_one_abandoned_run_train_it_once(tracker):
+    import time
+
+    rid = other_run(tracker, "c5", time.time() - 1000)
+    barrier, results = threading.Barrier(3), [None] * 3
+
+    def go(i):
+        c = claimer(Tracker(tracker.uri), settle=0.5)
+        barrier.wait()
+        results[i] = c.claim("c5", "x", {}, force=False, lock_held=False)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, Claimed) for r in results) == 1, results
+    assert all(r.run_id == rid for r in results)
+
+
+def test_a_finished_run_is_not_claimed_unless_forced(tracker):
+    import time
+
+    rid = other_run(tracker, "c6", time.time(), status="FINISHED")
+    got = claimer(tracker).claim("c6", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Declined) and got.finished and got.run_id == rid
+    forced = claimer(tracker).claim("c6", "x", {}, force=True, lock_held=True)
+    assert isinstance(forced, Claimed) and forced.run_id != rid and not forced.resumed
