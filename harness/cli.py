@@ -107,6 +107,11 @@ def run_options(fn):
                      help="Intra-op CPU threads per run (default: 1 for the small batch-4/20 recipes, all cores for the rest)."),
         click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
         click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: one run after another in this process; ray: each (experiment, seed) a task on a Ray cluster."),
+        click.option("--ray-address", type=str, default=None, help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray instance)."),
+        click.option("--cpus-per-run", type=click.FloatRange(min=0.01), default=None, help="CPUs each Ray task asks for (default 1)."),
+        click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None, help="GPUs each Ray task asks for (default 0; fractions share one)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -114,7 +119,7 @@ def run_options(fn):
 
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
-             no_system_metrics, threads):
+             no_system_metrics, threads, executor, ray_address, cpus_per_run, gpus_per_run):
     from .data import load_cifar10, resolve_data_dir
     from .environment import resolve_device
     from .job import RunOptions
@@ -125,12 +130,18 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
                       device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads)
+    ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
     resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
     data = load_cifar10(resolve_data_dir(data_dir))
     tracker = Tracker(tracking_uri, experiment_name)
     click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
                f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}")
-    outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
+    if ray_opts is None:
+        outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
+    else:
+        from .ray_executor import run_many_ray
+
+        outcomes = run_many_ray(experiments, data, tracker, opts, ray_opts, echo=click.echo)
     click.echo("")
     click.echo(summary_table(outcomes))
     if tracker.uri.startswith(("http://", "https://")):
@@ -141,6 +152,19 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")
+
+
+def _ray_options(executor, address, cpus, gpus):
+    """RayOptions for --executor ray (Ray itself checked now, before anything is written), else None."""
+    if executor != "ray":
+        given = [name for name, v in (("--ray-address", address), ("--cpus-per-run", cpus), ("--gpus-per-run", gpus)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --executor ray")
+        return None
+    from .ray_executor import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(address=address, cpus_per_run=1.0 if cpus is None else cpus, gpus_per_run=gpus or 0.0)
 
 
 @main.command("run")

@@ -23,6 +23,7 @@ class RunOptions:
     precision: str = "fp32"
     progress: bool = True  # tqdm bars on a terminal, one line per epoch elsewhere (logs, nohup, CI)
     threads: int | None = None  # intra-op threads; None: chosen per recipe (environment.choose_threads)
+    max_threads: int | None = None  # at most this many (a Ray task's CPUs)
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
 

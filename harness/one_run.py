@@ -87,7 +87,7 @@ def _build(job: Job):
     torch.manual_seed(job.seed)  # weight init, dropout
     np.random.seed(job.seed)
     model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
-    job.threads = choose_threads(model, exp.train.batch_size, job.device, job.opts.threads)
+    job.threads = min(choose_threads(model, exp.train.batch_size, job.device, job.opts.threads), job.opts.max_threads or 1 << 30)
     configure_backend(job.device, job.threads)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
     return model, optimizer, loss_function(exp.train.loss), count_params(model)

@@ -54,3 +54,26 @@ def store(tmp_path, monkeypatch) -> str:
 
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One PostgreSQL + basic-auth MLflow server for the session (tests/servers.py)."""
+    from tests.servers import tracking_server
+
+    with tracking_server() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def admin(server):
+    from mlflow.tracking import MlflowClient
+
+    from tests.servers import ADMIN, PASSWORD
+
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
+    try:
+        yield MlflowClient(server["url"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)

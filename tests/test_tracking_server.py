@@ -1,126 +1,15 @@
-"""harness against a real shared tracking server: PostgreSQL 15 (Debian's, started here as the
-postgres user on 127.0.0.1), `mlflow server --app-name basic-auth` with served artifacts, and
-credentials from MLflow's own MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
-
-Skipped where PostgreSQL, psycopg or mlflow[auth] are missing, unless
-HARNESS_REQUIRE_SERVER_TESTS=1 (set by .ci/run), where that is a failure."""
+"""harness against a real shared tracking server (tests/servers.py): params, metrics, artifacts,
+the logged model and the report through `mlflow server` on PostgreSQL with basic-auth."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-ADMIN, PASSWORD = "admin", "harness-admin-password-1"
-CAP = ["--epochs", "1", "--max-train-images", "256", "--no-progress", "--no-system-metrics"]
-
-
-def missing() -> str | None:
-    if not (PG_BIN / "initdb").exists():
-        return f"PostgreSQL 15 not found in {PG_BIN}"
-    for module, pkg in (("psycopg", 'psycopg[binary]'), ("flask_wtf", "mlflow[auth]")):
-        try:
-            __import__(module)
-        except ImportError:
-            return f"{pkg} is not installed"
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return "running as root without runuser to start PostgreSQL as postgres"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(*cmd) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.geteuid() == 0 else list(map(str, cmd))
-
-
-def wait_http(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {seconds} s: {log.read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def server():
-    why = missing()
-    if why:
-        if os.environ.get("HARNESS_REQUIRE_SERVER_TESTS") == "1":
-            pytest.fail(f"server tests required here but {why}")
-        pytest.skip(why)
-    # not under pytest's own tmp folder: that is private to its user, and PostgreSQL runs as postgres
-    root = Path(tempfile.mkdtemp(prefix="harness-server-"))
-    root.chmod(0o755)
-    pg, pg_port, port = root / "pg", free_port(), free_port()
-    pg.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(pg, "postgres")
-    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", pg, "-U", "postgres", "--auth=trust", "-E", "UTF8"), check=True, capture_output=True)
-    subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-o", f"-h 127.0.0.1 -p {pg_port} -k {pg}", "-l", pg / "log", "-w", "start"),
-                   check=True, capture_output=True)
-    server_proc = None
-    try:
-        for db in ("mlflow", "mlflowauth"):
-            subprocess.run(as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "postgres", db), check=True, capture_output=True)
-        (root / "auth.ini").write_text(
-            "[mlflow]\ndefault_permission = EDIT\n"
-            f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
-            f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests")
-        log = root / "server.log"
-        server_proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], cwd=root, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", 180, server_proc, log)
-        yield {"url": url, "root": root}
-    finally:
-        if server_proc is not None:
-            os.killpg(server_proc.pid, signal.SIGTERM)  # our own server and its workers, nothing else
-            server_proc.wait(timeout=60)
-        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-m", "fast", "-w", "stop"), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def harness(server, *args, password=PASSWORD, cwd=None):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=server["url"], MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=password,
-               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), HARNESS_STATE_DIR=str(server["root"] / "state"))
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def admin(server):
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
-    try:
-        yield MlflowClient(server["url"])
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
-
+from tests.servers import ADMIN, CAP, PASSWORD, REPO, free_port, harness
 
 @pytest.fixture(scope="module")
 def trained(server, admin, synthetic_root):
@@ -139,6 +28,7 @@ def test_runs_params_metrics_and_artifacts_reach_the_server(trained, admin):
         assert run.data.params["model.name"] and "test_acc" in run.data.metrics and "test_acc_eval_mode" in run.data.metrics
         arts = {a.path for a in admin.list_artifacts(run.info.run_id)}
         assert {"config.json", "confusion_matrix.png", "test_predictions.csv", "loss_curve.png"} <= arts
+        assert "harness-state" not in arts  # the epoch checkpoints are removed once the run is complete
         assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"cifar10-subset-train", "cifar10-subset-test"}
     assert admin.get_experiment(trained["exp"].experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert "?workflowType=machine_learning" in trained["out"] and "View run" not in trained["out"]
@@ -183,3 +73,41 @@ def test_an_unreachable_server_is_one_line(synthetic_root):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "fastai-simplenet", "--data-dir", str(synthetic_root), *CAP],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "unreachable" in r.stderr, r.stderr
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_in_the_server_artifact_store(server, admin, synthetic_root, tmp_path):
+    """The epoch checkpoint lives with the run on the server, not on the machine that trained it:
+    killed after its second epoch, the run resumes from another folder (another lock folder, as
+    another machine would have) in the same MLflow run, each epoch logged once."""
+    import shutil
+    import signal
+    import time
+
+    from tests.servers import server_env
+
+    args = ["run", "medium-vgg-bn", "--experiment-name", "resume-anywhere", "--data-dir", synthetic_root, "--epochs", "4",
+            "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
+    env = server_env(server)
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline, run = time.time() + 300, None
+    while time.time() < deadline:
+        exp = admin.get_experiment_by_name("resume-anywhere")
+        runs = admin.search_runs([exp.experiment_id]) if exp else []
+        if runs and runs[0].data.tags.get("harness.checkpoint", ":0").split(":")[1] >= "1":
+            run = runs[0]
+            break
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.1)
+    assert run is not None, "no checkpoint after epoch 2 within 300 s"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    other = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "experiments", other / "experiments")
+    env2 = dict(env, XDG_CACHE_HOME=str(tmp_path / "other-cache"))
+    r = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=other, env=env2, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and f"resuming run {run.info.run_id}" in r.stdout, r.stdout + r.stderr
+    [done] = admin.search_runs([run.info.experiment_id])
+    assert done.info.run_id == run.info.run_id and done.info.status == "FINISHED"
+    assert sorted(m.step for m in admin.get_metric_history(done.info.run_id, "epoch_time_s")) == [0, 1, 2, 3]
+    assert "harness-state" not in {a.path for a in admin.list_artifacts(done.info.run_id)}

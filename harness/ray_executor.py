@@ -1,0 +1,167 @@
+"""The Ray executor: `run-all --executor ray` trains each (experiment, seed) as one Ray task.
+
+The driver decides what is trained: it claims each configuration in the shared store (the same
+claims as the local executor, its heartbeat keeping them while tasks wait for a free node) and
+hands each task its run id, so a task that Ray retries after its node died resumes that run
+from its checkpoint instead of creating a second one. Ray workers do not inherit the driver's
+environment: the tracking URI and MLflow's credentials are passed to each task explicitly (else
+they would silently write to a SQLite file in the worker's folder). The task trains with the
+one-run code of the local executor (one_run.train_run).
+
+Ray is optional: `pip install "harness[ray]"`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .cifar_files import Cifar10, load_cifar10
+from .claims import RECORDED, Claimed, ClaimPolicy, Claimer, Heartbeat
+from .errors import HarnessError, Interrupted, UsageError, one_line
+from .job import Outcome, RunOptions
+from .one_run import train_run
+from .runner import claim_job, config_lock, make_job
+from .spec import Experiment
+from .tracking import TAG, Tracker
+
+# what MLflow reads from the environment to reach and authenticate with a server
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
+                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "HARNESS_STATE_DIR", "HARNESS_STALE_AFTER_S")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: $RAY_ADDRESS, else a Ray instance started for this command
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    max_retries: int = 3  # reruns of a task whose worker or node died; each resumes the same run
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a task needs, nothing it would take from its node's environment."""
+
+    exp: Experiment
+    opts: RunOptions
+    seed: int
+    run_id: str
+    uri: str
+    experiment_name: str
+    data_root: str
+    fingerprint: str
+    env: dict
+    beat_s: float
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError('--executor ray needs Ray: pip install "harness[ray]"') from None
+    return ray
+
+
+def connect(ray, address: str | None) -> None:
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False,
+                 configure_logging=True, ignore_reinit_error=True)
+    except Exception as e:
+        raise HarnessError(f"Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'} unusable: {one_line(e)}") from None
+
+
+def run_task(spec: TaskSpec) -> Outcome:
+    """One (experiment, seed) on a Ray worker: the same one-run code as the local executor."""
+    os.environ.update(spec.env)  # before MLflow reads credentials (it reads them per request)
+    tracker = Tracker(spec.uri, spec.experiment_name, create=False)
+    node = _node_name()
+    try:
+        data = load_cifar10(Path(spec.data_root))
+    except HarnessError as e:
+        return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"on {node}: {e}")
+    if data.fingerprint != spec.fingerprint:
+        return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"the data in {spec.data_root} on {node} differ from the driver's")
+    job = make_job(spec.exp, data, tracker, spec.opts, spec.seed, echo=lambda *a, **k: None)
+    tracker.set_tags(spec.run_id, {f"{TAG}node": node})
+    recorded = RECORDED in tracker.run_tags(spec.run_id)
+    # always "resumed": the run exists (the driver made it) and a retried task continues it
+    return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s)
+
+
+def _node_name() -> str:
+    try:
+        import ray
+
+        return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    except Exception:
+        return socket.gethostname()
+
+
+def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, ray_opts: RayOptions,
+                 echo=print) -> list[Outcome]:
+    ray = require_ray()
+    connect(ray, ray_opts.address)
+    policy = ClaimPolicy.for_store(tracker.uri)
+    claimer = Claimer(tracker, policy)
+    # in a task: no bars, threads within the task's CPUs
+    task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
+    remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
+                                          max_retries=ray_opts.max_retries, retry_exceptions=False)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    outcomes, pending = [], {}
+    with Heartbeat(tracker, policy.stale_after_s / 4) as heartbeat:
+        try:
+            for exp in experiments:
+                for seed in range(opts.seed, opts.seed + opts.repeats):
+                    job = make_job(exp, data, tracker, opts, seed, echo)
+                    lock = config_lock(job)
+                    claim = claim_job(job, claimer, lock_held=True) if lock.acquire() else None
+                    if not isinstance(claim, Claimed):
+                        lock.release()
+                        reason = claim.reason if claim else "being trained by another process on this machine"
+                        outcomes.append(Outcome(exp.id, seed, "skipped", claim.run_id if claim else None, reason=reason))
+                        echo(f"{exp.id} (seed {seed}): skipped, {reason}")
+                        continue
+                    heartbeat.hold(claim.run_id)
+                    spec = TaskSpec(exp, task_opts, seed, claim.run_id, tracker.uri, tracker.experiment_name, str(data.root),
+                                    data.fingerprint, env, policy.stale_after_s / 4)
+                    pending[remote.remote(spec)] = (exp.id, seed, claim.run_id, lock)
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                exp_id, seed, run_id, lock = pending.pop(ref)
+                outcome = _settle(ray, ref, tracker, exp_id, seed, run_id)
+                heartbeat.drop(run_id)
+                lock.release()
+                outcomes.append(outcome)
+                echo(_line(outcome))
+        except KeyboardInterrupt:
+            for ref, (exp_id, seed, run_id, lock) in pending.items():
+                ray.cancel(ref, force=True)
+                heartbeat.drop(run_id)
+                tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C on the Ray driver); run again to resume")
+                lock.release()
+            raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
+    return outcomes
+
+
+def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:
+    """The task's outcome; a task that could not end its run (its node died more often than
+    retried, or it failed before training) leaves the run resumable and says why."""
+    try:
+        outcome = ray.get(ref)
+    except Exception as e:
+        reason = f"its Ray task failed: {one_line(e)}"
+        tracker.terminate(run_id, "KILLED", f"{reason}; run again to resume")
+        return Outcome(exp_id, seed, "failed", run_id, reason=reason)
+    if tracker.run_status(run_id) == "RUNNING":
+        tracker.terminate(run_id, "KILLED", f"{outcome.reason}; run again to resume")
+    return outcome
+
+
+def _line(o: Outcome) -> str:
+    if o.status == "finished":
+        return f"{o.experiment_id} (seed {o.seed}): finished, test accuracy {o.test_acc:.2f}%, train {o.train_time_s:.1f}s, run {o.run_id}"
+    return f"{o.experiment_id} (seed {o.seed}): {o.status.upper()}, {o.reason}"

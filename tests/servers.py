@@ -1,0 +1,120 @@
+"""A real shared tracking server for the tests: PostgreSQL 15 (Debian's, started as the postgres
+user on 127.0.0.1), `mlflow server --app-name basic-auth` with served artifacts, credentials from
+MLflow's own MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; and harness run against it.
+
+The tests that use it are skipped where PostgreSQL, psycopg or mlflow[auth] are missing, unless
+HARNESS_REQUIRE_SERVER_TESTS=1 (set by .ci/run), where that is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import contextlib
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ADMIN, PASSWORD = "admin", "harness-admin-password-1"
+CAP = ["--epochs", "1", "--max-train-images", "256", "--no-progress", "--no-system-metrics"]
+
+
+def missing() -> str | None:
+    if not (PG_BIN / "initdb").exists():
+        return f"PostgreSQL 15 not found in {PG_BIN}"
+    for module, pkg in (("psycopg", 'psycopg[binary]'), ("flask_wtf", "mlflow[auth]")):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{pkg} is not installed"
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        return "running as root without runuser to start PostgreSQL as postgres"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*cmd) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.geteuid() == 0 else list(map(str, cmd))
+
+
+def wait_http(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {seconds} s: {log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def tracking_server():
+    why = missing()
+    if why:
+        if os.environ.get("HARNESS_REQUIRE_SERVER_TESTS") == "1":
+            pytest.fail(f"server tests required here but {why}")
+        pytest.skip(why)
+    # not under pytest's own tmp folder: that is private to its user, and PostgreSQL runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="harness-server-"))
+    root.chmod(0o755)
+    pg, pg_port, port = root / "pg", free_port(), free_port()
+    pg.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(pg, "postgres")
+    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", pg, "-U", "postgres", "--auth=trust", "-E", "UTF8"), check=True, capture_output=True)
+    subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-o", f"-h 127.0.0.1 -p {pg_port} -k {pg}", "-l", pg / "log", "-w", "start"),
+                   check=True, capture_output=True)
+    server_proc = None
+    try:
+        for db in ("mlflow", "mlflowauth"):
+            subprocess.run(as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "postgres", db), check=True, capture_output=True)
+        (root / "auth.ini").write_text(
+            "[mlflow]\ndefault_permission = EDIT\n"
+            f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
+            f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests")
+        log = root / "server.log"
+        server_proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+             "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], cwd=root, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", 180, server_proc, log)
+        yield {"url": url, "root": root}
+    finally:
+        if server_proc is not None:
+            os.killpg(server_proc.pid, signal.SIGTERM)  # our own server and its workers, nothing else
+            server_proc.wait(timeout=60)
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-m", "fast", "-w", "stop"), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def server_env(server, password=PASSWORD) -> dict:
+    """What a user on another machine sets: the server and MLflow's own credential variables
+    (and this test's own cache folder for the per-machine locks)."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=server["url"], MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=password,
+               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(server["root"] / "cache"))
+    env.pop("HARNESS_STATE_DIR", None)
+    return env
+
+
+def harness(server, *args, password=PASSWORD, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or REPO, env=server_env(server, password),
+                          capture_output=True, text=True, timeout=timeout)
