@@ -1,0 +1,197 @@
+"""run-all over a real 2-node Ray cluster (`ray start --head` + `ray start --address`, one CPU
+each) into the shared PostgreSQL + basic-auth MLflow server of tests/servers.py.
+
+Ray rewrites 127.0.0.1 to the machine's outward address, so these tests run only inside a
+network namespace whose only interface is loopback (.ci/run starts pytest in one: `unshare -n
+-p -f --mount-proc`, then `ip link set lo up`); elsewhere they are skipped, and where
+HARNESS_REQUIRE_SERVER_TESTS=1 that is a failure. Every Ray process they start is found by its
+own temporary folder and stopped by its id; `ray stop` is never called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.servers import CAP, REPO, free_port, harness, server_env
+
+SUITE = ["fastai-simplenet", "tutorial-base", "fastai-convnet", "skl-cnn"]
+
+
+def loopback_only() -> bool:
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else shutil.which("ray") or "ray"
+
+
+def ours(tag: str) -> list[psutil.Process]:
+    """The processes whose command line names `tag` (our cluster's folder, or one node's port)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tag in part for part in p.info["cmdline"] or []):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def kill_tree(procs: list[psutil.Process]) -> None:
+    every = {p.pid: p for p in procs}
+    for p in procs:
+        try:
+            every.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for p in every.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(every.values()), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(server):
+    why = None if loopback_only() else "needs a network namespace whose only interface is lo (.ci/run provides one)"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        why = why or 'Ray is not installed (pip install "harness[ray]")'
+    if why:
+        if os.environ.get("HARNESS_REQUIRE_SERVER_TESTS") == "1":
+            pytest.fail(f"Ray cluster tests required here but {why}")
+        pytest.skip(why)
+    tmp = Path(tempfile.mkdtemp(prefix="hray-"))  # short: Ray's socket paths are length-limited
+    head_port, worker_port = free_port(), free_port()
+    # the nodes know nothing of the tracking server: tasks must be handed URI and credentials
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={head_port}", "--include-dashboard=false",
+                        f"--temp-dir={tmp}", *common], env=env, check=True, capture_output=True, timeout=300)
+        subprocess.run([ray_cli(), "start", f"--address=127.0.0.1:{head_port}", f"--node-manager-port={worker_port}", *common],
+                       env=env, check=True, capture_output=True, timeout=300)
+        address = f"127.0.0.1:{head_port}"
+        yield {"address": address, "worker_port": worker_port, "nodes": node_ids(address, worker_port), "tmp": tmp}
+    finally:
+        kill_tree(ours(str(tmp)) + ours(f"--node_manager_port={worker_port}"))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def node_ids(address: str, worker_port: int) -> dict[str, str]:
+    """{"head": id, "worker": id} (first 8 hex digits, as the runs' harness.node tags show them)."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(json.dumps({n['NodeID'][:8]: n['NodeManagerPort'] for n in ray.nodes() if n['Alive']}))") % address
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    ports = json.loads(out.strip().splitlines()[-1])
+    assert len(ports) == 2, ports
+    return {"worker" if port == worker_port else "head": nid for nid, port in ports.items()}
+
+
+def run_all(server, cluster, experiment: str, *args, password=None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "harness.cli", "run-all", "--executor", "ray", "--ray-address", cluster["address"],
+           "--experiment-name", experiment, *map(str, args)]
+    env = server_env(server) if password is None else server_env(server, password)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def runs_of(admin, experiment: str):
+    exp = admin.get_experiment_by_name(experiment)
+    return admin.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def only(ids):
+    return [a for i in ids for a in ("--only", i)]
+
+
+def test_a_capped_suite_spreads_over_both_nodes_and_trains_each_run_once(server, cluster, admin, synthetic_root, tmp_path):
+    t0 = time.time()
+    p = run_all(server, cluster, "ray-suite", *only(SUITE), "--repeats", "2", "--data-dir", synthetic_root, *CAP)
+    out, err = p.communicate(timeout=900)
+    wall = time.time() - t0
+    assert p.returncode == 0, out + err
+    runs = runs_of(admin, "ray-suite")
+    keys = sorted((r.data.tags["harness.experiment_id"], r.data.tags["harness.seed"]) for r in runs)
+    assert keys == sorted((e, str(s)) for e in SUITE for s in (0, 1)), keys  # each once
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["harness.node"].split("/")[-1] for r in runs} == set(cluster["nodes"].values())  # both nodes trained
+    assert out.count(": finished, test accuracy") == 8 and "experiment" in out  # a line per run, then the table
+    for r in runs:
+        arts = {a.path for a in admin.list_artifacts(r.info.run_id)}
+        assert {"config.json", "test_predictions.csv", "confusion_matrix.png"} <= arts and "harness-state" not in arts
+    dst = tmp_path / "dl"
+    admin.download_artifacts(runs[0].info.run_id, "config.json", str(dst.mkdir() or dst))
+    assert json.loads((dst / "config.json").read_text())["resolved"]["config_hash"] == runs[0].data.tags["harness.config_hash"]
+    report = tmp_path / "report.html"
+    r = harness(server, "report", "--experiment-name", "ray-suite", "--out", report)
+    assert r.returncode == 0, r.stderr
+    html = report.read_text()
+    assert all(run.info.run_id in html for run in runs)
+    print(f"\ncapped suite, {len(runs)} runs on 2 nodes: {wall:.1f} s")
+
+
+def test_two_drivers_at_once_train_nothing_twice(server, cluster, admin, synthetic_root):
+    ids = ["fastai-simplenet", "fastai-convnet"]
+    procs = [run_all(server, cluster, "ray-race", *only(ids), "--repeats", "2", "--data-dir", synthetic_root, *CAP) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    runs = runs_of(admin, "ray-race")
+    keys = sorted((r.data.tags["harness.experiment_id"], r.data.tags["harness.seed"]) for r in runs)
+    assert keys == sorted((e, str(s)) for e in ids for s in (0, 1)), keys  # no duplicate, no loser left behind
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sum(o.count(": finished, test accuracy") for o, _ in outs) == 4
+
+
+def test_a_wrong_password_is_one_line_exit_2_and_no_run(server, cluster, admin, synthetic_root):
+    p = run_all(server, cluster, "ray-denied", "--only", "fastai-simplenet", "--data-dir", synthetic_root, *CAP, password="wrong-password-x")
+    out, err = p.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "authentication failed" in lines[0], err
+    assert "wrong-password-x" not in out + err
+    assert runs_of(admin, "ray-denied") == []
+
+
+def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, admin, synthetic_root):
+    """Last in this module: it kills the worker node."""
+    args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", "4", "--max-train-images", "400",
+            "--no-progress", "--no-system-metrics"]
+    p = run_all(server, cluster, "ray-kill", *args)
+    worker, head = cluster["nodes"]["worker"], cluster["nodes"]["head"]
+    victim, deadline = None, time.time() + 600
+    while victim is None and time.time() < deadline:
+        for r in runs_of(admin, "ray-kill"):
+            if r.data.tags.get("harness.node", "").endswith(worker) and "harness.checkpoint" in r.data.tags:
+                victim = r
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.2)
+    assert victim is not None, "no checkpoint on the worker node within 600 s"
+    t_kill = time.time()
+    kill_tree(ours(f"--node_manager_port={cluster['worker_port']}"))
+    resumed_after = None
+    while p.poll() is None and time.time() < t_kill + 600:
+        if resumed_after is None and admin.get_run(victim.info.run_id).data.tags.get("harness.node", "").endswith(head):
+            resumed_after = time.time() - t_kill
+        time.sleep(0.2)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, out + err
+    runs = runs_of(admin, "ray-kill")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    again = admin.get_run(victim.info.run_id)  # the same MLflow run, finished on the head node
+    assert again.data.tags["harness.node"].endswith(head)
+    assert sorted(m.step for m in admin.get_metric_history(victim.info.run_id, "epoch_time_s")) == [0, 1, 2, 3]  # each epoch once
+    assert resumed_after is not None
+    print(f"\nworker node killed; its run resumed on the head node {resumed_after:.1f} s later")
