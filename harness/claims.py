@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tracking import TAG, RunRecord, Tracker
@@ -136,39 +136,65 @@ class Claimer:
         return self.clock() - beat < self.policy.stale_after_s
 
     def claim(self, chash: str, run_name: str, tags: dict, force: bool, lock_held: bool) -> Claimed | Declined:
-        runs = self.tracker.find_runs(chash)
+        return self.claim_many([Request(chash, run_name, tags, force, lock_held)])[0]
+
+    def claim_many(self, requests: list[Request]) -> list[Claimed | Declined]:
+        """Claim several configurations with one settling wait between the writes and the checks
+        (a Ray driver claims a whole suite in about `settle_s`, not `settle_s` per run)."""
+        proposals = [self._propose(r) for r in requests]
+        if any(isinstance(p, _Proposal) for p in proposals):
+            self.sleep(self.policy.settle_s)
+        return [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
+
+    def _propose(self, req: Request) -> _Proposal | Declined:
+        runs = self.tracker.find_runs(req.chash)
         done = [r for r in runs if r.status == "FINISHED"]
-        if done and not force:
+        if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
-        live = [r for r in runs if self.alive(r, lock_held)]
+        live = [r for r in runs if self.alive(r, req.lock_held)]
         if live:
             return Declined(f"being trained by {live[0].tags.get(OWNER, 'another process')}", live[0].run_id)
         abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED")]
-        if abandoned and not force:
-            return self._take_over(max(abandoned, key=lambda r: r.start_time))
-        won = self._create(chash, run_name, tags, lock_held)
-        if isinstance(won, Claimed) and force:
-            for r in abandoned:
-                self.tracker.terminate(r.run_id, "KILLED", "abandoned: superseded by a --force run")
-        return won
+        mark = {OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"}
+        if abandoned and not req.force:
+            run = max(abandoned, key=lambda r: r.start_time)
+            self.tracker.set_tags(run.run_id, mark)
+            return _Proposal(req, run.run_id, takeover=True)
+        mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
+        return _Proposal(req, mine.run_id, takeover=False, superseded=[r.run_id for r in abandoned])
 
-    def _take_over(self, run: RunRecord) -> Claimed | Declined:
-        self.tracker.set_tags(run.run_id, {OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"})
-        self.sleep(self.policy.settle_s)
-        tags = self.tracker.run_tags(run.run_id)
-        if tags.get(OWNER) != self.owner:
-            return Declined(f"taken over by {tags.get(OWNER)}", run.run_id)
-        return Claimed(run.run_id, resumed=True, recorded=RECORDED in tags)
-
-    def _create(self, chash: str, run_name: str, tags: dict, lock_held: bool) -> Claimed | Declined:
-        mine = self.tracker.create_run(run_name, {**tags, f"{TAG}config_hash": chash, OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"})
-        self.sleep(self.policy.settle_s)
-        rivals = [r for r in self.tracker.find_runs(chash) if r.run_id == mine.run_id or self.alive(r, False)]
+    def _confirm(self, p: _Proposal) -> Claimed | Declined:
+        if p.takeover:  # every taker wrote its name; the last write is what all of them read back
+            tags = self.tracker.run_tags(p.run_id)
+            if tags.get(OWNER) != self.owner:
+                return Declined(f"taken over by {tags.get(OWNER)}", p.run_id)
+            return Claimed(p.run_id, resumed=True, recorded=RECORDED in tags)
+        # every creator made a run; the one created first trains, the others delete theirs
+        rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or self.alive(r, False)]
         first = min(rivals, key=lambda r: (r.start_time, r.run_id))
-        if first.run_id != mine.run_id:
-            self.tracker.delete_run(mine.run_id)
+        if first.run_id != p.run_id:
+            self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
-        return Claimed(mine.run_id, resumed=False, recorded=False)
+        for rid in p.superseded:
+            self.tracker.terminate(rid, "KILLED", "abandoned: superseded by a --force run")
+        return Claimed(p.run_id, resumed=False, recorded=False)
+
+
+@dataclass
+class Request:
+    chash: str
+    run_name: str
+    tags: dict
+    force: bool
+    lock_held: bool  # this process holds the configuration's local lock
+
+
+@dataclass
+class _Proposal:
+    req: Request
+    run_id: str
+    takeover: bool
+    superseded: list = field(default_factory=list)
 
 
 class Heartbeat:

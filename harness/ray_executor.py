@@ -23,7 +23,7 @@ from .claims import RECORDED, Claimed, ClaimPolicy, Claimer, Heartbeat
 from .errors import HarnessError, Interrupted, UsageError, one_line
 from .job import Outcome, RunOptions
 from .one_run import train_run
-from .runner import claim_job, config_lock, make_job
+from .runner import claim_request, config_lock, make_job
 from .spec import Experiment
 from .tracking import TAG, Tracker
 
@@ -105,46 +105,45 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     ray = require_ray()
     connect(ray, ray_opts.address)
     policy = ClaimPolicy.for_store(tracker.uri)
-    claimer = Claimer(tracker, policy)
-    # in a task: no bars, threads within the task's CPUs
+    # in a task: no bars, no more intra-op threads than the task's CPUs
     task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
     remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
                                           max_retries=ray_opts.max_retries, retry_exceptions=False)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    outcomes, pending = [], {}
+    jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    pending, locks = {}, [config_lock(job) for job in jobs]
     with Heartbeat(tracker, policy.stale_after_s / 4) as heartbeat:
         try:
-            for exp in experiments:
-                for seed in range(opts.seed, opts.seed + opts.repeats):
-                    job = make_job(exp, data, tracker, opts, seed, echo)
-                    lock = config_lock(job)
-                    claim = claim_job(job, claimer, lock_held=True) if lock.acquire() else None
-                    if not isinstance(claim, Claimed):
-                        lock.release()
-                        reason = claim.reason if claim else "being trained by another process on this machine"
-                        outcomes.append(Outcome(exp.id, seed, "skipped", claim.run_id if claim else None, reason=reason))
-                        echo(f"{exp.id} (seed {seed}): skipped, {reason}")
-                        continue
-                    heartbeat.hold(claim.run_id)
-                    spec = TaskSpec(exp, task_opts, seed, claim.run_id, tracker.uri, tracker.experiment_name, str(data.root),
-                                    data.fingerprint, env, policy.stale_after_s / 4)
-                    pending[remote.remote(spec)] = (exp.id, seed, claim.run_id, lock)
+            held = [i for i, lock in enumerate(locks) if lock.acquire()]
+            claims = dict(zip(held, Claimer(tracker, policy).claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
+            for i, job in enumerate(jobs):
+                claim = claims.get(i)
+                if not isinstance(claim, Claimed):
+                    locks[i].release()
+                    reason = claim.reason if claim else "being trained by another process on this machine"
+                    outcomes[i] = Outcome(job.exp.id, job.seed, "skipped", claim.run_id if claim else None, reason=reason)
+                    echo(f"{job.exp.id} (seed {job.seed}): skipped, {reason}")
+                    continue
+                heartbeat.hold(claim.run_id)
+                spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, tracker.uri, tracker.experiment_name, str(data.root),
+                                data.fingerprint, env, policy.stale_after_s / 4)
+                pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                exp_id, seed, run_id, lock = pending.pop(ref)
-                outcome = _settle(ray, ref, tracker, exp_id, seed, run_id)
+                i, run_id = pending.pop(ref)
+                outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id)
                 heartbeat.drop(run_id)
-                lock.release()
-                outcomes.append(outcome)
-                echo(_line(outcome))
+                locks[i].release()
+                echo(_line(outcomes[i]))
         except KeyboardInterrupt:
-            for ref, (exp_id, seed, run_id, lock) in pending.items():
+            for ref, (i, run_id) in pending.items():
                 ray.cancel(ref, force=True)
                 heartbeat.drop(run_id)
                 tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C on the Ray driver); run again to resume")
-                lock.release()
+                locks[i].release()
             raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
-    return outcomes
+    return [o for o in outcomes if o is not None]
 
 
 def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:

@@ -10,7 +10,7 @@ import hashlib
 
 from .checkpoints import lock_root, store_identity
 from .cifar_files import Cifar10
-from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock
+from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Request
 from .environment import resolve_device
 from .errors import Interrupted, one_line
 from .job import Job, Outcome, RunOptions, capped_phases
@@ -35,10 +35,10 @@ def config_lock(job: Job) -> ConfigLock:
     return ConfigLock(key, lock_root(tracker.uri))
 
 
-def claim_job(job: Job, claimer: Claimer, lock_held: bool):
-    """Claim the job's configuration in the store: Claimed, or Declined with the reason."""
+def claim_request(job: Job, lock_held: bool) -> Request:
+    """What claiming the job's configuration in the store asks for (claims.Claimer)."""
     tags = {f"{TAG}experiment_id": job.exp.id, f"{TAG}seed": job.seed}
-    return claimer.claim(job.chash, job.run_name, tags, job.opts.force, lock_held)
+    return Request(job.chash, job.run_name, tags, job.opts.force, lock_held)
 
 
 def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None) -> Outcome:
@@ -48,7 +48,7 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
     if not lock.acquire():
         return Outcome(exp.id, seed, "skipped", reason="being trained by another process on this machine")
     try:
-        claim = claim_job(job, claimer, lock_held=True)
+        [claim] = claimer.claim_many([claim_request(job, lock_held=True)])
         if not isinstance(claim, Claimed):
             return Outcome(exp.id, seed, "skipped", claim.run_id, reason=claim.reason)
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4)

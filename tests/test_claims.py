@@ -124,3 +124,18 @@ def test_a_finished_run_is_not_claimed_unless_forced(tracker):
     assert isinstance(got, Declined) and got.finished and got.run_id == rid
     forced = claimer(tracker).claim("c6", "x", {}, force=True, lock_held=True)
     assert isinstance(forced, Claimed) and forced.run_id != rid and not forced.resumed
+
+
+def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
+    import time
+
+    from harness.claims import Request
+
+    waits = []
+    c = Claimer(tracker, ClaimPolicy(stale_after_s=120, settle_s=0.2), sleep=lambda s: waits.append(s) or time.sleep(s))
+    finished = other_run(tracker, "m-done", time.time(), status="FINISHED")
+    abandoned = other_run(tracker, "m-old", time.time() - 1000)
+    got = c.claim_many([Request(h, h, {}, False, True) for h in ("m-new1", "m-done", "m-old", "m-new2")])
+    assert waits == [0.2]  # one wait for the four, not one each
+    assert [type(g).__name__ for g in got] == ["Claimed", "Declined", "Claimed", "Claimed"]
+    assert got[1].run_id == finished and got[2].run_id == abandoned and got[2].resumed
