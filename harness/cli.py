@@ -107,6 +107,8 @@ def run_options(fn):
                      help="Intra-op CPU threads per run (default: 1 for the small batch-4/20 recipes, all cores for the rest)."),
         click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
         click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
+        click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
+                     help="Local executor: train N runs at once in N processes (each with at most cores/N threads)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: one run after another in this process; ray: each (experiment, seed) a task on a Ray cluster."),
         click.option("--ray-address", type=str, default=None, help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray instance)."),
@@ -119,7 +121,7 @@ def run_options(fn):
 
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
-             no_system_metrics, threads, executor, ray_address, cpus_per_run, gpus_per_run):
+             no_system_metrics, threads, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
     from .data import load_cifar10, resolve_data_dir
     from .environment import resolve_device
     from .job import RunOptions
@@ -131,12 +133,18 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
                       device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads)
     ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
+    if ray_opts is not None and jobs > 1:
+        raise UsageError("--jobs applies to the local executor; with --executor ray each run is a task (see --cpus-per-run)")
     resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
     data = load_cifar10(resolve_data_dir(data_dir))
     tracker = Tracker(tracking_uri, experiment_name)
     click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
                f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}")
-    if ray_opts is None:
+    if ray_opts is None and jobs > 1:
+        from .pool_executor import run_pool
+
+        outcomes = run_pool(experiments, data, tracker, opts, jobs, echo=click.echo)
+    elif ray_opts is None:
         outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
     else:
         from .ray_executor import run_many_ray

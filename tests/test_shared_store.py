@@ -86,3 +86,23 @@ def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthe
     out = r.communicate(timeout=600)[0]
     assert r.returncode == 0 and "resuming" in out, out
     check_each_trained_once(store, ["medium-vgg-bn"], 4)
+
+
+def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root):
+    """--jobs 2: two worker processes share the queue; every run is trained once, with the same
+    lines, table and exit code as one process, and a rerun skips them all."""
+    a = folder(tmp_path, "a")
+    store = f"sqlite:///{a}/mlflow.db"
+    args = ["run", *IDS, "--repeats", "2", "--jobs", "2", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "1",
+            "--max-train-images", "200", "--no-progress", "--no-system-metrics"]
+    p = harness(a, *args)
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out
+    assert out.count("test accuracy") == 6 and out.count(" finished ") == 6, out
+    c = MlflowClient(store)
+    runs = c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])
+    assert sorted((r.data.tags["harness.experiment_id"], r.data.tags["harness.seed"]) for r in runs) == sorted((i, str(s)) for i in IDS for s in (0, 1))
+    assert all(r.info.status == "FINISHED" and r.data.params["threads"] == "1" for r in runs)
+    again = harness(a, *args)
+    out2 = again.communicate(timeout=600)[0]
+    assert again.returncode == 0 and out2.count("skipped") >= 6, out2
