@@ -66,6 +66,7 @@ def list_cmd(fmt, experiments_dir):
     from .catalogue import load_catalogue
     from .environment import choose_threads, macs_per_image
     from .models import count_params, create_model
+    from .together import why_sequential
 
     rows = []
     for exp in load_catalogue(experiments_dir).values():
@@ -73,19 +74,21 @@ def list_cmd(fmt, experiments_dir):
         rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed, "params": count_params(model),
                      "published_accuracy": exp.published.test_accuracy,
                      "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
-                     "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu"))})
+                     "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu")),
+                     "repeats": why_sequential(exp, model, torch.device("cpu")) or "together"})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no experiments found")
         return
-    head = ("id", "params", "published", "M MACs/step", "CPU threads", "source", "title")
+    head = ("id", "params", "published", "M MACs/step", "CPU threads", "repeats (CPU)", "source", "title")
     table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", f"{r['mmacs_per_step']:,.0f}",
-              str(r["cpu_threads"]), r["source"], r["title"]) for r in rows]
-    w = [max(len(str(x[i])) for x in [head, *table]) for i in range(6)]
+              str(r["cpu_threads"]), r["repeats"] if r["repeats"] == "together" else f"one by one: {r['repeats']}", r["source"], r["title"])
+             for r in rows]
+    w = [max(len(str(x[i])) for x in [head, *table]) for i in range(7)]
     for r in [head, *table]:
-        click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]:<{w[5]}}  {r[6]}")
+        click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]:<{w[5]}}  {r[6]:<{w[6]}}  {r[7]}")
 
 
 # --------------------------------------------------------------------------- run / run-all
@@ -107,6 +110,8 @@ def run_options(fn):
                      help="Intra-op CPU threads per run (default: 1 for the small batch-4/20 recipes, all cores for the rest)."),
         click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
         click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
+        click.option("--no-together", is_flag=True,
+                     help="Train a recipe's repeats one after another (default: together as one stacked model where that is exact and faster; see `harness list`)."),
         click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
                      help="Local executor: train N runs at once in N processes (each with at most cores/N threads)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -121,7 +126,7 @@ def run_options(fn):
 
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
-             no_system_metrics, threads, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
+             no_system_metrics, threads, no_together, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
     from .data import load_cifar10, resolve_data_dir
     from .environment import resolve_device
     from .job import RunOptions
@@ -131,7 +136,8 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     if seed + repeats - 1 > MAX_SEED:
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
-                      device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads)
+                      device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads,
+                      together=not no_together)
     ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
     if ray_opts is not None and jobs > 1:
         raise UsageError("--jobs applies to the local executor; with --executor ray each run is a task (see --cpus-per-run)")

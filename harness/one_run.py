@@ -38,12 +38,9 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
         with Heartbeat(tracker, beat_s) as heartbeat:
             heartbeat.hold(run_id)
             prep = prepare_data(job.exp, job.data, job.seed, job.opts.max_train_images, job.device)
-            model, optimizer, loss_fn, n_params = _build(job)
+            model, optimizer, loss_fn, n_params = build(job)
             if not recorded:
-                tags, params, files = run_record(job, prep, n_params)
-                tracker.record(run_id, tags, params, files)
-                tracker.log_datasets(run_id, datasets(job, prep))
-                tracker.set_tags(run_id, {RECORDED: "true"})
+                record(job, run_id, prep, n_params)
                 recorded = True
             if resumed:
                 tracker.reopen(run_id)
@@ -55,7 +52,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
                 if bar is not None:
                     bar.close()
                     bar = None
-                return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
+                return finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
     except Interrupted:  # already settled: the run finished before the interrupt took effect
         raise
     except KeyboardInterrupt:
@@ -81,7 +78,15 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             bar.close()
 
 
-def _build(job: Job):
+def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
+    """The run's tags, params, config.json and dataset inputs; the last tag marks it complete."""
+    tags, params, files = run_record(job, prep, n_params)
+    job.tracker.record(run_id, tags, params | (extra_params or {}), files)
+    job.tracker.log_datasets(run_id, datasets(job, prep))
+    job.tracker.set_tags(run_id, {RECORDED: "true"})
+
+
+def build(job: Job):
     """(model, optimizer, loss function, parameter count), seeded as the run's seed says."""
     exp = job.exp
     torch.manual_seed(job.seed)  # weight init, dropout
@@ -134,21 +139,34 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
-        metrics = {"train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
-                   "lr": stats.lr, "epoch_time_s": stats.time_s, "epoch_images_per_s": stats.images / max(stats.time_s, 1e-9)}
-        series = {"train_loss_step": [(epoch * steps + s, v) for s, v in stats.step_losses]}
-        if exp.train.checkpoint == "best_val_loss" and val.loss <= pr.best_val:  # `<=` as in the write-up
-            pr.best_val = val.loss
-            pr.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        state.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
-                    "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series})
+        metrics, series = epoch_metrics(stats, val, epoch, steps)
+        keep_best(exp, model, val, pr)
+        state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))
         job.tracker.log_metrics(run_id, metrics, epoch, series)
         if job.opts.progress and (bar is None or bar.disable):
             job.echo(epoch_line(job, epoch, pr, metrics, t_start))
 
 
-def _finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:
+def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:
+    metrics = {"train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
+               "lr": stats.lr, "epoch_time_s": stats.time_s, "epoch_images_per_s": stats.images / max(stats.time_s, 1e-9)}
+    return metrics, {"train_loss_step": [(epoch * steps + s, v) for s, v in stats.step_losses]}
+
+
+def keep_best(exp: Experiment, model, val, pr: Progress) -> None:
+    if exp.train.checkpoint == "best_val_loss" and val.loss <= pr.best_val:  # `<=` as in the write-up
+        pr.best_val = val.loss
+        pr.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor, epoch: int, pr: Progress, metrics: dict, series: dict) -> dict:
+    """What a run keeps after each epoch to resume after it (checkpoints.py keeps it)."""
+    return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
+            "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
+            "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series}
+
+
+def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:
     exp = job.exp
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)

@@ -14,7 +14,11 @@ from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Request
 from .environment import resolve_device
 from .errors import Interrupted, one_line
 from .job import Job, Outcome, RunOptions, capped_phases
+from .checkpoints import run_state
+from .group_run import train_group
+from .models import create_model
 from .one_run import train_run
+from .together import why_sequential
 from .spec import Experiment, config_hash
 from .tracking import TAG, Tracker
 
@@ -56,6 +60,44 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         lock.release()
 
 
+def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, echo, claimer: Claimer) -> list[Outcome]:
+    """A recipe's repeats as one stacked model (group_run.py), each still its own MLflow run.
+    Runs already finished or claimed elsewhere are skipped; a group killed part-way resumes as a
+    group when its checkpoints agree on the epoch, run by run otherwise (the same result)."""
+    jobs = [make_job(exp, data, tracker, opts, seed, echo) for seed in range(opts.seed, opts.seed + opts.repeats)]
+    locks = [config_lock(job) for job in jobs]
+    held = [i for i, lock in enumerate(locks) if lock.acquire()]
+    try:
+        claims = dict(zip(held, claimer.claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
+        outcomes: dict[int, Outcome] = {}
+        for i, job in enumerate(jobs):
+            c = claims.get(i)
+            if not isinstance(c, Claimed):
+                outcomes[i] = Outcome(exp.id, job.seed, "skipped", c.run_id if c else None,
+                                      reason=c.reason if c else "being trained by another process on this machine")
+        mine = [i for i in claims if i not in outcomes]
+        cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
+        beat = claimer.policy.stale_after_s / 4
+        if len(mine) > 1 and len({ck["epoch"] if ck else None for ck in cks}) == 1:
+            group = train_group([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].recorded for i in mine], cks, beat)
+            outcomes.update(zip(mine, group))
+        else:
+            for i in mine:
+                outcomes[i] = train_run(jobs[i], claims[i].run_id, claims[i].resumed, claims[i].recorded, beat)
+        return [outcomes[i] for i in range(len(jobs))]
+    finally:
+        for i in held:
+            locks[i].release()
+
+
+def together_reason(exp: Experiment, opts: RunOptions) -> str | None:
+    """Why this recipe's repeats train one by one here, or None if they train together."""
+    if opts.repeats < 2 or not opts.together:
+        return "one seed" if opts.repeats < 2 else "--no-together"
+    model = create_model(exp.model.name, **exp.model.args)
+    return why_sequential(exp, model, resolve_device(opts.device))
+
+
 # --------------------------------------------------------------------------- many runs
 
 
@@ -63,6 +105,19 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     outcomes = []
     claimer = Claimer(tracker, ClaimPolicy.for_store(tracker.uri))  # one owner: this process
     for exp in experiments:
+        if together_reason(exp, opts) is None:
+            try:
+                group = run_seeds_together(exp, data, tracker, opts, echo, claimer)
+            except Interrupted:
+                raise
+            except KeyboardInterrupt:
+                raise Interrupted(f"no run of {exp.id} had been created yet; nothing of it was recorded") from None
+            except Exception as e:  # raised before the runs existed
+                group = [Outcome(exp.id, s, "failed", reason=one_line(e)) for s in range(opts.seed, opts.seed + opts.repeats)]
+            for o in group:
+                _say(o, echo)
+            outcomes.extend(group)
+            continue
         for seed in range(opts.seed, opts.seed + opts.repeats):
             try:
                 o = run_one(exp, data, tracker, opts, seed, echo, claimer)
@@ -75,12 +130,16 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                 raise
             except Exception as e:  # raised before a run existed: report it, go on with the rest
                 o = Outcome(exp.id, seed, "failed", reason=one_line(e))
-            if o.status == "skipped":
-                echo(f"{exp.id} (seed {seed}): skipped, {o.reason}")
-            elif o.status == "failed":
-                echo(f"{exp.id} (seed {seed}): FAILED, {o.reason}")
+            _say(o, echo)
             outcomes.append(o)
     return outcomes
+
+
+def _say(o: Outcome, echo) -> None:
+    if o.status == "skipped":
+        echo(f"{o.experiment_id} (seed {o.seed}): skipped, {o.reason}")
+    elif o.status == "failed":
+        echo(f"{o.experiment_id} (seed {o.seed}): FAILED, {o.reason}")
 
 
 def summary_table(outcomes: list[Outcome]) -> str:

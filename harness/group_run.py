@@ -1,0 +1,163 @@
+"""A recipe's seeds trained together (together.py), recorded as N ordinary MLflow runs.
+
+Each run gets what a run trained alone gets: its record, its per-epoch metrics, its own
+checkpoint in the same format (so a group killed part-way resumes as a group, or run by run),
+its test metrics, artifacts and logged model, written by the same functions as one_run.py.
+`epoch_time_s` is the group's epoch time divided by N (each network's share of the machine),
+and the param `together` says how many networks trained at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+
+from .checkpoints import run_state
+from .claims import Heartbeat
+from .errors import DivergedError, Interrupted, one_line
+from .job import Job, Outcome, Progress
+from .one_run import build, checkpoint, epoch_metrics, finish, keep_best, record
+from .progress import epoch_line
+from .recipe_data import prepare_data
+from .together import Stack, optimizer_state_of, stacked_optimizer_state
+from .train import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, build_optimizer, evaluate, lr_at, phase_of, set_lr, starts_phase
+
+
+def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], checkpoints: list[dict | None], beat_s: float) -> list[Outcome]:
+    """Train the claimed runs of one recipe's seeds together. `checkpoints`: each run's last
+    checkpoint (all None, or all of the same epoch)."""
+    tracker, n = jobs[0].tracker, len(jobs)
+    done: dict[int, Outcome] = {}
+    try:
+        with Heartbeat(tracker, beat_s) as heartbeat, contextlib.ExitStack() as monitors:
+            for rid in run_ids:
+                heartbeat.hold(rid)
+            preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]
+            built = [(*build(j), torch.get_rng_state()) for j in jobs]  # seeded per run: its init, then its generator
+            models, loss_fn = [b[0] for b in built], built[0][2]
+            for i, job in enumerate(jobs):
+                if not recorded[i]:
+                    record(job, run_ids[i], preps[i], built[i][3], {"together": n})
+                    recorded[i] = True
+                if checkpoints[i] is not None:
+                    tracker.reopen(run_ids[i])
+                monitors.enter_context(tracker.system_metrics(run_ids[i], job.opts.system_metrics, job.opts.system_metrics_interval_s,
+                                                              resume=checkpoints[i] is not None))
+            stack = Stack(models, [b[4] for b in built])
+            optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
+            progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
+            states = [run_state(tracker, rid) for rid in run_ids]
+            _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done)
+            for i, job in enumerate(jobs):
+                if i not in done:
+                    stack.unstack_into(i, models[i])
+                    torch.set_rng_state(stack.rng_state(i))  # a train-mode test pass draws as the sequential run would
+                    done[i] = finish(job, run_ids[i], preps[i], models[i], loss_fn, states[i], progress[i], built[i][3])
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        for i, rid in enumerate(run_ids):
+            if i not in done:
+                tracker.terminate(rid, "KILLED", "interrupted (Ctrl-C); run again to resume")
+        raise Interrupted(f"runs {', '.join(j.run_name for j in jobs)} are marked KILLED; run the same command again to resume them") from None
+    except Exception as e:
+        reason = one_line(e)
+        for i, rid in enumerate(run_ids):
+            if i not in done:
+                tracker.terminate(rid, "FAILED", reason)
+                done[i] = Outcome(jobs[i].exp.id, jobs[i].seed, "failed", rid, reason=reason)
+    return [done[i] for i in range(n)]
+
+
+def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None]) -> list[Progress]:
+    if checkpoints[0] is None:
+        return [Progress() for _ in jobs]
+    for i, ck in enumerate(checkpoints):
+        stack.load_network(i, ck["model"], ck["rng_cpu"].cpu())
+        if ck["epoch"] not in jobs[i].tracker.logged_steps(run_ids[i], "epoch_time_s"):
+            jobs[i].tracker.log_metrics(run_ids[i], ck["metrics"], ck["epoch"], ck["series"])
+    optimizer.load_state_dict(stacked_optimizer_state([ck["optimizer"] for ck in checkpoints]))
+    jobs[0].echo(f"{', '.join(j.run_name for j in jobs)}: resuming together after epoch {checkpoints[0]['epoch'] + 1}/{jobs[0].epochs}")
+    return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model")) for ck in checkpoints]
+
+
+def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn, states, progress: list[Progress], done: dict) -> None:
+    job0, n = jobs[0], len(jobs)
+    exp, steps, tracker = job0.exp, len(preps[0].train), job0.tracker
+    t_start = time.perf_counter()
+    for epoch in range(progress[0].start_epoch, job0.epochs):
+        if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
+            optimizer.state.clear()
+        set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))
+        lr_fn = (lambda i, e=epoch: lr_at(exp.train.phases, e, i, steps)) if phase_of(exp.train.phases, epoch).schedule == "sgdr" else None
+        stats = group_epoch(stack, [p.train.batches(epoch) for p in preps], steps, optimizer, loss_fn, lr_fn, job0.opts.precision)
+        for i, job in enumerate(jobs):
+            if i in done:
+                continue
+            if isinstance(stats[i], DivergedError):
+                tracker.terminate(run_ids[i], "FAILED", f"diverged: {stats[i]}")
+                states[i].clear()
+                done[i] = Outcome(job.exp.id, job.seed, "failed", run_ids[i], reason=f"diverged: {stats[i]}")
+                continue
+            pr = progress[i]
+            pr.train_time += stats[i].time_s
+            stack.unstack_into(i, models[i])
+            torch.set_rng_state(stack.rng_state(i))  # a train-mode validation draws from the network's own generator
+            val = evaluate(models[i], preps[i].val_x, preps[i].val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+            stack.generators[i].set_state(torch.get_rng_state())
+            metrics, series = epoch_metrics(stats[i], val, epoch, steps)
+            keep_best(exp, models[i], val, pr)
+            states[i].save(checkpoint(job, models[i].state_dict(), optimizer_state_of(optimizer, i, n), stack.rng_state(i), epoch, pr, metrics, series))
+            tracker.log_metrics(run_ids[i], metrics, epoch, series)
+            if job.opts.progress:
+                job.echo(epoch_line(job, epoch, pr, metrics, t_start))
+
+
+def group_epoch(stack: Stack, batches: list, steps: int, optimizer, loss_fn, lr_for_step=None, precision: str = "fp32") -> list:
+    """One epoch of N networks in lockstep (train.train_one_epoch's loop, per network). Each
+    entry is the network's EpochStats (time: its share, the group's time / N), or DivergedError."""
+    n, every = stack.n, max(1, steps // LOG_POINTS_PER_EPOCH)
+    loss_sum, correct, seen, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long), 0, 0
+    points: list[list] = [[] for _ in range(n)]
+    diverged: list = [None] * n
+    win_l: list[torch.Tensor] = []
+    win_c: list[torch.Tensor] = []
+    last_lr = optimizer.param_groups[0]["lr"]
+    i = -1
+    t0 = time.perf_counter()
+    for i, pairs in enumerate(zip(*batches)):
+        x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        if lr_for_step is not None:
+            last_lr = lr_for_step(i)
+            set_lr(optimizer, last_lr)
+        with autocast_context(x.device, precision):
+            losses, out = stack.forward_loss(x, y, loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        win_l.append(losses.detach())
+        win_c.append((out.detach().argmax(-1) == y).sum(1))
+        seen += y.shape[1]
+        if len(win_l) == every or i == steps - 1:
+            count += _flush(win_l, win_c, i, loss_sum, correct, points, diverged)
+    if win_l:
+        count += _flush(win_l, win_c, i, loss_sum, correct, points, diverged)
+    share = (time.perf_counter() - t0) / n
+    return [diverged[k] or EpochStats(loss_sum[k].item() / max(count, 1), 100.0 * correct[k].item() / max(seen, 1), seen, share, last_lr, points[k])
+            for k in range(n)]
+
+
+def _flush(win_l, win_c, i, loss_sum, correct, points, diverged) -> int:
+    w = torch.stack(win_l).sum(0).double()
+    k = len(win_l)
+    correct += torch.stack(win_c).sum(0)
+    loss_sum += w
+    for net, v in enumerate(w.tolist()):
+        if not math.isfinite(v) and diverged[net] is None:
+            diverged[net] = DivergedError(f"loss became {v / k} at epoch step {i}")
+        points[net].append((i, v / k))
+    win_l.clear(), win_c.clear()
+    return k
