@@ -110,8 +110,9 @@ def run_options(fn):
                      help="Intra-op CPU threads per run (default: 1 for the small batch-4/20 recipes, all cores for the rest)."),
         click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
         click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
-        click.option("--no-together", is_flag=True,
-                     help="Train a recipe's repeats one after another (default: together as one stacked model where that is exact and faster; see `harness list`)."),
+        click.option("--together", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+                     help="A recipe's repeats as one stacked model (the same runs): auto where exact and measured faster here, "
+                          "always where exact, never (see `harness list`)."),
         click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
                      help="Local executor: train N runs at once in N processes (each with at most cores/N threads)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -126,7 +127,7 @@ def run_options(fn):
 
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
-             no_system_metrics, threads, no_together, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
+             no_system_metrics, threads, together, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
     from .data import load_cifar10, resolve_data_dir
     from .environment import resolve_device
     from .job import RunOptions
@@ -137,7 +138,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
                       device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads,
-                      together=not no_together)
+                      together=together)
     ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
     if ray_opts is not None and jobs > 1:
         raise UsageError("--jobs applies to the local executor; with --executor ray each run is a task (see --cpus-per-run)")

@@ -24,7 +24,7 @@ class RunOptions:
     progress: bool = True  # tqdm bars on a terminal, one line per epoch elsewhere (logs, nohup, CI)
     threads: int | None = None  # intra-op threads; None: chosen per recipe (environment.choose_threads)
     max_threads: int | None = None  # at most this many (a Ray task's CPUs)
-    together: bool = True  # a recipe's repeats as one stacked model where it is exact and helps (together.py)
+    together: str = "auto"  # a recipe's repeats as one stacked model: auto (where exact and measured faster), always (where exact), never
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
 

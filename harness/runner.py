@@ -11,14 +11,14 @@ import hashlib
 from .checkpoints import lock_root, store_identity
 from .cifar_files import Cifar10
 from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Request
-from .environment import resolve_device
+from .environment import choose_threads, configure_backend, resolve_device
 from .errors import Interrupted, one_line
 from .job import Job, Outcome, RunOptions, capped_phases
 from .checkpoints import run_state
 from .group_run import train_group
 from .models import create_model
 from .one_run import train_run
-from .together import why_sequential
+from .together import stacking_rates, why_sequential
 from .spec import Experiment, config_hash
 from .tracking import TAG, Tracker
 
@@ -90,12 +90,27 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
             locks[i].release()
 
 
+# stacking must beat one network alone by this much in the probe to be used (the probe is short)
+MIN_SPEEDUP = 1.1
+PROBE_STEPS = 30
+
+
 def together_reason(exp: Experiment, opts: RunOptions) -> str | None:
-    """Why this recipe's repeats train one by one here, or None if they train together."""
-    if opts.repeats < 2 or not opts.together:
-        return "one seed" if opts.repeats < 2 else "--no-together"
+    """Why this recipe's repeats train one by one here, or None if they train together: they
+    must stack exactly (together.why_sequential) and stacking must be faster on this machine,
+    measured side by side for a moment before training (both give the same runs)."""
+    if opts.repeats < 2 or opts.together == "never":
+        return "one seed" if opts.repeats < 2 else "--together never"
+    device = resolve_device(opts.device)
     model = create_model(exp.model.name, **exp.model.args)
-    return why_sequential(exp, model, resolve_device(opts.device))
+    why = why_sequential(exp, model, device)
+    if why is not None or opts.together == "always":
+        return why
+    configure_backend(device, min(choose_threads(model, exp.train.batch_size, device, opts.threads), opts.max_threads or 1 << 30))
+    alone, stacked = stacking_rates(exp, opts.repeats, PROBE_STEPS, device)
+    if stacked < MIN_SPEEDUP * alone:
+        return f"stacking {opts.repeats} measured {stacked / alone:.2f}x one network alone here"
+    return None
 
 
 # --------------------------------------------------------------------------- many runs
@@ -105,7 +120,10 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     outcomes = []
     claimer = Claimer(tracker, ClaimPolicy.for_store(tracker.uri))  # one owner: this process
     for exp in experiments:
-        if together_reason(exp, opts) is None:
+        why = together_reason(exp, opts)
+        if opts.repeats > 1 and opts.together != "never":
+            echo(f"{exp.id}: {opts.repeats} seeds " + ("trained together, one stacked model" if why is None else f"one by one ({why})"))
+        if why is None:
             try:
                 group = run_seeds_together(exp, data, tracker, opts, echo, claimer)
             except Interrupted:

@@ -19,6 +19,7 @@ weights within float tolerance (vmap's grouped kernels sum in another order).
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 import torch.nn as nn
@@ -34,7 +35,8 @@ PER_NETWORK_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq
 
 
 def why_sequential(exp: Experiment, model: nn.Module, device: torch.device) -> str | None:
-    """Why the recipe's seeds are trained one after another, or None if they train together."""
+    """Why the recipe's seeds cannot be trained together (exactly, usefully), or None if they
+    can; whether they are is then measured (stacking_rates)."""
     if device.type != "cpu":
         return "not measured on GPUs yet"
     if exp.train.optimizer.step_clamp is not None:
@@ -45,6 +47,61 @@ def why_sequential(exp: Experiment, model: nn.Module, device: torch.device) -> s
         if name and not isinstance(m, STACKABLE):
             return f"{type(m).__name__} is not stackable"
     return None
+
+
+def stacking_rates(exp: Experiment, n: int, steps: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(one network alone, n networks stacked): images per second per network, i.e. the images
+    every network trained divided by the wall time, measured side by side on random batches
+    after a warm-up, at the current thread setting. Both do the same arithmetic, so the ratio
+    is what stacking saves in per-step overhead (or loses to vmap's own)."""
+    from .train import build_optimizer, loss_function
+
+    loss_fn, b = loss_function(exp.train.loss), exp.train.batch_size
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(n, b, 3, 32, 32, generator=g).to(device)
+    ys = torch.randint(0, 10, (n, b), generator=g).to(device)
+    models = [_create(exp, s, device) for s in range(n)]
+    single = copy.deepcopy(models[0])
+    opt = build_optimizer(single, exp.train.optimizer, exp.train.phases[0].lr)
+    stack = Stack(models, [torch.get_rng_state()] * n)
+    sopt = build_optimizer(stack.holder, exp.train.optimizer, exp.train.phases[0].lr)
+
+    def alone():
+        loss = loss_fn(single(xs[0]).float(), ys[0])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def stacked():
+        losses, _ = stack.forward_loss(xs, ys, loss_fn)
+        sopt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        sopt.step()
+
+    single.train()
+    rates = []
+    for fn, nets in ((alone, 1), (stacked, n)):
+        for _ in range(max(2, steps // 10)):
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
+        rates.append(nets * steps * b / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
+def _create(exp: Experiment, seed: int, device: torch.device) -> nn.Module:
+    from .models import apply_init, create_model
+
+    torch.manual_seed(seed)
+    return apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class _MaskDropout(nn.Module):

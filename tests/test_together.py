@@ -112,7 +112,7 @@ def runs_by_seed(store):
 
 
 def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path, monkeypatch, store):
-    """End to end: the same command with and without --no-together gives, per seed, an ordinary
+    """End to end: the same command with --together always and never gives, per seed, an ordinary
     FINISHED run with the same step losses, test accuracy and artifacts."""
     ids, args = ["tutorial-base", "medium-three-conv"], ["--repeats", "3", "--epochs", "2", "--max-train-images", "200",
                                                          "--data-dir", synthetic_root, "--no-progress", "--no-system-metrics"]
@@ -121,7 +121,7 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
         (tmp_path / mode).mkdir()
         monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / mode / "state"))
         stores[mode] = f"sqlite:///{tmp_path / mode}/mlflow.db"
-        r = cli("run", *ids, *args, "--tracking-uri", stores[mode], *(["--no-together"] if mode == "alone" else []))
+        r = cli("run", *ids, *args, "--tracking-uri", stores[mode], "--together", "always" if mode == "together" else "never")
         assert r.exit_code == 0, r.output
     together, alone = runs_by_seed(stores["together"]), runs_by_seed(stores["alone"])
     assert sorted(together) == sorted(alone) == sorted((i, str(s)) for i in ids for s in range(3))
@@ -134,3 +134,38 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
         c = MlflowClient(stores["together"])
         assert {"config.json", "test_predictions.csv", "confusion_matrix.png"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
         assert len(c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
+
+
+def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_stopped(synthetic_root, tmp_path, monkeypatch, store):
+    import harness.group_run as group_run
+
+    ids, args = ["medium-three-conv"], ["--repeats", "3", "--epochs", "3", "--max-train-images", "200", "--data-dir", synthetic_root,
+                                        "--no-progress", "--no-system-metrics"]
+    stores = {}
+    for mode in ("together", "alone"):
+        (tmp_path / mode).mkdir()
+        stores[mode] = f"sqlite:///{tmp_path / mode}/mlflow.db"
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "together" / "state"))
+    real, calls = group_run.epoch_metrics, []
+
+    def ctrl_c_in_epoch_2(stats, val, epoch, steps):
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(stats, val, epoch, steps)
+
+    monkeypatch.setattr(group_run, "epoch_metrics", ctrl_c_in_epoch_2)
+    r = cli("run", *ids, *args, "--tracking-uri", stores["together"], "--together", "always")
+    assert r.exit_code == 130 and "KILLED" in r.output, r.output
+    monkeypatch.setattr(group_run, "epoch_metrics", real)
+    r = cli("run", *ids, *args, "--tracking-uri", stores["together"], "--together", "always")
+    assert r.exit_code == 0 and "resuming together after epoch 1/3" in r.output, r.output
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "alone" / "state"))
+    assert cli("run", *ids, *args, "--tracking-uri", stores["alone"], "--together", "never").exit_code == 0
+    together, alone = runs_by_seed(stores["together"]), runs_by_seed(stores["alone"])
+    c = MlflowClient(stores["together"])
+    for key, (run, steps) in together.items():
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")) == [0, 1, 2]  # each epoch once
+        other_steps = alone[key][1]
+        assert len(steps) == len(other_steps) and max(abs(a - b) for a, b in zip(steps, other_steps)) < TOL, key
