@@ -238,9 +238,16 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
 @click.option("--no-suite", is_flag=True, help="Skip the per-experiment seconds-per-epoch estimate.")
 @click.option("--overhead-images", type=click.IntRange(min=64), default=5000, show_default=True,
               help="Images per epoch in the tracking-overhead measurement (the runner logs once per epoch).")
+@click.option("--repeats", type=click.IntRange(min=2), default=None, is_flag=False, flag_value=8,
+              help="Instead: N seeds one by one vs stacked (default N 8; models tutorial-base and medium-three-conv), and a run's fixed cost.")
 @friendly
-def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images):
+def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, repeats):
     """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
+    if repeats is not None:
+        from .bench_repeats import run_repeats_bench
+
+        run_repeats_bench(list(models) or ["tutorial-base", "medium-three-conv"], repeats, steps, echo=click.echo)
+        return
     from .bench import run_bench
 
     run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo)

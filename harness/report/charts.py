@@ -24,6 +24,7 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
 
     from ..plots import confusion_figure, loss_curve_figure, png_bytes
 
+    sns.set_theme(style="whitegrid", context="notebook")  # the report's look; run artifacts stay plain matplotlib
     out = {}
     names = [r.key for r in rows]
     palette = sns.color_palette("tab20", len(rows))

@@ -1,0 +1,74 @@
+"""`harness bench --repeats N`: what a recipe's seeds cost, measured side by side in one process.
+
+- Per case: N seeds trained one after another (one network alone, N times) against N seeds
+  stacked into one model (together.py), in images per second per network: the images each
+  network trained, summed over the N networks, divided by the wall time. The speedup is the
+  wall-time ratio of the two ways of training the same N runs.
+- The fixed cost of a run outside training: a capped run into a new store, the same into an
+  existing store, and a rerun that only skips, each a fresh `harness` process as a user runs it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .catalogue import load_catalogue, select
+from .cifar_files import write_cifar10
+from .environment import all_cores
+from .models import create_model
+from .together import stacking_rates, why_sequential
+from .bench import policy_threads
+
+
+def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print) -> None:
+    echo(f"harness bench --repeats {n}: torch {torch.__version__}, {steps} timed steps per way after a warm-up, random batches")
+    for exp in select(load_catalogue(), ids):
+        why = why_sequential(exp, create_model(exp.model.name, **exp.model.args), torch.device("cpu"))
+        if why is not None:
+            echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: trained one by one ({why})")
+            continue
+        for threads in sorted({policy_threads(exp), all_cores()}):
+            torch.set_num_threads(threads)
+            alone, together = stacking_rates(exp, n, steps)
+            echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: sequential {alone:.0f} img/s per network | together {together:.0f} img/s "
+                 f"per network | speedup {together / alone:.2f}x ({threads} thread{'s' if threads > 1 else ''})")
+    torch.set_num_threads(all_cores())
+    new, existing, skip = fixed_costs()
+    echo(f"fixed cost of a run outside training (fastai-simplenet, capped, a fresh process each): new store {new:.1f} s | "
+         f"existing store {existing:.1f} s | rerun that skips {skip:.1f} s")
+
+
+def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float]:
+    """Wall time minus reported training time of `harness run` as a user runs it: into a new
+    store, again (--force) into that store, and once more where it only skips."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        write_cifar10(root / "data", rng.integers(0, 256, (200, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 200),
+                      rng.integers(0, 256, (100, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 100), [f"c{i}" for i in range(10)])
+        experiments = Path(__file__).resolve().parents[1] / "experiments"
+        cmd = [sys.executable, "-m", "harness.cli", "run", exp_id, "--data-dir", str(root / "data"), "--epochs", "1",
+               "--max-train-images", "64", "--no-progress", "--no-system-metrics"]
+        work = root / "work"
+        work.mkdir()
+        if experiments.is_dir():
+            (work / "experiments").symlink_to(experiments)
+        return _outside_training(cmd, work), _outside_training(cmd + ["--force"], work), _outside_training(cmd, work)
+
+
+def _outside_training(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"harness run failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    trained = sum(float(s) for s in re.findall(r"train ([0-9.]+)s, run", r.stdout))
+    return wall - trained
