@@ -75,16 +75,16 @@ def list_cmd(fmt, experiments_dir):
                      "published_accuracy": exp.published.test_accuracy,
                      "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
                      "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu")),
-                     "repeats": why_sequential(exp, model, torch.device("cpu")) or "together"})
+                     "repeats": why_sequential(exp, model, torch.device("cpu")) or "stackable"})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no experiments found")
         return
-    head = ("id", "params", "published", "M MACs/step", "CPU threads", "repeats (CPU)", "source", "title")
+    head = ("id", "params", "published", "M MACs/step", "CPU threads", "seeds stack (--together)", "source", "title")
     table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", f"{r['mmacs_per_step']:,.0f}",
-              str(r["cpu_threads"]), r["repeats"] if r["repeats"] == "together" else f"one by one: {r['repeats']}", r["source"], r["title"])
+              str(r["cpu_threads"]), "yes" if r["repeats"] == "stackable" else f"no: {r['repeats']}", r["source"], r["title"])
              for r in rows]
     w = [max(len(str(x[i])) for x in [head, *table]) for i in range(7)]
     for r in [head, *table]:

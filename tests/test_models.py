@@ -94,7 +94,9 @@ def test_list_json_has_every_experiment_with_computed_params():
 
     rows = json.loads(r.output)
     assert {row["id"]: row["params"] for row in rows} == PUBLISHED_PARAMS
-    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy", "mmacs_per_step", "cpu_threads"} for row in rows)
+    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy", "mmacs_per_step", "cpu_threads", "repeats"} for row in rows)
+    stacks = {row["id"]: row["repeats"] for row in rows}
+    assert stacks["tutorial-base"] == "stackable" and stacks["medium-vgg-bn"].startswith("compute-bound")
     threads = {row["id"]: row["cpu_threads"] for row in rows}
     assert threads["tutorial-base"] == 1 and threads["skl-cnn"] == 1 and threads["medium-vgg-bn"] >= 1
     c128 = next(row for row in rows if row["id"] == "tutorial-c128")
@@ -103,4 +105,4 @@ def test_list_json_has_every_experiment_with_computed_params():
 
 def test_list_table():
     r = CliRunner().invoke(main, ["list"])
-    assert r.exit_code == 0 and "5,852,170" in r.output and "skl-cnn" in r.output
+    assert r.exit_code == 0 and "5,852,170" in r.output and "skl-cnn" in r.output and "no: compute-bound" in r.output

@@ -271,3 +271,19 @@ def test_artifacts_live_beside_the_sqlite_store(synthetic_root, store, tmp_path)
     [run] = runs(store)
     assert run.info.artifact_uri.startswith(str(tmp_path / "mlruns"))
     assert (tmp_path / "mlruns" / "cifar10-harness" / run.info.run_id / "artifacts" / "config.json").exists()
+
+
+def test_executor_ray_without_ray_names_the_install_command(store, synthetic_root, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+    r = cli("run", "fastai-simplenet", "--executor", "ray", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 2 and 'pip install "harness[ray]"' in r.output and "Traceback" not in r.output, r.output
+    assert runs(store) == []
+
+
+@pytest.mark.parametrize("args, says", [(["--ray-address", "127.0.0.1:1"], "--ray-address"), (["--cpus-per-run", "2"], "--cpus-per-run"),
+                                        (["--executor", "ray", "--jobs", "2"], "--jobs")])
+def test_executor_options_that_do_not_fit_are_usage_errors(store, synthetic_root, args, says):
+    r = cli("run", "fastai-simplenet", *args, "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
