@@ -66,6 +66,16 @@ def require_ray():
 
 
 def connect(ray, address: str | None) -> None:
+    """Join the cluster; an address that does not answer is one line at once (ray.init would
+    retry for minutes)."""
+    target = address or os.environ.get("RAY_ADDRESS")
+    host, _, port = (target or "").rpartition(":")
+    if host and port.isdigit() and "://" not in target:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise HarnessError(f"Ray cluster {target} unreachable ({e.strerror or type(e).__name__}); start it with "
+                               "`ray start --head` or check --ray-address") from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False,
                  configure_logging=True, ignore_reinit_error=True)

@@ -287,3 +287,11 @@ def test_executor_ray_without_ray_names_the_install_command(store, synthetic_roo
 def test_executor_options_that_do_not_fit_are_usage_errors(store, synthetic_root, args, says):
     r = cli("run", "fastai-simplenet", *args, "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_an_unreachable_ray_cluster_is_one_line_at_once(store, synthetic_root):
+    pytest.importorskip("ray")
+    r = cli("run", "fastai-simplenet", "--executor", "ray", "--ray-address", "127.0.0.1:1", "--data-dir", synthetic_root,
+            "--tracking-uri", store, *CAP)
+    assert r.exit_code == 1 and "Ray cluster 127.0.0.1:1 unreachable" in r.output and "Traceback" not in r.output, r.output
+    assert runs(store) == []
