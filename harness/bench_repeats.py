@@ -41,14 +41,15 @@ def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print) -> None:
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: sequential {alone:.0f} img/s per network | together {together:.0f} img/s "
                  f"per network | speedup {together / alone:.2f}x ({threads} thread{'s' if threads > 1 else ''})")
     torch.set_num_threads(all_cores())
-    new, existing, skip = fixed_costs()
+    new, existing, skip, further = fixed_costs()
     echo(f"fixed cost of a run outside training (fastai-simplenet, capped, a fresh process each): new store {new:.1f} s | "
-         f"existing store {existing:.1f} s | rerun that skips {skip:.1f} s")
+         f"existing store {existing:.1f} s | rerun that skips {skip:.1f} s | each further run in one process {further:.1f} s")
 
 
-def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float]:
+def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float, float]:
     """Wall time minus reported training time of `harness run` as a user runs it: into a new
-    store, again (--force) into that store, and once more where it only skips."""
+    store, again (--force) into that store, once more where it only skips; and what each run
+    after the first adds in one process (4 seeds against 1, the process's start shared)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rng = np.random.default_rng(0)
@@ -61,7 +62,10 @@ def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float]:
         work.mkdir()
         if experiments.is_dir():
             (work / "experiments").symlink_to(experiments)
-        return _outside_training(cmd, work), _outside_training(cmd + ["--force"], work), _outside_training(cmd, work)
+        new, existing, skip = _outside_training(cmd, work), _outside_training(cmd + ["--force"], work), _outside_training(cmd, work)
+        one = _outside_training(cmd + ["--force", "--jobs", "1", "--together", "never"], work)
+        four = _outside_training(cmd + ["--force", "--repeats", "4", "--jobs", "1", "--together", "never"], work)
+        return new, existing, skip, (four - one) / 3
 
 
 def _outside_training(cmd: list[str], cwd: Path) -> float:

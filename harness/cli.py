@@ -113,8 +113,9 @@ def run_options(fn):
         click.option("--together", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
                      help="A recipe's repeats as one stacked model (the same runs): auto where exact and measured faster here, "
                           "always where exact, never (see `harness list`)."),
-        click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
-                     help="Local executor: train N runs at once in N processes (each with at most cores/N threads)."),
+        click.option("--jobs", type=click.IntRange(1, 256), default=None, envvar="HARNESS_JOBS",
+                     help="Local executor: train N runs at once in N processes, each with at most cores/N threads "
+                          "(default: one per CPU core, up to the number of runs; 1 on a GPU or with --together always)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: one run after another in this process; ray: each (experiment, seed) a task on a Ray cluster."),
         click.option("--ray-address", type=str, default=None, help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray instance)."),
@@ -140,13 +141,14 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
                       device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads,
                       together=together)
     ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
-    if ray_opts is not None and jobs > 1:
+    if ray_opts is not None and (jobs or 1) > 1:
         raise UsageError("--jobs applies to the local executor; with --executor ray each run is a task (see --cpus-per-run)")
-    resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
+    dev = resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
+    jobs = _jobs(jobs, dev, len(experiments) * repeats, together) if ray_opts is None else 1
     data = load_cifar10(resolve_data_dir(data_dir))
     tracker = Tracker(tracking_uri, experiment_name)
     click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
-               f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}")
+               f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}" + (f"; {jobs} at once" if jobs > 1 else ""))
     if ray_opts is None and jobs > 1:
         from .pool_executor import run_pool
 
@@ -167,6 +169,19 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")
+
+
+def _jobs(asked, device, runs: int, together: str) -> int:
+    """--jobs, or its default: one process per core for CPU runs (the small recipes train on one
+    thread each, measured 1.85x for 7 recipes x 5 seeds on 2 cores), one where a GPU or stacked
+    seeds already keep the hardware busy."""
+    if asked is not None:
+        return asked
+    if device.type != "cpu" or together == "always":
+        return 1
+    from .environment import all_cores
+
+    return max(1, min(all_cores(), runs))
 
 
 def _ray_options(executor, address, cpus, gpus):

@@ -22,6 +22,7 @@ class RunOptions:
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True  # tqdm bars on a terminal, one line per epoch elsewhere (logs, nohup, CI)
+    bars: bool = True  # False: lines even on a terminal (several processes share it)
     threads: int | None = None  # intra-op threads; None: chosen per recipe (environment.choose_threads)
     max_threads: int | None = None  # at most this many (a Ray task's CPUs)
     together: str = "auto"  # a recipe's repeats as one stacked model: auto (where exact and measured faster), always (where exact), never

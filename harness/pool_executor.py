@@ -55,7 +55,7 @@ def _work(uri: str, experiment_name: str, data_root: str, exp: Experiment, opts:
 
 def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print) -> list[Outcome]:
     todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
-    per_run = replace(opts, progress=False, max_threads=max(1, all_cores() // jobs))
+    per_run = replace(opts, bars=False, max_threads=max(1, all_cores() // jobs))
     outcomes: list[Outcome | None] = [None] * len(todo)
     interrupted: list[str] = []
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang

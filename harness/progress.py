@@ -8,7 +8,7 @@ from .job import Job, Progress
 
 
 def progress_bar(job: Job, total: int):
-    if not job.opts.progress:
+    if not job.opts.progress or not job.opts.bars:
         return None
     from tqdm import tqdm
 

@@ -11,6 +11,10 @@ import pytest
 
 from harness.data import write_cifar10
 
+# one process per command unless a test asks for more: many tests patch the training code in
+# this process (CliRunner), which worker processes would not see; test_shared_store checks the default
+os.environ.setdefault("HARNESS_JOBS", "1")
+
 REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -130,3 +130,14 @@ def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
     c = MlflowClient(store)
     runs = {x.data.tags["harness.experiment_id"]: x for x in c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])}
     assert runs["tutorial-base"].data.params["threads"] == "1" and runs["fastai-convnet"].data.params["threads"] == "2"
+
+
+def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store):
+    """Runs the real measurement, including five `harness run` processes for the fixed cost."""
+    r = CliRunner().invoke(main, ["bench", "--repeats", "3", "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    for case in ("tutorial-base@4", "medium-three-conv@20"):
+        assert re.search(rf"^{re.escape(case)} x 3 seeds: sequential \d+ img/s per network \| together \d+ img/s per network \| "
+                         rf"speedup \d+\.\d\dx \(1 thread\)$", r.output, re.M), r.output
+    assert re.search(r"^fixed cost of a run outside training .*: new store \d+\.\d s \| existing store \d+\.\d s \| rerun that skips "
+                     r"\d+\.\d s \| each further run in one process -?\d+\.\d s$", r.output, re.M), r.output

@@ -88,12 +88,13 @@ def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthe
     check_each_trained_once(store, ["medium-vgg-bn"], 4)
 
 
-def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root):
-    """--jobs 2: two worker processes share the queue; every run is trained once, with the same
-    lines, table and exit code as one process, and a rerun skips them all."""
+def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, monkeypatch):
+    """By default one process per core (2 here): worker processes share the queue; every run is
+    trained once, with the same lines, table and exit code as one process, and a rerun skips them."""
+    monkeypatch.delenv("HARNESS_JOBS")
     a = folder(tmp_path, "a")
     store = f"sqlite:///{a}/mlflow.db"
-    args = ["run", *IDS, "--repeats", "2", "--jobs", "2", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "1",
+    args = ["run", *IDS, "--repeats", "2", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "1",
             "--max-train-images", "200", "--no-progress", "--no-system-metrics"]
     p = harness(a, *args)
     out = p.communicate(timeout=600)[0]
