@@ -64,7 +64,7 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> No
 
 
 @contextlib.contextmanager
-def tracking_server():
+def tracking_server(auth_cache_ttl_s: int = 0):
     why = missing()
     if why:
         if os.environ.get("HARNESS_REQUIRE_SERVER_TESTS") == "1":
@@ -88,7 +88,9 @@ def tracking_server():
             "[mlflow]\ndefault_permission = EDIT\n"
             f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
             f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # 0: MLflow's default, every request re-checks the password hash (measure_scale_out compares)
+            f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n")
         env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests")
         log = root / "server.log"
         server_proc = subprocess.Popen(
