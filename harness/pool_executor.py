@@ -25,6 +25,7 @@ from .job import Outcome, RunOptions
 from .runner import run_one
 from .spec import Experiment
 from .tracking import Tracker
+from .tracking.store import absolute_uri
 
 
 def _quiet_worker() -> None:
@@ -60,7 +61,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     interrupted: list[str] = []
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker) as pool:
-        futures = {pool.submit(_work, tracker.uri, tracker.experiment_name, str(data.root), exp, per_run, seed): i
+        futures = {pool.submit(_work, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), exp, per_run, seed): i
                    for i, (exp, seed) in enumerate(todo)}
         try:
             for fut in as_completed(futures):

@@ -26,6 +26,7 @@ from .one_run import train_run
 from .runner import claim_request, config_lock, make_job
 from .spec import Experiment
 from .tracking import TAG, Tracker
+from .tracking.store import absolute_uri
 
 # what MLflow reads from the environment to reach and authenticate with a server
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
@@ -136,7 +137,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                     echo(f"{job.exp.id} (seed {job.seed}): skipped, {reason}")
                     continue
                 heartbeat.hold(claim.run_id)
-                spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, tracker.uri, tracker.experiment_name, str(data.root),
+                spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.stale_after_s / 4)
                 pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:

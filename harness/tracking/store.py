@@ -53,6 +53,12 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?")[0]).expanduser()
 
 
+def absolute_uri(uri: str) -> str:
+    """The URI with a SQLite file's path made absolute (for processes in other folders)."""
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+
+
 def describe(e: BaseException) -> str:
     """One line for a store error: the database's own words where MLflow wrapped them
     (SQLAlchemy's "(sqlite3.OperationalError) attempt to write a readonly database"),
