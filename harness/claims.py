@@ -198,11 +198,15 @@ class _Proposal:
 
 
 class Heartbeat:
-    """Refreshes the heartbeat tag of the runs it holds, from a daemon thread, until stopped."""
+    """Refreshes the heartbeat tag of the runs it holds, from a daemon thread, until stopped.
+    With `owner`, each beat first checks the run is still that owner's: one taken over meanwhile
+    (this process stalled past the stale limit and another resumed the run) is put in `lost`
+    instead, and its trainer stops at the next epoch's end rather than train it a second time."""
 
-    def __init__(self, tracker: Tracker, interval_s: float, clock=time.time):
-        self.tracker, self.interval_s, self.clock = tracker, interval_s, clock
+    def __init__(self, tracker: Tracker, interval_s: float, owner: str | None = None, clock=time.time):
+        self.tracker, self.interval_s, self.owner, self.clock = tracker, interval_s, owner, clock
         self.runs: set[str] = set()
+        self.lost: dict[str, str] = {}  # run id -> its new owner
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
@@ -229,6 +233,19 @@ class Heartbeat:
                 runs = list(self.runs)
             for run_id in runs:
                 try:
-                    self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}"})
+                    self.beat(run_id)
                 except Exception:  # a store hiccup: the next beat retries; missing several makes the run stale
                     pass
+
+    def beat(self, run_id: str) -> None:
+        if self.owner is not None:
+            now = self.tracker.run_tags(run_id).get(OWNER)
+            if now != self.owner:
+                self.lost[run_id] = now or "another process"
+                self.drop(run_id)
+                return
+        self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}"})
+
+
+class TakenOver(Exception):
+    """The run was claimed by another process while this one trained it."""

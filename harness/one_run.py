@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoints import run_state
-from .claims import RECORDED, Heartbeat
+from .claims import RECORDED, Heartbeat, TakenOver
 from .environment import choose_threads, configure_backend
 from .errors import DivergedError, Interrupted, one_line
 from .finish import log_final
@@ -28,14 +28,15 @@ from .tracking.guards import sigint_deferred
 from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 
-def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float) -> Outcome:
+def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float, owner: str | None = None) -> Outcome:
     """Train the claimed run `run_id` to its end. `resumed`: an earlier attempt's run, continued
-    from its checkpoint; `recorded`: it already has its params and config. A run that fails
-    before it was recorded (nothing trained, nothing to see) is deleted rather than left behind."""
+    from its checkpoint; `recorded`: it already has its params and config; `owner`: the claim's
+    owner, checked by the heartbeat. A run that fails before it was recorded (nothing trained,
+    nothing to see) is deleted rather than left behind."""
     tracker = job.tracker
     bar = None
     try:
-        with Heartbeat(tracker, beat_s) as heartbeat:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat:
             heartbeat.hold(run_id)
             prep = prepare_data(job.exp, job.data, job.seed, job.opts.max_train_images, job.device)
             model, optimizer, loss_fn, n_params = build(job)
@@ -48,13 +49,15 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
                 pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
                 bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
-                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar)
+                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat)
                 if bar is not None:
                     bar.close()
                     bar = None
                 return finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
     except Interrupted:  # already settled: the run finished before the interrupt took effect
         raise
+    except TakenOver as e:  # the run and its checkpoint are the new owner's now: touch neither
+        return Outcome(job.exp.id, job.seed, "skipped", run_id, reason=str(e))
     except KeyboardInterrupt:
         if not recorded and not resumed:
             tracker.delete_run(run_id)
@@ -117,7 +120,7 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"))
 
 
-def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar) -> None:
+def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
     t_start = time.perf_counter()
@@ -139,6 +142,8 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+        if run_id in heartbeat.lost:
+            raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         keep_best(exp, model, val, pr)
         state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))

@@ -56,6 +56,7 @@ class TaskSpec:
     fingerprint: str
     env: dict
     beat_s: float
+    owner: str  # the driver's: the claim every task of this driver trains under
 
 
 def require_ray():
@@ -99,7 +100,7 @@ def run_task(spec: TaskSpec) -> Outcome:
     tracker.set_tags(spec.run_id, {f"{TAG}node": node})
     recorded = RECORDED in tracker.run_tags(spec.run_id)
     # always "resumed": the run exists (the driver made it) and a retried task continues it
-    return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s)
+    return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s, owner=spec.owner)
 
 
 def _node_name() -> str:
@@ -124,10 +125,11 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pending, locks = {}, [config_lock(job) for job in jobs]
-    with Heartbeat(tracker, policy.stale_after_s / 4) as heartbeat:
+    claimer = Claimer(tracker, policy)
+    with Heartbeat(tracker, policy.stale_after_s / 4, claimer.owner) as heartbeat:
         try:
             held = [i for i, lock in enumerate(locks) if lock.acquire()]
-            claims = dict(zip(held, Claimer(tracker, policy).claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
+            claims = dict(zip(held, claimer.claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
             for i, job in enumerate(jobs):
                 claim = claims.get(i)
                 if not isinstance(claim, Claimed):
@@ -138,7 +140,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                     continue
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
-                                data.fingerprint, env, policy.stale_after_s / 4)
+                                data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
                 pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)

@@ -55,7 +55,7 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         [claim] = claimer.claim_many([claim_request(job, lock_held=True)])
         if not isinstance(claim, Claimed):
             return Outcome(exp.id, seed, "skipped", claim.run_id, reason=claim.reason)
-        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4)
+        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4, claimer.owner)
     finally:
         lock.release()
 
@@ -83,7 +83,7 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
             outcomes.update(zip(mine, group))
         else:
             for i in mine:
-                outcomes[i] = train_run(jobs[i], claims[i].run_id, claims[i].resumed, claims[i].recorded, beat)
+                outcomes[i] = train_run(jobs[i], claims[i].run_id, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
         return [outcomes[i] for i in range(len(jobs))]
     finally:
         for i in held:

@@ -139,3 +139,46 @@ def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
     assert waits == [0.2]  # one wait for the four, not one each
     assert [type(g).__name__ for g in got] == ["Claimed", "Declined", "Claimed", "Claimed"]
     assert got[1].run_id == finished and got[2].run_id == abandoned and got[2].resumed
+
+
+def test_a_heartbeat_notices_its_run_was_taken_over(tracker):
+    import time
+
+    from harness.claims import Heartbeat
+
+    rid = tracker.create_run("x", {"harness.config_hash": "h1", OWNER: "me|1|a", HEARTBEAT: f"{time.time():.3f}"}).run_id
+    hb = Heartbeat(tracker, 60, owner="me|1|a")
+    hb.hold(rid)
+    hb.beat(rid)
+    assert rid not in hb.lost
+    tracker.set_tags(rid, {OWNER: ELSEWHERE})  # another process took it over
+    before = tracker.run_tags(rid)[HEARTBEAT]
+    hb.beat(rid)
+    assert hb.lost == {rid: ELSEWHERE} and rid not in hb.runs
+    assert tracker.run_tags(rid)[HEARTBEAT] == before  # it no longer keeps the new owner's claim alive
+
+
+def test_a_trainer_whose_run_was_taken_over_stops_and_leaves_it_alone(store, synthetic_root, monkeypatch):
+    """A process that stalled past the stale limit finds, at its next heartbeat, that another
+    process resumed its run: it stops at the epoch's end without logging, failing or killing it."""
+    import time
+
+    import harness.one_run as one_run
+    from tests.test_runner import cli, runs
+
+    monkeypatch.setenv("HARNESS_STALE_AFTER_S", "0.4")  # a beat every 0.1 s
+    real = one_run.evaluate
+
+    def stolen(model, *a, **k):
+        [run] = runs(store)
+        Tracker(store).set_tags(run.info.run_id, {OWNER: ELSEWHERE})
+        time.sleep(0.5)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(one_run, "evaluate", stolen)
+    r = cli("run", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "2", "--max-train-images", "200",
+            "--no-progress", "--no-system-metrics")
+    assert r.exit_code == 0 and "taken over by other-host" in r.output, r.output
+    [run] = runs(store)
+    assert run.info.status == "RUNNING" and run.data.tags[OWNER] == ELSEWHERE  # the new owner's, untouched
+    assert "epoch_time_s" not in run.data.metrics
