@@ -168,7 +168,8 @@ def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> 
         reason = f"its Ray task failed: {one_line(e)}"
         tracker.terminate(run_id, "KILLED", f"{reason}; run again to resume")
         return Outcome(exp_id, seed, "failed", run_id, reason=reason)
-    if tracker.run_status(run_id) == "RUNNING":
+    # "skipped": taken over by another process while the task stalled; the run is its now
+    if outcome.status != "skipped" and tracker.run_status(run_id) == "RUNNING":
         tracker.terminate(run_id, "KILLED", f"{outcome.reason}; run again to resume")
     return outcome
 

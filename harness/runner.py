@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import hashlib
 
-from .checkpoints import lock_root, store_identity
+from .checkpoints import lock_root, run_state, store_identity
 from .cifar_files import Cifar10
-from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Request
+from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
 from .environment import choose_threads, configure_backend, resolve_device
 from .errors import Interrupted, one_line
-from .job import Job, Outcome, RunOptions, capped_phases
-from .checkpoints import run_state
 from .group_run import train_group
+from .job import Job, Outcome, RunOptions, capped_phases
 from .models import create_model
 from .one_run import train_run
-from .together import stacking_rates, why_sequential
 from .spec import Experiment, config_hash
+from .together import stacking_rates, why_sequential
 from .tracking import TAG, Tracker
 
 # --------------------------------------------------------------------------- one configuration
@@ -78,12 +77,26 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
         mine = [i for i in claims if i not in outcomes]
         cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
         beat = claimer.policy.stale_after_s / 4
-        if len(mine) > 1 and len({ck["epoch"] if ck else None for ck in cks}) == 1:
+        # measured only now, for the runs there are to train (a rerun that skips them pays nothing)
+        why = "nothing to stack" if len(mine) < 2 else _slower_stacked(exp, opts, len(mine))
+        if why is None and len({ck["epoch"] if ck else None for ck in cks}) > 1:
+            why = "their checkpoints are at different epochs"
+        if mine:
+            echo(f"{exp.id}: {len(mine)} seed(s) " + ("trained together, one stacked model" if why is None else f"one by one ({why})"))
+        if why is None:
             group = train_group([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].recorded for i in mine], cks, beat)
             outcomes.update(zip(mine, group))
-        else:
-            for i in mine:
-                outcomes[i] = train_run(jobs[i], claims[i].run_id, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
+        else:  # one by one, the waiting claims kept alive meanwhile (a silent one would look abandoned)
+            with Heartbeat(tracker, beat, claimer.owner) as waiting:
+                for i in mine:
+                    waiting.hold(claims[i].run_id)
+                for i in mine:
+                    rid = claims[i].run_id
+                    if rid in waiting.lost:
+                        outcomes[i] = Outcome(exp.id, jobs[i].seed, "skipped", rid, reason=f"taken over by {waiting.lost[rid]} while waiting")
+                        continue
+                    waiting.drop(rid)
+                    outcomes[i] = train_run(jobs[i], rid, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
         return [outcomes[i] for i in range(len(jobs))]
     finally:
         for i in held:
@@ -95,22 +108,23 @@ MIN_SPEEDUP = 1.1
 PROBE_STEPS = 30
 
 
-def together_reason(exp: Experiment, opts: RunOptions) -> str | None:
-    """Why this recipe's repeats train one by one here, or None if they train together: they
-    must stack exactly (together.why_sequential) and stacking must be faster on this machine,
-    measured side by side for a moment before training (both give the same runs)."""
+def stackable(exp: Experiment, opts: RunOptions) -> bool:
+    """Whether this recipe's repeats may train as one stacked model (together.why_sequential)."""
     if opts.repeats < 2 or opts.together == "never":
-        return "one seed" if opts.repeats < 2 else "--together never"
+        return False
+    return why_sequential(exp, create_model(exp.model.name, **exp.model.args), resolve_device(opts.device)) is None
+
+
+def _slower_stacked(exp: Experiment, opts: RunOptions, n: int) -> str | None:
+    """With --together auto, why stacking `n` networks is not worth it here (measured side by
+    side for a moment at the run's threads; both ways give the same runs), else None."""
+    if opts.together == "always":
+        return None
     device = resolve_device(opts.device)
     model = create_model(exp.model.name, **exp.model.args)
-    why = why_sequential(exp, model, device)
-    if why is not None or opts.together == "always":
-        return why
     configure_backend(device, min(choose_threads(model, exp.train.batch_size, device, opts.threads), opts.max_threads or 1 << 30))
-    alone, stacked = stacking_rates(exp, opts.repeats, PROBE_STEPS, device)
-    if stacked < MIN_SPEEDUP * alone:
-        return f"stacking {opts.repeats} measured {stacked / alone:.2f}x one network alone here"
-    return None
+    alone, stacked = stacking_rates(exp, n, PROBE_STEPS, device)
+    return f"stacking {n} measured {stacked / alone:.2f}x one network alone here" if stacked < MIN_SPEEDUP * alone else None
 
 
 # --------------------------------------------------------------------------- many runs
@@ -120,10 +134,7 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     outcomes = []
     claimer = Claimer(tracker, ClaimPolicy.for_store(tracker.uri))  # one owner: this process
     for exp in experiments:
-        why = together_reason(exp, opts)
-        if opts.repeats > 1 and opts.together != "never":
-            echo(f"{exp.id}: {opts.repeats} seeds " + ("trained together, one stacked model" if why is None else f"one by one ({why})"))
-        if why is None:
+        if stackable(exp, opts):
             try:
                 group = run_seeds_together(exp, data, tracker, opts, echo, claimer)
             except Interrupted:
