@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
 from .models import create_model
-from .environment import all_cores, choose_threads, configure_backend, macs_per_image
+from .environment import all_cores, choose_conv, choose_threads, configure_backend, macs_per_image
 from .recipe_data import prepare_data
 from .catalogue import load_catalogue, select
 from .spec import Experiment
 from .train import build_optimizer, loss_function, train_one_epoch
 
 WARMUP = 20
+ROUNDS = 3  # the loops measured in turn this many times; the median is printed
 
 
 def warmup_steps(steps: int) -> int:
@@ -160,26 +161,52 @@ def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8) -> tuple[f
     return 100.0 * statistics.median(ratios), q1, q3, statistics.median(plain), statistics.median(log_cost)
 
 
-def policy_threads(exp: Experiment) -> int:
+def apply_policy(exp: Experiment) -> tuple[int, str]:
+    """Set the threads and convolution implementation the runner would train `exp` with."""
     model, _, _ = _model_and_opt(exp)
-    return choose_threads(model, exp.train.batch_size, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    threads, conv = choose_threads(model, exp.train.batch_size, cpu), choose_conv(model, exp.train.batch_size, cpu)
+    configure_backend(cpu, threads, conv)
+    return threads, conv
+
+
+def write_ups_default() -> None:
+    """PyTorch as the write-ups run it: default threads (every core), default convolutions."""
+    configure_backend(torch.device("cpu"), all_cores(), "onednn")
+
+
+def loops_side_by_side(exp: Experiment, data: Cifar10, steps: int, precision: str, rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """img/s of the seed-style loop as the write-ups run it, the same loop on 1 thread, and the
+    harness loop on its policy, `rounds` times in turn: a shared 2-core machine's drift then
+    shows as spread instead of biasing one side."""
+    out: dict[str, list[float]] = {"seed": [], "seed1": [], "harness": []}
+    for _ in range(rounds):
+        write_ups_default()
+        out["seed"].append(seed_style_rate(exp, data, steps))
+        configure_backend(torch.device("cpu"), 1, "onednn")
+        out["seed1"].append(seed_style_rate(exp, data, steps))
+        apply_policy(exp)
+        out["harness"].append(harness_rate(exp, data, steps, precision))
+    write_ups_default()
+    return out
 
 
 def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> dict[tuple[int, bool], float]:
     """The harness loop's img/s at 1 thread and at every core, alone and beside a second busy
     process (a spinning Python, as a second run-all or anything else would be)."""
     out = {}
+    conv = apply_policy(exp)[1]
     for busy in (False, True):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
             for threads in sorted({1, all_cores()}):
-                torch.set_num_threads(threads)
+                configure_backend(torch.device("cpu"), threads, conv)
                 out[(threads, busy)] = harness_rate(exp, data, steps)
         finally:
             if hog is not None:
                 hog.kill()
                 hog.wait()
-    torch.set_num_threads(all_cores())
+    write_ups_default()
     return out
 
 
@@ -187,9 +214,9 @@ def epoch_seconds(exp: Experiment, steps: int = 30) -> float:
     """Seconds per epoch of full CIFAR-10 (50,000 training images less the recipe's validation share)."""
     n_full = int(50_000 * (1 - exp.data.val_fraction))
     probe = synthetic_cifar(max(exp.train.batch_size * (steps + warmup_steps(steps)), 512))
-    torch.set_num_threads(policy_threads(exp))
+    apply_policy(exp)
     rate = harness_rate(exp, probe, steps)
-    torch.set_num_threads(all_cores())
+    write_ups_default()
     return n_full / rate
 
 
@@ -205,28 +232,30 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
     echo(f"harness bench: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
          f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {warmup_steps(steps)} warm-up")
     for exp in chosen:
-        torch.set_num_threads(all_cores())  # the write-ups' loop runs on PyTorch's default threads
-        a = seed_style_rate(exp, data, steps)
-        torch.set_num_threads(policy_threads(exp))  # the harness on the threads its runner picks
-        b = harness_rate(exp, data, steps, precision)
+        r = loops_side_by_side(exp, data, steps, precision)
+        med = {k: statistics.median(v) for k, v in r.items()}
+        speedups = [b / a for a, b in zip(r["seed"], r["harness"])]
         tag = "" if precision == "fp32" else f" ({precision})"
-        echo(f"{exp.id}@{exp.train.batch_size} seed-style {a:.0f} img/s | harness{tag} {b:.0f} img/s | speedup {b / a:.2f}x")
-    torch.set_num_threads(all_cores())
+        echo(f"{exp.id}@{exp.train.batch_size} seed-style {med['seed']:.0f} img/s | harness{tag} {med['harness']:.0f} img/s | "
+             f"speedup {statistics.median(speedups):.2f}x (median of {ROUNDS} rounds in turn, {min(speedups):.2f}x..{max(speedups):.2f}x; "
+             f"against the seed-style loop on 1 thread, {med['seed1']:.0f} img/s: "
+             f"{statistics.median(b / a for a, b in zip(r['seed1'], r['harness'])):.2f}x)")
     n = all_cores()
     for exp in chosen:
         r = thread_policy(exp, data, steps)
         model, _, _ = _model_and_opt(exp)
-        pick = policy_threads(exp)
+        pick, conv = apply_policy(exp)
+        write_ups_default()
         echo(f"{exp.id}@{exp.train.batch_size} threads: alone 1 thread {r[(1, False)]:.0f} img/s | {n} threads {r[(n, False)]:.0f} img/s; "
              f"beside a busy process 1 thread {r[(1, True)]:.0f} img/s | {n} threads {r[(n, True)]:.0f} img/s; policy: {pick} "
-             f"({macs_per_image(model) * exp.train.batch_size / 1e6:.0f} M MACs/step)")
+             f"({conv} convolutions, {macs_per_image(model) * exp.train.batch_size / 1e6:.0f} M MACs/step)")
     ov_exp = chosen[0]
     # logging happens once per epoch, so its share depends on the epoch's length: measure it on
     # epochs of a stated size (the default is the real subset's; full CIFAR-10 epochs are 10x longer)
     ov_data = synthetic_cifar(overhead_images)
-    torch.set_num_threads(policy_threads(ov_exp))
+    apply_policy(ov_exp)
     pct, q1, q3, sec, cost = tracking_overhead(ov_exp, ov_data)
-    torch.set_num_threads(all_cores())
+    write_ups_default()
     echo(f"tracking overhead ({ov_exp.id}, paired {len(ov_data.train_x)}-image epochs of {sec:.2f}s with/without logging, "
          f"quartiles {q1:+.1f}%..{q3:+.1f}%; the logging call itself {cost * 1000:.0f} ms = {100 * cost / sec:.1f}%): {pct:+.1f}%")
     if suite:

@@ -22,10 +22,10 @@ import torch
 
 from .catalogue import load_catalogue, select
 from .cifar_files import write_cifar10
-from .environment import all_cores
+from .environment import all_cores, configure_backend
 from .models import create_model
 from .together import stacking_rates, why_sequential
-from .bench import policy_threads
+from .bench import apply_policy
 
 
 def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print) -> None:
@@ -35,12 +35,13 @@ def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print) -> None:
         if why is not None:
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: trained one by one ({why})")
             continue
-        for threads in sorted({policy_threads(exp), all_cores()}):
-            torch.set_num_threads(threads)
+        policy, conv = apply_policy(exp)
+        for threads in sorted({policy, all_cores()}):
+            configure_backend(torch.device("cpu"), threads, conv)
             alone, together = stacking_rates(exp, n, steps)
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: sequential {alone:.0f} img/s per network | together {together:.0f} img/s "
                  f"per network | speedup {together / alone:.2f}x ({threads} thread{'s' if threads > 1 else ''})")
-    torch.set_num_threads(all_cores())
+    configure_backend(torch.device("cpu"))
     new, existing, skip, further = fixed_costs()
     echo(f"fixed cost of a run outside training (fastai-simplenet, capped, a fresh process each): new store {new:.1f} s | "
          f"existing store {existing:.1f} s | rerun that skips {skip:.1f} s | each further run in one process {further:.1f} s")

@@ -75,8 +75,29 @@ def choose_threads(model: torch.nn.Module, batch_size: int, device: torch.device
     return all_cores()
 
 
-def configure_backend(device: torch.device, threads: int | None = None) -> None:
+# Below this much work per training step, PyTorch's own convolution (im2col + one GEMM per
+# image) beats oneDNN's, whose per-call setup outweighs such tiny convolutions. Measured with
+# the harness loop on 1 thread (2-core AMD EPYC with AVX-512, torch 2.13, `harness bench`
+# prints both): tutorial-base@4 (2.6 M MACs/step) 1.17x faster on ATen's; tutorial-c16@4 (7 M)
+# 0.90x, tutorial-c32@4 (13 M) 0.74x, medium-tutorial-net@20 (13 M) 0.68x, the VGG 0.45x.
+ATEN_CONV_MACS = 5e6
+
+
+def choose_conv(model: torch.nn.Module, batch_size: int, device: torch.device) -> str:
+    """The convolution implementation a run trains with (recorded as the param `conv`):
+    "aten" below ATEN_CONV_MACS per step on the CPU, else "onednn" there; the device's own
+    library elsewhere."""
+    if device.type != "cpu":
+        return {"cuda": "cudnn"}.get(device.type, device.type)
+    if not torch.backends.mkldnn.is_available():
+        return "aten"
+    return "aten" if macs_per_image(model) * batch_size < ATEN_CONV_MACS else "onednn"
+
+
+def configure_backend(device: torch.device, threads: int | None = None, conv: str = "onednn") -> None:
+    """Set for every run, not once per process: a process trains recipes with different needs."""
     torch.set_num_threads(threads or all_cores())
+    torch.backends.mkldnn.enabled = conv != "aten"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 

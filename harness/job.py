@@ -67,6 +67,7 @@ class Job:
     epochs: int
     echo: object = print
     threads: int = 1  # intra-op threads the run trains on (recorded as a param)
+    conv: str = "onednn"  # the convolution implementation (environment.choose_conv; recorded)
 
 
 def capped_phases(phases: list[Phase], epochs: int) -> int:

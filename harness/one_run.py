@@ -15,7 +15,7 @@ import torch
 
 from .checkpoints import run_state
 from .claims import RECORDED, Heartbeat, TakenOver
-from .environment import choose_threads, configure_backend
+from .environment import choose_conv, choose_threads, configure_backend
 from .errors import DivergedError, Interrupted, one_line
 from .finish import log_final
 from .job import Job, Outcome, Progress
@@ -96,7 +96,8 @@ def build(job: Job):
     np.random.seed(job.seed)
     model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
     job.threads = min(choose_threads(model, exp.train.batch_size, job.device, job.opts.threads), job.opts.max_threads or 1 << 30)
-    configure_backend(job.device, job.threads)
+    job.conv = choose_conv(model, exp.train.batch_size, job.device)
+    configure_backend(job.device, job.threads, job.conv)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
     return model, optimizer, loss_function(exp.train.loss), count_params(model)
 

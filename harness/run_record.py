@@ -35,7 +35,7 @@ def run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dic
     params = flatten(exp.training_dict())
     params.update({
         "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,
-        "precision": opts.precision, "threads": job.threads, "together": 1, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
+        "precision": opts.precision, "threads": job.threads, "conv": job.conv, "together": 1, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
         "data.n_test": len(prep.test_x), "data.val_on": "test" if prep.val_is_test else "validation split",
         "override.epochs": opts.epochs if opts.epochs is not None else "none",
         "override.max_train_images": opts.max_train_images if opts.max_train_images is not None else "none",

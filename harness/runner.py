@@ -11,7 +11,7 @@ import hashlib
 from .checkpoints import lock_root, run_state, store_identity
 from .cifar_files import Cifar10
 from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
-from .environment import choose_threads, configure_backend, resolve_device
+from .environment import choose_conv, choose_threads, configure_backend, resolve_device
 from .errors import Interrupted, one_line
 from .group_run import train_group
 from .job import Job, Outcome, RunOptions, capped_phases
@@ -122,7 +122,8 @@ def _slower_stacked(exp: Experiment, opts: RunOptions, n: int) -> str | None:
         return None
     device = resolve_device(opts.device)
     model = create_model(exp.model.name, **exp.model.args)
-    configure_backend(device, min(choose_threads(model, exp.train.batch_size, device, opts.threads), opts.max_threads or 1 << 30))
+    threads = min(choose_threads(model, exp.train.batch_size, device, opts.threads), opts.max_threads or 1 << 30)
+    configure_backend(device, threads, choose_conv(model, exp.train.batch_size, device))
     alone, stacked = stacking_rates(exp, n, PROBE_STEPS, device)
     return f"stacking {n} measured {stacked / alone:.2f}x one network alone here" if stacked < MIN_SPEEDUP * alone else None
 

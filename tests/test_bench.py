@@ -20,13 +20,14 @@ def test_bench_prints_the_comparison_lines(store):
     r = CliRunner().invoke(main, ["bench", "--steps", "5", "--overhead-images", "256"])
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-vgg-bn@20"):
-        assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx$", r.output, re.M), r.output
+        assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx \(median of 3 rounds in turn, .*: \d+\.\d\dx\)$", r.output, re.M), r.output
     assert re.search(r"tracking overhead .*: [+-]\d+\.\d%", r.output)
     for case, policy in (("tutorial-base@4", 1), ("medium-vgg-bn@20", None)):
         line = re.search(rf"^{re.escape(case)} threads: alone 1 thread \d+ img/s \| (\d+) threads \d+ img/s; beside a busy process "
-                         rf"1 thread \d+ img/s \| \d+ threads \d+ img/s; policy: (\d+)", r.output, re.M)
+                         rf"1 thread \d+ img/s \| \d+ threads \d+ img/s; policy: (\d+) \((aten|onednn) convolutions", r.output, re.M)
         assert line, r.output
         assert int(line.group(2)) == (policy or int(line.group(1)))
+        assert line.group(3) == ("aten" if case == "tutorial-base@4" else "onednn")
     assert all(eid in r.output for eid in CAT)  # the whole-suite estimate lists every experiment
 
 
@@ -120,16 +121,31 @@ def test_thread_policy_picks_one_thread_for_the_small_recipes_and_all_cores_for_
         assert choose_threads(model, exp.train.batch_size, cpu, override=3) == 3
 
 
+def test_conv_policy_picks_atens_convolution_only_below_its_measured_size():
+    from harness.environment import ATEN_CONV_MACS, choose_conv, macs_per_image
+
+    cpu = torch.device("cpu")
+    for eid, exp in CAT.items():
+        model = create_model(exp.model.name, **exp.model.args)
+        tiny = macs_per_image(model) * exp.train.batch_size < ATEN_CONV_MACS
+        assert choose_conv(model, exp.train.batch_size, cpu) == ("aten" if tiny else "onednn"), eid
+        assert tiny == (eid == "tutorial-base"), eid  # the one recipe measured faster on ATen's
+
+
 def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
+    """Also the convolution implementation, set per run: a process that trained tutorial-base
+    on ATen's convolutions trains the next recipe on oneDNN's again."""
     for eid, extra in (("tutorial-base", []), ("fastai-convnet", ["--threads", "2"])):
         r = CliRunner().invoke(main, ["run", eid, "--data-dir", str(synthetic_root), "--tracking-uri", store, "--epochs", "1",
                                       "--max-train-images", "128", "--no-progress", "--no-system-metrics", *extra])
         assert r.exit_code == 0, r.output
+        assert torch.backends.mkldnn.enabled == (eid != "tutorial-base")
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(store)
     runs = {x.data.tags["harness.experiment_id"]: x for x in c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])}
     assert runs["tutorial-base"].data.params["threads"] == "1" and runs["fastai-convnet"].data.params["threads"] == "2"
+    assert runs["tutorial-base"].data.params["conv"] == "aten" and runs["fastai-convnet"].data.params["conv"] == "onednn"
 
 
 def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store):
