@@ -26,13 +26,17 @@ from .together import Stack, optimizer_state_of, stacked_optimizer_state
 from .train import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, build_optimizer, evaluate, lr_at, phase_of, set_lr, starts_phase
 
 
-def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], checkpoints: list[dict | None], beat_s: float) -> list[Outcome]:
+def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], checkpoints: list[dict | None], beat_s: float,
+                owner: str | None = None) -> list[Outcome]:
     """Train the claimed runs of one recipe's seeds together. `checkpoints`: each run's last
-    checkpoint (all None, or all of the same epoch)."""
+    checkpoint (all None, or all of the same epoch); `owner`: the claims' owner, checked by the
+    heartbeat (a run taken over meanwhile is left to its new owner, as one_run.train_run does).
+    As there, a run that fails before it was recorded is deleted rather than left behind."""
     tracker, n = jobs[0].tracker, len(jobs)
     done: dict[int, Outcome] = {}
+    resumed = [ck is not None for ck in checkpoints]
     try:
-        with Heartbeat(tracker, beat_s) as heartbeat, contextlib.ExitStack() as monitors:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat, contextlib.ExitStack() as monitors:
             for rid in run_ids:
                 heartbeat.hold(rid)
             preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]
@@ -50,7 +54,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
             progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
             states = [run_state(tracker, rid) for rid in run_ids]
-            _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done)
+            _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat)
             for i, job in enumerate(jobs):
                 if i not in done:
                     stack.unstack_into(i, models[i])
@@ -61,15 +65,26 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     except KeyboardInterrupt:
         for i, rid in enumerate(run_ids):
             if i not in done:
-                tracker.terminate(rid, "KILLED", "interrupted (Ctrl-C); run again to resume")
-        raise Interrupted(f"runs {', '.join(j.run_name for j in jobs)} are marked KILLED; run the same command again to resume them") from None
+                _settle(tracker, rid, recorded[i] or resumed[i], "KILLED", "interrupted (Ctrl-C); run again to resume")
+        raise Interrupted(f"runs {', '.join(j.run_name for j in jobs)} are marked KILLED (those not yet recorded are deleted); "
+                          "run the same command again to resume them") from None
     except Exception as e:
         reason = one_line(e)
         for i, rid in enumerate(run_ids):
             if i not in done:
-                tracker.terminate(rid, "FAILED", reason)
-                done[i] = Outcome(jobs[i].exp.id, jobs[i].seed, "failed", rid, reason=reason)
+                kept = _settle(tracker, rid, recorded[i] or resumed[i], "FAILED", reason)
+                done[i] = Outcome(jobs[i].exp.id, jobs[i].seed, "failed", rid if kept else None, reason=reason)
     return [done[i] for i in range(n)]
+
+
+def _settle(tracker, run_id: str, started: bool, status: str, reason: str) -> bool:
+    """End a run the group did not finish: `status` if it was recorded or resumed, else delete
+    it (nothing trained, nothing to see). Whether it was kept."""
+    if started:
+        tracker.terminate(run_id, status, reason)
+    else:
+        tracker.delete_run(run_id)
+    return started
 
 
 def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None]) -> list[Progress]:
@@ -84,7 +99,8 @@ def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, check
     return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model")) for ck in checkpoints]
 
 
-def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn, states, progress: list[Progress], done: dict) -> None:
+def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn, states, progress: list[Progress], done: dict,
+                  heartbeat: Heartbeat) -> None:
     job0, n = jobs[0], len(jobs)
     exp, steps, tracker = job0.exp, len(preps[0].train), job0.tracker
     t_start = time.perf_counter()
@@ -96,6 +112,10 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
         stats = group_epoch(stack, [p.train.batches(epoch) for p in preps], steps, optimizer, loss_fn, lr_fn, job0.opts.precision)
         for i, job in enumerate(jobs):
             if i in done:
+                continue
+            if run_ids[i] in heartbeat.lost:  # its checkpoint and metrics are the new owner's: touch neither
+                done[i] = Outcome(job.exp.id, job.seed, "skipped", run_ids[i],
+                                  reason=f"taken over by {heartbeat.lost[run_ids[i]]} while this process stalled; stopped after epoch {epoch}")
                 continue
             if isinstance(stats[i], DivergedError):
                 tracker.terminate(run_ids[i], "FAILED", f"diverged: {stats[i]}")
@@ -114,6 +134,8 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
             tracker.log_metrics(run_ids[i], metrics, epoch, series)
             if job.opts.progress:
                 job.echo(epoch_line(job, epoch, pr, metrics, t_start))
+        if len(done) == n:  # every network diverged or was taken over
+            return
 
 
 def group_epoch(stack: Stack, batches: list, steps: int, optimizer, loss_fn, lr_for_step=None, precision: str = "fp32") -> list:

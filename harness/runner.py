@@ -84,7 +84,8 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
         if mine:
             echo(f"{exp.id}: {len(mine)} seed(s) " + ("trained together, one stacked model" if why is None else f"one by one ({why})"))
         if why is None:
-            group = train_group([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].recorded for i in mine], cks, beat)
+            group = train_group([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].recorded for i in mine], cks, beat,
+                                claimer.owner)
             outcomes.update(zip(mine, group))
         else:  # one by one, the waiting claims kept alive meanwhile (a silent one would look abandoned)
             with Heartbeat(tracker, beat, claimer.owner) as waiting:

@@ -169,3 +169,49 @@ def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_sto
         assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")) == [0, 1, 2]  # each epoch once
         other_steps = alone[key][1]
         assert len(steps) == len(other_steps) and max(abs(a - b) for a, b in zip(steps, other_steps)) < TOL, key
+
+
+GROUP = ["--repeats", "2", "--epochs", "2", "--max-train-images", "200", "--no-progress", "--no-system-metrics", "--together", "always"]
+
+
+def test_a_group_that_fails_before_its_runs_are_recorded_leaves_no_runs(synthetic_root, monkeypatch, store):
+    """As a run alone: nothing trained, nothing to see; a clear line and a non-zero exit."""
+    import harness.group_run as group_run
+
+    def broken(*a, **k):
+        raise RuntimeError("no memory for the stacked model")
+
+    monkeypatch.setattr(group_run, "prepare_data", broken)
+    r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *GROUP)
+    assert r.exit_code == 1 and "no memory for the stacked model" in r.output and "Traceback" not in r.output, r.output
+    c = MlflowClient(store)
+    assert c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id]) == []  # (deleted ones are soft-deleted, as for a run alone)
+
+
+def test_a_group_whose_run_was_taken_over_leaves_it_and_trains_the_others(synthetic_root, monkeypatch, store):
+    """One seed's run is taken over while the group stalled: that run is left to its new owner
+    (no epoch logged, not failed or killed), the other seed finishes as usual."""
+    import time
+
+    import harness.group_run as group_run
+    from harness.claims import OWNER
+    from harness.tracking import Tracker
+
+    monkeypatch.setenv("HARNESS_STALE_AFTER_S", "0.4")  # a beat every 0.1 s
+    real = group_run.evaluate
+    elsewhere = "other-host/abcd1234|4242|deadbeef"
+
+    def stolen(model, *a, **k):
+        seed1 = [r for r in runs_by_seed(store).values() if r[0].data.tags["harness.seed"] == "1"][0][0]
+        if seed1.data.tags[OWNER] != elsewhere:
+            Tracker(store).set_tags(seed1.info.run_id, {OWNER: elsewhere})
+            time.sleep(0.5)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(group_run, "evaluate", stolen)
+    r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *GROUP)
+    assert r.exit_code == 0 and "taken over by other-host" in r.output, r.output
+    got = runs_by_seed(store)
+    taken, kept = got[("tutorial-base", "1")][0], got[("tutorial-base", "0")][0]
+    assert taken.info.status == "RUNNING" and taken.data.tags[OWNER] == elsewhere and "epoch_time_s" not in taken.data.metrics
+    assert kept.info.status == "FINISHED" and "test_acc" in kept.data.metrics
