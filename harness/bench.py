@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
 from .models import create_model
-from .environment import all_cores, choose_conv, choose_threads, configure_backend, macs_per_image
+from .environment import all_cores, choose_conv, choose_threads, configure_backend, device_name, macs_per_image
 from .recipe_data import prepare_data
 from .catalogue import load_catalogue, select
 from .spec import Experiment
 from .train import build_optimizer, loss_function, train_one_epoch
 
 WARMUP = 20
+CPU = torch.device("cpu")
 ROUNDS = 3  # the loops measured in turn this many times; the median is printed
 
 
@@ -61,16 +62,16 @@ def synthetic_cifar(n_train: int, n_test: int = 100, seed: int = 0) -> Cifar10:
     return Cifar10(tx, ty, vx, vy, [f"c{i}" for i in range(10)], root=__import__("pathlib").Path("synthetic"))
 
 
-def _model_and_opt(exp: Experiment, seed: int = 0):
+def _model_and_opt(exp: Experiment, seed: int = 0, device: torch.device = CPU):
     torch.manual_seed(seed)
-    model = create_model(exp.model.name, **exp.model.args)
+    model = create_model(exp.model.name, **exp.model.args).to(device)
     return model, build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr), loss_function(exp.train.loss)
 
 
-def seed_style_rate(exp: Experiment, data: Cifar10, steps: int) -> float:
+def seed_style_rate(exp: Experiment, data: Cifar10, steps: int, device: torch.device = CPU) -> float:
     mean, std = NORMALIZATIONS[exp.data.normalization]
     bs = exp.train.batch_size
-    model, opt, loss_fn = _model_and_opt(exp)
+    model, opt, loss_fn = _model_and_opt(exp, device=device)
     loader = DataLoader(SeedStyleDataset(data.train_x, data.train_y, mean, std), batch_size=bs, shuffle=True, num_workers=2, persistent_workers=True)
     model.train()
     done, t0, it = 0, None, iter(loader)
@@ -81,6 +82,7 @@ def seed_style_rate(exp: Experiment, data: Cifar10, steps: int) -> float:
         except StopIteration:
             it = iter(loader)
             continue
+        x, y = x.to(device), y.to(device)  # as the write-ups do on a GPU
         if done == warm:
             t0 = time.perf_counter()
         opt.zero_grad()
@@ -94,10 +96,9 @@ def seed_style_rate(exp: Experiment, data: Cifar10, steps: int) -> float:
     return steps * bs / dt
 
 
-def harness_rate(exp: Experiment, data: Cifar10, steps: int, precision: str = "fp32") -> float:
-    device = torch.device("cpu")
+def harness_rate(exp: Experiment, data: Cifar10, steps: int, precision: str = "fp32", device: torch.device = CPU) -> float:
     prep = prepare_data(exp, data, 0, None, device)
-    model, opt, loss_fn = _model_and_opt(exp)
+    model, opt, loss_fn = _model_and_opt(exp, device=device)
     per_epoch = len(prep.train)
 
     def batches(n):
@@ -112,13 +113,13 @@ def harness_rate(exp: Experiment, data: Cifar10, steps: int, precision: str = "f
             e += 1
 
     warm = warmup_steps(steps)
-    train_one_epoch(model, batches(warm), warm, opt, loss_fn, precision=precision)
+    train_one_epoch(model, batches(warm), warm, opt, loss_fn, precision=precision)  # ends synchronised
     t0 = time.perf_counter()
     stats = train_one_epoch(model, batches(steps), steps, opt, loss_fn, precision=precision)
     return stats.images / (time.perf_counter() - t0)
 
 
-def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8) -> tuple[float, float, float, float, float]:
+def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8, device: torch.device = CPU) -> tuple[float, float, float, float, float]:
     """One training whose epochs come in pairs, one logged (as the runner logs: epoch metrics
     plus ~100 step points in one batch) and one not. Within a pair the logged epoch goes
     second, then first (ABBA), so a shared machine's drift cancels instead of biasing the
@@ -126,9 +127,9 @@ def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8) -> tuple[f
     median seconds of the logging call itself)."""
     from .tracking import Tracker
 
-    prep = prepare_data(exp, data, 0, None, torch.device("cpu"))
+    prep = prepare_data(exp, data, 0, None, device)
     steps = len(prep.train)
-    model, opt, loss_fn = _model_and_opt(exp)
+    model, opt, loss_fn = _model_and_opt(exp, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/bench.db", "bench")
         run_id = tracker.start_run("bench", {}, {"bench": 1})
@@ -161,33 +162,33 @@ def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8) -> tuple[f
     return 100.0 * statistics.median(ratios), q1, q3, statistics.median(plain), statistics.median(log_cost)
 
 
-def apply_policy(exp: Experiment) -> tuple[int, str]:
+def apply_policy(exp: Experiment, device: torch.device = CPU) -> tuple[int, str]:
     """Set the threads and convolution implementation the runner would train `exp` with."""
-    model, _, _ = _model_and_opt(exp)
-    cpu = torch.device("cpu")
-    threads, conv = choose_threads(model, exp.train.batch_size, cpu), choose_conv(model, exp.train.batch_size, cpu)
-    configure_backend(cpu, threads, conv)
+    model, _, _ = _model_and_opt(exp, device=device)
+    threads, conv = choose_threads(model, exp.train.batch_size, device), choose_conv(model, exp.train.batch_size, device)
+    configure_backend(device, threads, conv)
     return threads, conv
 
 
-def write_ups_default() -> None:
+def write_ups_default(device: torch.device = CPU) -> None:
     """PyTorch as the write-ups run it: default threads (every core), default convolutions."""
-    configure_backend(torch.device("cpu"), all_cores(), "onednn")
+    configure_backend(device, all_cores(), "onednn")
 
 
-def loops_side_by_side(exp: Experiment, data: Cifar10, steps: int, precision: str, rounds: int = ROUNDS) -> dict[str, list[float]]:
+def loops_side_by_side(exp: Experiment, data: Cifar10, steps: int, precision: str, device: torch.device = CPU,
+                       rounds: int = ROUNDS) -> dict[str, list[float]]:
     """img/s of the seed-style loop as the write-ups run it, the same loop on 1 thread, and the
     harness loop on its policy, `rounds` times in turn: a shared 2-core machine's drift then
     shows as spread instead of biasing one side."""
     out: dict[str, list[float]] = {"seed": [], "seed1": [], "harness": []}
     for _ in range(rounds):
-        write_ups_default()
-        out["seed"].append(seed_style_rate(exp, data, steps))
-        configure_backend(torch.device("cpu"), 1, "onednn")
-        out["seed1"].append(seed_style_rate(exp, data, steps))
-        apply_policy(exp)
-        out["harness"].append(harness_rate(exp, data, steps, precision))
-    write_ups_default()
+        write_ups_default(device)
+        out["seed"].append(seed_style_rate(exp, data, steps, device))
+        configure_backend(device, 1, "onednn")
+        out["seed1"].append(seed_style_rate(exp, data, steps, device))
+        apply_policy(exp, device)
+        out["harness"].append(harness_rate(exp, data, steps, precision, device))
+    write_ups_default(device)
     return out
 
 
@@ -210,18 +211,19 @@ def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> dict[tuple[int,
     return out
 
 
-def epoch_seconds(exp: Experiment, steps: int = 30) -> float:
+def epoch_seconds(exp: Experiment, steps: int = 30, device: torch.device = CPU) -> float:
     """Seconds per epoch of full CIFAR-10 (50,000 training images less the recipe's validation share)."""
     n_full = int(50_000 * (1 - exp.data.val_fraction))
     probe = synthetic_cifar(max(exp.train.batch_size * (steps + warmup_steps(steps)), 512))
-    apply_policy(exp)
-    rate = harness_rate(exp, probe, steps)
-    write_ups_default()
+    apply_policy(exp, device)
+    rate = harness_rate(exp, probe, steps, device=device)
+    write_ups_default(device)
     return n_full / rate
 
 
-def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, suite: bool, overhead_images: int = 5000, echo=print) -> None:
-    configure_backend(torch.device("cpu"))
+def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, suite: bool, overhead_images: int = 5000, echo=print,
+              device: torch.device = CPU) -> None:
+    write_ups_default(device)
     cat = load_catalogue()
     chosen = select(cat, ids)
     if data_dir:
@@ -229,10 +231,10 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
     else:
         # pixels do not change speed; enough images that no case wraps an epoch
         data = synthetic_cifar(max(e.train.batch_size for e in chosen) * (steps + warmup_steps(steps)) + 64)
-    echo(f"harness bench: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
+    echo(f"harness bench on {device_name(device)}: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
          f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {warmup_steps(steps)} warm-up")
     for exp in chosen:
-        r = loops_side_by_side(exp, data, steps, precision)
+        r = loops_side_by_side(exp, data, steps, precision, device)
         med = {k: statistics.median(v) for k, v in r.items()}
         speedups = [b / a for a, b in zip(r["seed"], r["harness"])]
         tag = "" if precision == "fp32" else f" ({precision})"
@@ -241,7 +243,7 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
              f"against the seed-style loop on 1 thread, {med['seed1']:.0f} img/s: "
              f"{statistics.median(b / a for a, b in zip(r['seed1'], r['harness'])):.2f}x)")
     n = all_cores()
-    for exp in chosen:
+    for exp in chosen if device.type == "cpu" else []:  # threads are a CPU matter
         r = thread_policy(exp, data, steps)
         model, _, _ = _model_and_opt(exp)
         pick, conv = apply_policy(exp)
@@ -253,16 +255,16 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
     # logging happens once per epoch, so its share depends on the epoch's length: measure it on
     # epochs of a stated size (the default is the real subset's; full CIFAR-10 epochs are 10x longer)
     ov_data = synthetic_cifar(overhead_images)
-    apply_policy(ov_exp)
-    pct, q1, q3, sec, cost = tracking_overhead(ov_exp, ov_data)
-    write_ups_default()
+    apply_policy(ov_exp, device)
+    pct, q1, q3, sec, cost = tracking_overhead(ov_exp, ov_data, device=device)
+    write_ups_default(device)
     echo(f"tracking overhead ({ov_exp.id}, paired {len(ov_data.train_x)}-image epochs of {sec:.2f}s with/without logging, "
          f"quartiles {q1:+.1f}%..{q3:+.1f}%; the logging call itself {cost * 1000:.0f} ms = {100 * cost / sec:.1f}%): {pct:+.1f}%")
     if suite:
         echo("whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe):")
         total = 0.0
         for exp in cat.values():
-            s = epoch_seconds(exp, max(5, min(steps, 30)))
+            s = epoch_seconds(exp, max(5, min(steps, 30)), device)
             total += s * exp.train.epochs
             echo(f"  {exp.id:<22} batch {exp.train.batch_size:>3}  {s:8.1f} s/epoch  x {exp.train.epochs:>2} epochs = {s * exp.train.epochs / 60:7.1f} min")
         echo(f"  total {total / 3600:.1f} h for all {len(cat)} recipes on full CIFAR-10")

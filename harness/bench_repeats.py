@@ -22,32 +22,32 @@ import torch
 
 from .catalogue import load_catalogue, select
 from .cifar_files import write_cifar10
-from .environment import all_cores, configure_backend
+from .environment import all_cores, configure_backend, device_name
 from .models import create_model
 from .together import stacking_rates, why_sequential
 from .bench import apply_policy
 
 
-def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print) -> None:
-    echo(f"harness bench --repeats {n}: torch {torch.__version__}, {steps} timed steps per way after a warm-up, random batches")
+def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print, device: torch.device = torch.device("cpu")) -> None:
+    echo(f"harness bench --repeats {n} on {device_name(device)}: torch {torch.__version__}, {steps} timed steps per way after a warm-up, random batches")
     for exp in select(load_catalogue(), ids):
-        why = why_sequential(exp, create_model(exp.model.name, **exp.model.args), torch.device("cpu"))
+        why = why_sequential(exp, create_model(exp.model.name, **exp.model.args), device)
         if why is not None:
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: trained one by one ({why})")
             continue
-        policy, conv = apply_policy(exp)
+        policy, conv = apply_policy(exp, device)
         for threads in sorted({policy, all_cores()}):
-            configure_backend(torch.device("cpu"), threads, conv)
-            alone, together = stacking_rates(exp, n, steps)
+            configure_backend(device, threads, conv)
+            alone, together = stacking_rates(exp, n, steps, device)
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: sequential {alone:.0f} img/s per network | together {together:.0f} img/s "
                  f"per network | speedup {together / alone:.2f}x ({threads} thread{'s' if threads > 1 else ''})")
-    configure_backend(torch.device("cpu"))
-    new, existing, skip, further = fixed_costs()
+    configure_backend(device)
+    new, existing, skip, further = fixed_costs(device=device.type)
     echo(f"fixed cost of a run outside training (fastai-simplenet, capped, a fresh process each): new store {new:.1f} s | "
          f"existing store {existing:.1f} s | rerun that skips {skip:.1f} s | each further run in one process {further:.1f} s")
 
 
-def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float, float]:
+def fixed_costs(exp_id: str = "fastai-simplenet", device: str = "cpu") -> tuple[float, float, float, float]:
     """Wall time minus reported training time of `harness run` as a user runs it: into a new
     store, again (--force) into that store, once more where it only skips; and what each run
     after the first adds in one process (4 seeds against 1, the process's start shared)."""
@@ -58,7 +58,7 @@ def fixed_costs(exp_id: str = "fastai-simplenet") -> tuple[float, float, float, 
                       rng.integers(0, 256, (100, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 100), [f"c{i}" for i in range(10)])
         experiments = Path(__file__).resolve().parents[1] / "experiments"
         cmd = [sys.executable, "-m", "harness.cli", "run", exp_id, "--data-dir", str(root / "data"), "--epochs", "1",
-               "--max-train-images", "64", "--no-progress", "--no-system-metrics"]
+               "--max-train-images", "64", "--no-progress", "--no-system-metrics", "--device", device]
         work = root / "work"
         work.mkdir()
         if experiments.is_dir():

@@ -255,17 +255,23 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
               help="Images per epoch in the tracking-overhead measurement (the runner logs once per epoch).")
 @click.option("--repeats", type=click.IntRange(min=2), default=None, is_flag=False, flag_value=8,
               help="Instead: N seeds one by one vs stacked (default N 8; models tutorial-base and medium-three-conv), and a run's fixed cost.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Where to measure (auto: the GPU where there is one, as run-all trains).")
 @friendly
-def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, repeats):
+def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, repeats, device):
     """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
+    from .environment import resolve_device
+
+    where = resolve_device(device)
     if repeats is not None:
         from .bench_repeats import run_repeats_bench
 
-        run_repeats_bench(list(models) or ["tutorial-base", "medium-three-conv"], repeats, steps, echo=click.echo)
+        run_repeats_bench(list(models) or ["tutorial-base", "medium-three-conv"], repeats, steps, echo=click.echo, device=where)
         return
     from .bench import run_bench
 
-    run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo)
+    run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo,
+              device=where)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -157,3 +157,9 @@ def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(stor
                          rf"speedup \d+\.\d\dx \(1 thread\)$", r.output, re.M), r.output
     assert re.search(r"^fixed cost of a run outside training .*: new store \d+\.\d s \| existing store \d+\.\d s \| rerun that skips "
                      r"\d+\.\d s \| each further run in one process -?\d+\.\d s$", r.output, re.M), r.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU")
+def test_bench_on_a_gpu_this_machine_lacks_is_one_line():
+    r = CliRunner().invoke(main, ["bench", "--device", "cuda", "--steps", "2"])
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "no CUDA device" in r.output, r.output
