@@ -149,7 +149,7 @@ class Stack:
 
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """(losses [N], outputs [N, B, classes]) of one training step; x is [N, B, ...]."""
-        masks = self._masks(x.shape[1:])
+        masks = self._masks(x.shape[1:], x.device)
 
         def one(p, b, m, xi, yi):
             for mod in self.base.modules():
@@ -161,7 +161,7 @@ class Stack:
         self.base.train()
         return vmap(one)(self.params, self.buffers, masks, x, y)
 
-    def _masks(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+    def _masks(self, shape: torch.Size, device: torch.device) -> dict[str, torch.Tensor]:
         if not self.draws:
             return {}
         if shape not in self._shapes:
@@ -172,7 +172,9 @@ class Stack:
                 size = (s[0], s[1]) + (1,) * (len(s) - 2) if feature else s
                 noise = torch.empty(size).bernoulli_(1 - p, generator=g).div_(1 - p)
                 out.setdefault(f"{name}.mask_{k}", []).append(noise)
-        return {k: torch.stack(v) for k, v in out.items()}
+        # drawn on the CPU, as a sequential CPU run draws them (a CUDA run would draw from the
+        # CUDA generator instead: why runs on a GPU stay sequential, see why_sequential)
+        return {k: torch.stack(v).to(device) for k, v in out.items()}
 
     # ---------------------------------------------------------------- one network out of N
 
