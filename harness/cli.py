@@ -60,11 +60,11 @@ def main():
 @click.option("--experiments-dir", type=click.Path(file_okay=False), default=None, help="Folder of *.toml specs (default: ./experiments).")
 @friendly
 def list_cmd(fmt, experiments_dir):
-    """List the experiments of the catalogue: parameters, published accuracy, CPU threads, source."""
+    """List the experiments of the catalogue: parameters, published accuracy, CPU threads and convolutions, source."""
     import torch
 
     from .catalogue import load_catalogue
-    from .environment import choose_threads, macs_per_image
+    from .environment import choose_conv, choose_threads, macs_per_image
     from .models import count_params, create_model
     from .together import why_sequential
 
@@ -75,6 +75,7 @@ def list_cmd(fmt, experiments_dir):
                      "published_accuracy": exp.published.test_accuracy,
                      "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
                      "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu")),
+                     "cpu_conv": choose_conv(model, exp.train.batch_size, torch.device("cpu")),
                      "repeats": why_sequential(exp, model, torch.device("cpu")) or "stackable"})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -82,9 +83,9 @@ def list_cmd(fmt, experiments_dir):
     if not rows:
         click.echo("no experiments found")
         return
-    head = ("id", "params", "published", "M MACs/step", "CPU threads", "seeds stack (--together)", "source", "title")
+    head = ("id", "params", "published", "M MACs/step", "CPU threads, conv", "seeds stack (--together)", "source", "title")
     table = [(r["id"], f"{r['params']:,}", ", ".join(f"{a:g}%" for a in r["published_accuracy"]) or "-", f"{r['mmacs_per_step']:,.0f}",
-              str(r["cpu_threads"]), "yes" if r["repeats"] == "stackable" else f"no: {r['repeats']}", r["source"], r["title"])
+              f"{r['cpu_threads']}, {r['cpu_conv']}", "yes" if r["repeats"] == "stackable" else f"no: {r['repeats']}", r["source"], r["title"])
              for r in rows]
     w = [max(len(str(x[i])) for x in [head, *table]) for i in range(7)]
     for r in [head, *table]:

@@ -94,11 +94,12 @@ def test_list_json_has_every_experiment_with_computed_params():
 
     rows = json.loads(r.output)
     assert {row["id"]: row["params"] for row in rows} == PUBLISHED_PARAMS
-    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy", "mmacs_per_step", "cpu_threads", "repeats"} for row in rows)
+    assert all(set(row) == {"id", "title", "source", "params", "published_accuracy", "mmacs_per_step", "cpu_threads", "cpu_conv", "repeats"} for row in rows)
     stacks = {row["id"]: row["repeats"] for row in rows}
     assert stacks["tutorial-base"] == "stackable" and stacks["medium-vgg-bn"].startswith("compute-bound")
     threads = {row["id"]: row["cpu_threads"] for row in rows}
     assert threads["tutorial-base"] == 1 and threads["skl-cnn"] == 1 and threads["medium-vgg-bn"] >= 1
+    assert {row["id"] for row in rows if row["cpu_conv"] == "aten"} == {"tutorial-base"}
     c128 = next(row for row in rows if row["id"] == "tutorial-c128")
     assert c128["published_accuracy"] == [60.77, 62.73, 58.73]
 
