@@ -27,7 +27,7 @@ DATA=.data/cifar-10-batches-py
 [ -d "$DATA" ] || DATA=""
 WORK=$(mktemp -d); ln -s "$PWD/experiments" "$WORK/experiments"
 stage tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_runner.py tests/test_bench.py tests/test_fidelity.py
-stage run-all 90 bash -c "cd $WORK && harness run-all --device $DEVICE --epochs 1 --max-train-images 2000 --no-progress ${DATA:+--data-dir $PWD/$DATA} && harness report"
-stage bench 70 harness bench --device "$DEVICE" --no-suite --steps 300 ${DATA:+--data-dir "$DATA"}
-stage bench-repeats 110 harness bench --device "$DEVICE" --repeats 8 --steps 100
+stage run-all 90 bash -c "cd $WORK && python3 -m harness.cli run-all --device $DEVICE --epochs 1 --max-train-images 2000 --no-progress ${DATA:+--data-dir $PWD/$DATA} && python3 -m harness.cli report"
+stage bench 70 python3 -m harness.cli bench --device "$DEVICE" --no-suite --steps 300 ${DATA:+--data-dir "$DATA"}
+stage bench-repeats 110 python3 -m harness.cli bench --device "$DEVICE" --repeats 8 --steps 100
 cp "$WORK"/reports/report.html "$OUT"/ 2>/dev/null || true
