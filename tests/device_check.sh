@@ -16,7 +16,7 @@ stage() {  # stage NAME SECONDS COMMAND...
   local t0=$SECONDS
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  tail -n 15 "$OUT/$name.log"
+  tail -n 15 "$OUT/$name.log"; echo
   echo "=== $name: exit $rc after $((SECONDS - t0))s"
 }
 if [ -d .whl ]; then
@@ -26,8 +26,8 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 DATA=.data/cifar-10-batches-py
 [ -d "$DATA" ] || DATA=""
 WORK=$(mktemp -d); ln -s "$PWD/experiments" "$WORK/experiments"
-stage tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_runner.py tests/test_bench.py tests/test_fidelity.py
-stage run-all 90 bash -c "cd $WORK && python3 -m harness.cli run-all --device $DEVICE --epochs 1 --max-train-images 2000 --no-progress ${DATA:+--data-dir $PWD/$DATA} && python3 -m harness.cli report"
+stage tests 170 python3 -m pytest -q -x -p no:cacheprovider tests/test_runner.py tests/test_bench.py tests/test_fidelity.py
+stage run-all 80 bash -c "cd $WORK && python3 -m harness.cli run-all --device $DEVICE --epochs 1 --max-train-images 2000 --no-progress ${DATA:+--data-dir $PWD/$DATA} && python3 -m harness.cli report"
 stage bench 70 python3 -m harness.cli bench --device "$DEVICE" --no-suite --steps 300 ${DATA:+--data-dir "$DATA"}
 stage bench-repeats 110 python3 -m harness.cli bench --device "$DEVICE" --repeats 8 --steps 100
 cp "$WORK"/reports/report.html "$OUT"/ 2>/dev/null || true
