@@ -192,11 +192,12 @@ def loops_side_by_side(exp: Experiment, data: Cifar10, steps: int, precision: st
     return out
 
 
-def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> dict[tuple[int, bool], float]:
+def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> tuple[dict[tuple[int, bool], float], int, str]:
     """The harness loop's img/s at 1 thread and at every core, alone and beside a second busy
-    process (a spinning Python, as a second run-all or anything else would be)."""
+    process (a spinning Python, as a second run-all or anything else would be); and the
+    policy's threads and convolutions for the recipe."""
     out = {}
-    conv = apply_policy(exp)[1]
+    pick, conv = apply_policy(exp)
     for busy in (False, True):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
@@ -208,7 +209,7 @@ def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> dict[tuple[int,
                 hog.kill()
                 hog.wait()
     write_ups_default()
-    return out
+    return out, pick, conv
 
 
 def epoch_seconds(exp: Experiment, steps: int = 30, device: torch.device = CPU) -> float:
@@ -244,10 +245,8 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
              f"{statistics.median(b / a for a, b in zip(r['seed1'], r['harness'])):.2f}x)")
     n = all_cores()
     for exp in chosen if device.type == "cpu" else []:  # threads are a CPU matter
-        r = thread_policy(exp, data, steps)
+        r, pick, conv = thread_policy(exp, data, steps)
         model, _, _ = _model_and_opt(exp)
-        pick, conv = apply_policy(exp)
-        write_ups_default()
         echo(f"{exp.id}@{exp.train.batch_size} threads: alone 1 thread {r[(1, False)]:.0f} img/s | {n} threads {r[(n, False)]:.0f} img/s; "
              f"beside a busy process 1 thread {r[(1, True)]:.0f} img/s | {n} threads {r[(n, True)]:.0f} img/s; policy: {pick} "
              f"({conv} convolutions, {macs_per_image(model) * exp.train.batch_size / 1e6:.0f} M MACs/step)")

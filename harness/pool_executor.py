@@ -22,7 +22,7 @@ from .cifar_files import Cifar10, load_cifar10
 from .environment import all_cores
 from .errors import Interrupted, one_line
 from .job import Outcome, RunOptions
-from .runner import run_one
+from .runner import outcome_line, run_one
 from .spec import Experiment
 from .tracking import Tracker
 from .tracking.store import absolute_uri
@@ -87,8 +87,6 @@ def _outcome(fut, exp: Experiment, seed: int, interrupted: list[str], echo) -> O
         return None
     except BaseException as e:  # a worker that died (killed, out of memory) takes its run with it
         o = Outcome(exp.id, seed, "failed", reason=f"its worker process ended: {one_line(e)}")
-    if o.status == "skipped":
-        echo(f"{exp.id} (seed {seed}): skipped, {o.reason}")
-    elif o.status == "failed":
-        echo(f"{exp.id} (seed {seed}): FAILED, {o.reason}")
+    if o.status != "finished":  # a finished run's worker has said its line
+        echo(outcome_line(o))
     return o

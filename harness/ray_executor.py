@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cifar_files import Cifar10, load_cifar10
-from .claims import RECORDED, Claimed, ClaimPolicy, Claimer, Heartbeat
+from .claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
 from .errors import HarnessError, Interrupted, UsageError, one_line
 from .job import Outcome, RunOptions
 from .one_run import train_run
-from .runner import claim_request, config_lock, make_job
+from .runner import claim_jobs, make_job, outcome_line
 from .spec import Experiment
 from .tracking import TAG, Tracker
 from .tracking.store import absolute_uri
@@ -124,20 +124,16 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    pending, locks = {}, [config_lock(job) for job in jobs]
+    pending, locks = {}, []
     claimer = Claimer(tracker, policy)
     with Heartbeat(tracker, policy.stale_after_s / 4, claimer.owner) as heartbeat:
         try:
-            held = [i for i, lock in enumerate(locks) if lock.acquire()]
-            claims = dict(zip(held, claimer.claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
-            for i, job in enumerate(jobs):
-                claim = claims.get(i)
-                if not isinstance(claim, Claimed):
-                    locks[i].release()
-                    reason = claim.reason if claim else "being trained by another process on this machine"
-                    outcomes[i] = Outcome(job.exp.id, job.seed, "skipped", claim.run_id if claim else None, reason=reason)
-                    echo(f"{job.exp.id} (seed {job.seed}): skipped, {reason}")
-                    continue
+            locks, claims, skipped = claim_jobs(jobs, claimer)
+            for i, o in skipped.items():
+                outcomes[i] = o
+                echo(outcome_line(o))
+            for i, claim in sorted(claims.items()):
+                job = jobs[i]
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
@@ -148,7 +144,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id)
                 heartbeat.drop(run_id)
                 locks[i].release()
-                echo(_line(outcomes[i]))
+                echo(outcome_line(outcomes[i]))
         except KeyboardInterrupt:
             for ref, (i, run_id) in pending.items():
                 ray.cancel(ref, force=True)
@@ -173,8 +169,3 @@ def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> 
         tracker.terminate(run_id, "KILLED", f"{outcome.reason}; run again to resume")
     return outcome
 
-
-def _line(o: Outcome) -> str:
-    if o.status == "finished":
-        return f"{o.experiment_id} (seed {o.seed}): finished, test accuracy {o.test_acc:.2f}%, train {o.train_time_s:.1f}s, run {o.run_id}"
-    return f"{o.experiment_id} (seed {o.seed}): {o.status.upper()}, {o.reason}"

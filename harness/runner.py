@@ -44,16 +44,39 @@ def claim_request(job: Job, lock_held: bool) -> Request:
     return Request(job.chash, job.run_name, tags, job.opts.force, lock_held)
 
 
+def claim_jobs(jobs: list[Job], claimer: Claimer) -> tuple[list[ConfigLock], dict[int, Claimed], dict[int, Outcome]]:
+    """Lock each job's configuration on this machine, then claim the locked ones in the store
+    with one settling wait: (the locks, the claims by job index, the skipped by job index). A
+    job not claimed has its lock released at once; the caller releases the others."""
+    locks = [config_lock(job) for job in jobs]
+    held = [i for i, lock in enumerate(locks) if lock.acquire()]
+    try:
+        got = dict(zip(held, claimer.claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    claimed: dict[int, Claimed] = {}
+    skipped: dict[int, Outcome] = {}
+    for i, job in enumerate(jobs):
+        c = got.get(i)
+        if isinstance(c, Claimed):
+            claimed[i] = c
+            continue
+        locks[i].release()
+        skipped[i] = Outcome(job.exp.id, job.seed, "skipped", c.run_id if c else None,
+                             reason=c.reason if c else "being trained by another process on this machine")
+    return locks, claimed, skipped
+
+
 def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None) -> Outcome:
     job = make_job(exp, data, tracker, opts, seed, echo)
     claimer = claimer or Claimer(tracker, ClaimPolicy.for_store(tracker.uri))
-    lock = config_lock(job)
-    if not lock.acquire():
-        return Outcome(exp.id, seed, "skipped", reason="being trained by another process on this machine")
+    [lock], claimed, skipped = claim_jobs([job], claimer)
+    if skipped:
+        return skipped[0]
     try:
-        [claim] = claimer.claim_many([claim_request(job, lock_held=True)])
-        if not isinstance(claim, Claimed):
-            return Outcome(exp.id, seed, "skipped", claim.run_id, reason=claim.reason)
+        claim = claimed[0]
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4, claimer.owner)
     finally:
         lock.release()
@@ -64,17 +87,9 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
     Runs already finished or claimed elsewhere are skipped; a group killed part-way resumes as a
     group when its checkpoints agree on the epoch, run by run otherwise (the same result)."""
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for seed in range(opts.seed, opts.seed + opts.repeats)]
-    locks = [config_lock(job) for job in jobs]
-    held = [i for i, lock in enumerate(locks) if lock.acquire()]
+    locks, claims, outcomes = claim_jobs(jobs, claimer)
     try:
-        claims = dict(zip(held, claimer.claim_many([claim_request(jobs[i], lock_held=True) for i in held])))
-        outcomes: dict[int, Outcome] = {}
-        for i, job in enumerate(jobs):
-            c = claims.get(i)
-            if not isinstance(c, Claimed):
-                outcomes[i] = Outcome(exp.id, job.seed, "skipped", c.run_id if c else None,
-                                      reason=c.reason if c else "being trained by another process on this machine")
-        mine = [i for i in claims if i not in outcomes]
+        mine = sorted(claims)
         cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
         beat = claimer.policy.stale_after_s / 4
         # measured only now, for the runs there are to train (a rerun that skips them pays nothing)
@@ -100,8 +115,8 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
                     outcomes[i] = train_run(jobs[i], rid, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
         return [outcomes[i] for i in range(len(jobs))]
     finally:
-        for i in held:
-            locks[i].release()
+        for lock in locks:
+            lock.release()
 
 
 # stacking must beat one network alone by this much in the probe to be used (the probe is short)
@@ -166,11 +181,17 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     return outcomes
 
 
+def outcome_line(o: Outcome) -> str:
+    """One line per outcome, the same from every executor."""
+    if o.status == "finished":
+        return f"{o.experiment_id} (seed {o.seed}): finished, test accuracy {o.test_acc:.2f}%, train {o.train_time_s:.1f}s, run {o.run_id}"
+    return f"{o.experiment_id} (seed {o.seed}): {'skipped' if o.status == 'skipped' else o.status.upper()}, {o.reason}"
+
+
 def _say(o: Outcome, echo) -> None:
-    if o.status == "skipped":
-        echo(f"{o.experiment_id} (seed {o.seed}): skipped, {o.reason}")
-    elif o.status == "failed":
-        echo(f"{o.experiment_id} (seed {o.seed}): FAILED, {o.reason}")
+    """A run that trained here has said its own line (one_run.finish); the others are said now."""
+    if o.status != "finished":
+        echo(outcome_line(o))
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
