@@ -63,10 +63,10 @@ def list_cmd(fmt, experiments_dir):
     """List the experiments of the catalogue: parameters, published accuracy, CPU threads and convolutions, source."""
     import torch
 
-    from .catalogue import load_catalogue
-    from .environment import choose_conv, choose_threads, macs_per_image
+    from .recipes.catalogue import load_catalogue
+    from .training.environment import choose_conv, choose_threads, macs_per_image
     from .models import count_params, create_model
-    from .together import why_sequential
+    from .training.together import why_sequential
 
     rows = []
     for exp in load_catalogue(experiments_dir).values():
@@ -130,10 +130,10 @@ def run_options(fn):
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
              no_system_metrics, threads, together, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
-    from .data import load_cifar10, resolve_data_dir
-    from .environment import resolve_device
-    from .job import RunOptions
-    from .runner import run_many, summary_table
+    from .data.loader import load_cifar10, resolve_data_dir
+    from .training.environment import resolve_device
+    from .runs.job import RunOptions
+    from .executors.local import run_many, summary_table
     from .tracking import Tracker
 
     if seed + repeats - 1 > MAX_SEED:
@@ -151,13 +151,13 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
                f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}" + (f"; {jobs} at once" if jobs > 1 else ""))
     if ray_opts is None and jobs > 1:
-        from .pool_executor import run_pool
+        from .executors.pool import run_pool
 
         outcomes = run_pool(experiments, data, tracker, opts, jobs, echo=click.echo)
     elif ray_opts is None:
         outcomes = run_many(experiments, data, tracker, opts, echo=click.echo)
     else:
-        from .ray_executor import run_many_ray
+        from .executors.ray import run_many_ray
 
         outcomes = run_many_ray(experiments, data, tracker, opts, ray_opts, echo=click.echo)
     click.echo("")
@@ -180,7 +180,7 @@ def _jobs(asked, device, runs: int, together: str) -> int:
         return asked
     if device.type != "cpu" or together == "always":
         return 1
-    from .environment import all_cores
+    from .training.environment import all_cores
 
     return max(1, min(all_cores(), runs))
 
@@ -192,7 +192,7 @@ def _ray_options(executor, address, cpus, gpus):
         if given:
             raise UsageError(f"{', '.join(given)} only apply with --executor ray")
         return None
-    from .ray_executor import RayOptions, require_ray
+    from .executors.ray import RayOptions, require_ray
 
     require_ray()
     return RayOptions(address=address, cpus_per_run=1.0 if cpus is None else cpus, gpus_per_run=gpus or 0.0)
@@ -204,7 +204,7 @@ def _ray_options(executor, address, cpus, gpus):
 @friendly
 def run_cmd(ids, **kw):
     """Train the experiments IDS (see `harness list`), one MLflow run each."""
-    from .catalogue import load_catalogue, select
+    from .recipes.catalogue import load_catalogue, select
 
     _execute(select(load_catalogue(), ids), **kw)
 
@@ -216,7 +216,7 @@ def run_cmd(ids, **kw):
 @friendly
 def run_all_cmd(only, skip, **kw):
     """Train every experiment in experiments/; finished ones are skipped, killed ones resumed."""
-    from .catalogue import load_catalogue
+    from .recipes.catalogue import load_catalogue
 
     cat = load_catalogue()
     chosen = [e for i, e in cat.items() if (not only or any(fnmatch.fnmatch(i, p) for p in only)) and not any(fnmatch.fnmatch(i, p) for p in skip)]
@@ -261,15 +261,15 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
 @friendly
 def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, repeats, device):
     """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
-    from .environment import resolve_device
+    from .training.environment import resolve_device
 
     where = resolve_device(device)
     if repeats is not None:
-        from .bench_repeats import run_repeats_bench
+        from .bench.repeats import run_repeats_bench
 
         run_repeats_bench(list(models) or ["tutorial-base", "medium-three-conv"], repeats, steps, echo=click.echo, device=where)
         return
-    from .bench import run_bench
+    from .bench.loops import run_bench
 
     run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo,
               device=where)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.data import write_cifar10
+from harness.data.loader import write_cifar10
 
 # one process per command unless a test asks for more: many tests patch the training code in
 # this process (CliRunner), which worker processes would not see; test_shared_store checks the default

@@ -37,10 +37,10 @@ def suite(server, address: str, name: str, data: str) -> float:
 
 
 def checkpoint_costs(tracker, n: int = 5) -> tuple[float, float, int]:
-    from harness.catalogue import load_catalogue
-    from harness.checkpoints import LocalRunState, SharedRunState
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.checkpoints import LocalRunState, SharedRunState
     from harness.models import count_params, create_model
-    from harness.train import build_optimizer
+    from harness.training.loop import build_optimizer
 
     exp = load_catalogue()["medium-vgg-bn"]
     model = create_model(exp.model.name, **exp.model.args)

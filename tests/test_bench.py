@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.data import load_cifar10, resolve_data_dir
+from harness.data.loader import load_cifar10, resolve_data_dir
 from harness.models import create_model
-from harness.recipe_data import prepare_data
-from harness.catalogue import load_catalogue
-from harness.train import build_optimizer, loss_function, lr_at, train_one_epoch
+from harness.training.recipe_data import prepare_data
+from harness.recipes.catalogue import load_catalogue
+from harness.training.loop import build_optimizer, loss_function, lr_at, train_one_epoch
 
 CAT = load_catalogue()
 
@@ -54,7 +54,7 @@ class FastaiCosAnneal:
 def test_sgdr_follows_fastai_cos_anneal_over_a_whole_fit():
     """Every step of fit(lr, 3, cycle_len=1) after a constant fit(lr, 2): warm-up at lr/100 for the
     first nb/20 iterations of the fit only, then the cosine restarted each epoch."""
-    from harness.spec import Phase
+    from harness.recipes.spec import Phase
 
     phases = [Phase(2, 0.1, "constant"), Phase(3, 0.1, "sgdr")]
     nb = 45
@@ -110,7 +110,7 @@ def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
 
 
 def test_thread_policy_picks_one_thread_for_the_small_recipes_and_all_cores_for_the_rest():
-    from harness.environment import all_cores, choose_threads
+    from harness.training.environment import all_cores, choose_threads
 
     cpu = torch.device("cpu")
     small = {"tutorial-base", "tutorial-c16", "tutorial-c32", "tutorial-c128", "skl-cnn", "medium-tutorial-net",
@@ -122,7 +122,7 @@ def test_thread_policy_picks_one_thread_for_the_small_recipes_and_all_cores_for_
 
 
 def test_conv_policy_picks_atens_convolution_only_below_its_measured_size():
-    from harness.environment import ATEN_CONV_MACS, choose_conv, macs_per_image
+    from harness.training.environment import ATEN_CONV_MACS, choose_conv, macs_per_image
 
     cpu = torch.device("cpu")
     for eid, exp in CAT.items():

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from harness.claims import HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined
+from harness.runs.claims import HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined
 from harness.tracking import Tracker
 
 ELSEWHERE = "other-host/abcd1234|4242|deadbeef"  # an owner on another machine
@@ -129,7 +129,7 @@ def test_a_finished_run_is_not_claimed_unless_forced(tracker):
 def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
     import time
 
-    from harness.claims import Request
+    from harness.runs.claims import Request
 
     waits = []
     c = Claimer(tracker, ClaimPolicy(stale_after_s=120, settle_s=0.2), sleep=lambda s: waits.append(s) or time.sleep(s))
@@ -144,7 +144,7 @@ def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
 def test_a_heartbeat_notices_its_run_was_taken_over(tracker):
     import time
 
-    from harness.claims import Heartbeat
+    from harness.runs.claims import Heartbeat
 
     rid = tracker.create_run("x", {"harness.config_hash": "h1", OWNER: "me|1|a", HEARTBEAT: f"{time.time():.3f}"}).run_id
     hb = Heartbeat(tracker, 60, owner="me|1|a")
@@ -163,7 +163,7 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_leaves_it_alone(store, syn
     process resumed its run: it stops at the epoch's end without logging, failing or killing it."""
     import time
 
-    import harness.one_run as one_run
+    import harness.runs.one_run as one_run
     from tests.test_runner import cli, runs
 
     monkeypatch.setenv("HARNESS_STALE_AFTER_S", "0.4")  # a beat every 0.1 s

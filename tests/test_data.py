@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.data import (FOLDER, NORMALIZATIONS, TensorLoader, augment_crop_flip, balanced_subset, download_cifar10,
+from harness.data.loader import (FOLDER, NORMALIZATIONS, TensorLoader, augment_crop_flip, balanced_subset, download_cifar10,
                           load_cifar10, normalize, resolve_data_dir, split_train_val)
 from harness.errors import HarnessError
 
@@ -28,7 +28,7 @@ def test_pixel_order_is_rgb_planes(tmp_path):
     x = np.zeros((10, 3, 32, 32), np.uint8)
     x[0, 0, 0, 1] = 200  # red, row 0, column 1
     x[0, 2, 31, 0] = 100  # blue, last row, column 0
-    from harness.data import write_cifar10
+    from harness.data.loader import write_cifar10
 
     write_cifar10(tmp_path, x, np.arange(10), x, np.arange(10), CLASSES)
     d = load_cifar10(tmp_path / FOLDER)

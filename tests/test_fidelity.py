@@ -10,13 +10,13 @@ import torch.nn as nn
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from harness.catalogue import load_catalogue
+from harness.recipes.catalogue import load_catalogue
 from harness.cli import main
-from harness.data import augment_crop_flip, symmetric_index
+from harness.data.loader import augment_crop_flip, symmetric_index
 from harness.models import apply_init, create_model
 from harness.report import distance_to_interval
-from harness.spec import Phase, Published
-from harness.train import clamp_adam_steps, evaluate, starts_phase, train_one_epoch
+from harness.recipes.spec import Phase, Published
+from harness.training.loop import clamp_adam_steps, evaluate, starts_phase, train_one_epoch
 
 CAT = load_catalogue()
 CAP = ["--epochs", "1", "--max-train-images", "256", "--no-progress"]
@@ -78,7 +78,7 @@ def test_phase_starts():
 
 @pytest.mark.parametrize("fresh", [True, False])
 def test_momentum_restarts_at_each_fit_call_only_where_the_recipe_says(synthetic_root, store, monkeypatch, tmp_path, fresh):
-    import harness.one_run as runner
+    import harness.runs.one_run as runner
 
     seen = []
     real = runner.train_one_epoch
@@ -103,7 +103,7 @@ def test_momentum_restarts_at_each_fit_call_only_where_the_recipe_says(synthetic
 
 
 def load_path(eid: str) -> str:
-    from harness.catalogue import experiments_dir
+    from harness.recipes.catalogue import experiments_dir
 
     return str(experiments_dir() / f"{eid}.toml")
 
@@ -178,7 +178,7 @@ def test_cs598_spec_clamps_as_written():
 
 
 def test_runner_applies_the_clamp_after_its_epoch(synthetic_root, store, monkeypatch):
-    import harness.one_run as runner
+    import harness.runs.one_run as runner
 
     calls = []
     real = runner.train_one_epoch
@@ -188,11 +188,11 @@ def test_runner_applies_the_clamp_after_its_epoch(synthetic_root, store, monkeyp
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "train_one_epoch", spy)
-    from harness.spec import StepClamp
+    from harness.recipes.spec import StepClamp
 
     exp = CAT["cs598-vgg-bn-aug"]
     monkeypatch.setattr(exp.train.optimizer, "step_clamp", StepClamp(after_epoch=0, limit=1024, reset_to=1000))
-    import harness.catalogue as catalogue
+    import harness.recipes.catalogue as catalogue
 
     monkeypatch.setattr(catalogue, "load_catalogue", lambda *a: CAT)
     r = CliRunner().invoke(main, ["run", "cs598-vgg-bn-aug", "--data-dir", str(synthetic_root), "--tracking-uri", store,
@@ -238,7 +238,7 @@ def test_delta_to_published_is_zero_inside_and_the_distance_to_the_nearest_bound
 def test_confusion_matrix_and_f1_equal_sklearns():
     from sklearn.metrics import confusion_matrix, f1_score
 
-    from harness.finish import confusion, f1_scores
+    from harness.runs.finish import confusion, f1_scores
 
     rng = np.random.default_rng(0)
     for k, n, never in ((10, 500, None), (10, 300, 3), (4, 50, 0)):

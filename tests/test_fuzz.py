@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from harness.cifar_files import _read_batch, _unpickle
+from harness.data.cifar_files import _read_batch, _unpickle
 from harness.errors import HarnessError
-from harness.catalogue import load_spec
-from harness.spec import Experiment
+from harness.recipes.catalogue import load_spec
+from harness.recipes.spec import Experiment
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,7 +8,7 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.models import count_params, create_model, list_models, register_model
 from harness.models.fastai import BnLayer
-from harness.catalogue import load_catalogue
+from harness.recipes.catalogue import load_catalogue
 
 CATALOGUE = load_catalogue()
 

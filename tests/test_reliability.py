@@ -84,7 +84,7 @@ class HardKill(BaseException):
 
 
 def test_a_run_killed_during_final_logging_completes_without_repeats(synthetic_root, store, monkeypatch):
-    import harness.finish as finish
+    import harness.runs.finish as finish
 
     real = finish.write_artifacts
 
@@ -113,7 +113,7 @@ def test_a_run_killed_during_final_logging_completes_without_repeats(synthetic_r
 
 
 def test_ctrl_c_during_final_logging_leaves_a_finished_run(synthetic_root, store, monkeypatch):
-    import harness.finish as finish
+    import harness.runs.finish as finish
 
     real = finish.write_artifacts
 
@@ -130,7 +130,7 @@ def test_ctrl_c_during_final_logging_leaves_a_finished_run(synthetic_root, store
 
 
 def test_ctrl_c_before_any_run_says_nothing_was_recorded(synthetic_root, store, monkeypatch):
-    import harness.data as data
+    import harness.data.loader as data
 
     def interrupted(root):
         raise KeyboardInterrupt
@@ -141,7 +141,7 @@ def test_ctrl_c_before_any_run_says_nothing_was_recorded(synthetic_root, store, 
 
 
 def test_a_resumed_run_that_finishes_loses_its_failure_reason(synthetic_root, store, monkeypatch):
-    import harness.one_run as runner
+    import harness.runs.one_run as runner
 
     real, calls = runner._train_epochs, []
 
@@ -180,7 +180,7 @@ def test_report_names_the_runs_whose_artifacts_are_gone(synthetic_root, store, t
 def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, monkeypatch):
     import torch
 
-    from harness.checkpoints import LocalRunState
+    from harness.runs.checkpoints import LocalRunState
 
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path))
     state = LocalRunState("r1")

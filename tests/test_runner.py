@@ -249,7 +249,7 @@ def test_bad_option_is_usage_error(store):
 
 
 def test_fault_before_the_run_exists_fails_only_that_experiment(synthetic_root, store, monkeypatch):
-    import harness.one_run as runner
+    import harness.runs.one_run as runner
 
     real = runner.prepare_data
 

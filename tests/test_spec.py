@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.catalogue import load_catalogue, load_spec
-from harness.spec import config_hash, flatten
+from harness.recipes.catalogue import load_catalogue, load_spec
+from harness.recipes.spec import config_hash, flatten
 
 GOOD = (Path(__file__).resolve().parents[1] / "experiments" / "tutorial-base.toml").read_text()
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.catalogue import load_catalogue
+from harness.recipes.catalogue import load_catalogue
 from harness.models import apply_init, create_model
-from harness.together import Stack, optimizer_state_of, stacked_optimizer_state, why_sequential
-from harness.train import build_optimizer, loss_function
+from harness.training.together import Stack, optimizer_state_of, stacked_optimizer_state, why_sequential
+from harness.training.loop import build_optimizer, loss_function
 
 from .test_runner import cli
 
@@ -137,7 +137,7 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
 
 
 def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_stopped(synthetic_root, tmp_path, monkeypatch, store):
-    import harness.group_run as group_run
+    import harness.runs.group_run as group_run
 
     ids, args = ["medium-three-conv"], ["--repeats", "3", "--epochs", "3", "--max-train-images", "200", "--data-dir", synthetic_root,
                                         "--no-progress", "--no-system-metrics"]
@@ -176,7 +176,7 @@ GROUP = ["--repeats", "2", "--epochs", "2", "--max-train-images", "200", "--no-p
 
 def test_a_group_that_fails_before_its_runs_are_recorded_leaves_no_runs(synthetic_root, monkeypatch, store):
     """As a run alone: nothing trained, nothing to see; a clear line and a non-zero exit."""
-    import harness.group_run as group_run
+    import harness.runs.group_run as group_run
 
     def broken(*a, **k):
         raise RuntimeError("no memory for the stacked model")
@@ -193,8 +193,8 @@ def test_a_group_whose_run_was_taken_over_leaves_it_and_trains_the_others(synthe
     (no epoch logged, not failed or killed), the other seed finishes as usual."""
     import time
 
-    import harness.group_run as group_run
-    from harness.claims import OWNER
+    import harness.runs.group_run as group_run
+    from harness.runs.claims import OWNER
     from harness.tracking import Tracker
 
     monkeypatch.setenv("HARNESS_STALE_AFTER_S", "0.4")  # a beat every 0.1 s

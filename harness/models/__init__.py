@@ -1,4 +1,8 @@
-"""The documented networks. Importing this package registers all of them."""
+"""The documented networks. Importing this package registers all of them.
+
+- registry.py: register by name, create, count parameters, check a forward pass.
+- tutorial.py, medium.py, fastai.py, skl.py: the write-ups' networks, one file per source.
+"""
 
 from . import fastai, medium, skl, tutorial  # noqa: F401  (registration side effect)
 from .registry import apply_init, check_forward, count_params, create_model, list_models, register_model

@@ -1,5 +1,12 @@
-"""`harness report`: rows (runs grouped per experiment), stats (is a difference real?),
-budget (which recipe for a time budget), charts, and build (the HTML page)."""
+"""`harness report`: one self-contained HTML comparison of the runs in a store.
+
+- rows.py: runs read from the store and grouped into rows, one per experiment.
+- mathstats.py: the statistics themselves (t interval, McNemar, bootstrap, Holm, Welch).
+- stats.py: is a difference between rows real?
+- budget.py: which recipe for a time budget.
+- charts.py: the report's figures as inline PNGs.
+- build.py: the HTML page and its CSV.
+"""
 
 from .build import build_report
 from .rows import distance_to_interval

@@ -52,7 +52,7 @@ def _write_text(path: Path, text: str, what: str) -> None:
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from ..catalogue import load_catalogue
+    from ..recipes.catalogue import load_catalogue
 
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None

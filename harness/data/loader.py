@@ -14,7 +14,7 @@ import torch.nn.functional as F
 # the file layer, re-exported: `from harness.data import load_cifar10` keeps working
 from .cifar_files import (FOLDER, META_FILE, TEST_FILE, TRAIN_FILES, Cifar10, download_cifar10,  # noqa: F401
                           load_cifar10, resolve_data_dir, write_cifar10)
-from .errors import HarnessError
+from ..errors import HarnessError
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import HarnessError
-from .tracking import TAG, Tracker
-from .tracking.store import redact, sqlite_path
+from ..errors import HarnessError
+from ..tracking import TAG, Tracker
+from ..tracking.store import redact, sqlite_path
 
 STATE_DIR = "harness-state"
 STATE_TAG = f"{TAG}checkpoint"

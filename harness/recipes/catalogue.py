@@ -16,8 +16,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .data import AUGMENTATIONS, NORMALIZATIONS, PAD_MODES
-from .errors import HarnessError, UsageError
+from ..data.loader import AUGMENTATIONS, NORMALIZATIONS, PAD_MODES
+from ..errors import HarnessError, UsageError
 from .spec import (CHECKPOINTS, CROP_STYLES, EVAL_MODES, INITS, LOSSES, OPTIMIZERS, ROUNDINGS, SCHEDULES, VAL_SPLITS,
                    Experiment)
 
@@ -166,7 +166,7 @@ def load_spec(path: str | Path) -> Experiment:
         for a in exp.assumed:
             if not _key_exists(raw, a):
                 raise _SpecError("assumed", f"{a!r} names no key of this spec")
-        from .models import check_forward, create_model
+        from ..models import check_forward, create_model
 
         try:
             check_forward(exp.model.name, create_model(exp.model.name, **exp.model.args))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .cifar_files import Cifar10
-from .spec import Experiment, Phase
-from .tracking import Tracker
+from ..data.cifar_files import Cifar10
+from ..recipes.spec import Experiment, Phase
+from ..tracking import Tracker
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .errors import HarnessError
+from ..errors import HarnessError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .catalogue import load_catalogue, select
-from .cifar_files import write_cifar10
-from .environment import all_cores, configure_backend, device_name
-from .models import create_model
-from .together import stacking_rates, why_sequential
-from .bench import apply_policy
+from ..recipes.catalogue import load_catalogue, select
+from ..data.cifar_files import write_cifar10
+from ..training.environment import all_cores, configure_backend, device_name
+from ..models import create_model
+from ..training.together import stacking_rates, why_sequential
+from .loops import apply_policy
 
 
 def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print, device: torch.device = torch.device("cpu")) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:

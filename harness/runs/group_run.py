@@ -1,4 +1,4 @@
-"""A recipe's seeds trained together (together.py), recorded as N ordinary MLflow runs.
+"""A recipe's seeds trained together (training/together.py), recorded as N ordinary MLflow runs.
 
 Each run gets what a run trained alone gets: its record, its per-epoch metrics, its own
 checkpoint in the same format (so a group killed part-way resumes as a group, or run by run),
@@ -17,13 +17,13 @@ import torch
 
 from .checkpoints import run_state
 from .claims import Heartbeat
-from .errors import DivergedError, Interrupted, one_line
+from ..errors import DivergedError, Interrupted, one_line
 from .job import Job, Outcome, Progress
 from .one_run import build, checkpoint, epoch_metrics, finish, keep_best, record
 from .progress import epoch_line
-from .recipe_data import prepare_data
-from .together import Stack, optimizer_state_of, stacked_optimizer_state
-from .train import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, build_optimizer, evaluate, lr_at, phase_of, set_lr, starts_phase
+from ..training.recipe_data import prepare_data
+from ..training.together import Stack, optimizer_state_of, stacked_optimizer_state
+from ..training.loop import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, build_optimizer, evaluate, lr_at, phase_of, set_lr, starts_phase
 
 
 def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], checkpoints: list[dict | None], beat_s: float,

@@ -18,15 +18,15 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cifar_files import Cifar10, load_cifar10
-from .claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
-from .errors import HarnessError, Interrupted, UsageError, one_line
-from .job import Outcome, RunOptions
-from .one_run import train_run
-from .runner import claim_jobs, make_job, outcome_line
-from .spec import Experiment
-from .tracking import TAG, Tracker
-from .tracking.store import absolute_uri
+from ..data.cifar_files import Cifar10, load_cifar10
+from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
+from ..errors import HarnessError, Interrupted, UsageError, one_line
+from ..runs.job import Outcome, RunOptions
+from ..runs.one_run import train_run
+from .local import claim_jobs, make_job, outcome_line
+from ..recipes.spec import Experiment
+from ..tracking import TAG, Tracker
+from ..tracking.store import absolute_uri
 
 # what MLflow reads from the environment to reach and authenticate with a server
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",

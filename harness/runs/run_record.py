@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from . import __version__
-from .environment import device_name, git_commit
-from .recipe_data import Prepared
-from .spec import flatten
-from .tracking import TAG
+from .. import __version__
+from ..training.environment import device_name, git_commit
+from ..training.recipe_data import Prepared
+from ..recipes.spec import flatten
+from ..tracking import TAG
 
 from .job import Job
 

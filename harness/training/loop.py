@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import DivergedError, HarnessError
-from .spec import OptimizerSpec, Phase
+from ..errors import DivergedError, HarnessError
+from ..recipes.spec import OptimizerSpec, Phase
 
 LOG_POINTS_PER_EPOCH = 100
 

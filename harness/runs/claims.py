@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tracking import TAG, RunRecord, Tracker
+from ..tracking import TAG, RunRecord, Tracker
 
 OWNER = f"{TAG}owner"
 HEARTBEAT = f"{TAG}heartbeat"

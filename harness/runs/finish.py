@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cifar_files import Cifar10
-from .recipe_data import Prepared
-from .spec import Experiment
-from .tracking import Tracker
+from ..data.cifar_files import Cifar10
+from ..training.recipe_data import Prepared
+from ..recipes.spec import Experiment
+from ..tracking import Tracker
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def final_metrics(data: Cifar10, prep: Prepared, test, test_std, train_time: flo
 def write_artifacts(folder: Path, tracker: Tracker, run_id: str, exp: Experiment, data: Cifar10, prep: Prepared, test, cm, per_class) -> None:
     import pandas as pd
 
-    from .plots import confusion_figure, loss_curve_figure, save_png
+    from ..plots import confusion_figure, loss_curve_figure, save_png
 
     pd.DataFrame(cm, index=data.classes, columns=data.classes).to_csv(folder / "confusion_matrix.csv", index_label="true\\predicted")
     save_png(confusion_figure(cm, data.classes, f"{exp.id}: test confusion matrix"), folder / "confusion_matrix.png")

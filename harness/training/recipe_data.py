@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import NORMALIZATIONS, Cifar10, TensorLoader, balanced_subset, normalize, split_train_val
-from .spec import Experiment
+from ..data.loader import NORMALIZATIONS, Cifar10, TensorLoader, balanced_subset, normalize, split_train_val
+from ..recipes.spec import Experiment
 
 
 @dataclass

@@ -1,25 +1,25 @@
 """Many runs on this machine (the local executor): for each (experiment, seed), resolve the
-job, claim its configuration (claims.py) and train the run (one_run.py) in this process.
+job, claim its configuration (runs/claims.py) and train the run (runs/one_run.py) in this process.
 
-The Ray executor (ray_executor.py) uses the same job, claim and one-run code.
+The Ray executor (ray.py) uses the same job, claim and one-run code.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from .checkpoints import lock_root, run_state, store_identity
-from .cifar_files import Cifar10
-from .claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
-from .environment import choose_conv, choose_threads, configure_backend, resolve_device
-from .errors import Interrupted, one_line
-from .group_run import train_group
-from .job import Job, Outcome, RunOptions, capped_phases
-from .models import create_model
-from .one_run import train_run
-from .spec import Experiment, config_hash
-from .together import stacking_rates, why_sequential
-from .tracking import TAG, Tracker
+from ..runs.checkpoints import lock_root, run_state, store_identity
+from ..data.cifar_files import Cifar10
+from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
+from ..training.environment import choose_conv, choose_threads, configure_backend, resolve_device
+from ..errors import Interrupted, one_line
+from ..runs.group_run import train_group
+from ..runs.job import Job, Outcome, RunOptions, capped_phases
+from ..models import create_model
+from ..runs.one_run import train_run
+from ..recipes.spec import Experiment, config_hash
+from ..training.together import stacking_rates, why_sequential
+from ..tracking import TAG, Tracker
 
 # --------------------------------------------------------------------------- one configuration
 

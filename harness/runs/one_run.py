@@ -2,7 +2,7 @@
 train epoch by epoch with a checkpoint after each, then finish, fail or be marked killed.
 
 The same code trains a run for the local executor and inside a Ray task. Who trains what is
-claims.py, where the state lives checkpoints.py, the loop train.py, the final logging finish.py,
+claims.py, where the state lives checkpoints.py, the loop training/loop.py, the final logging finish.py,
 MLflow calls tracking/.
 """
 
@@ -15,17 +15,17 @@ import torch
 
 from .checkpoints import run_state
 from .claims import RECORDED, Heartbeat, TakenOver
-from .environment import choose_conv, choose_threads, configure_backend
-from .errors import DivergedError, Interrupted, one_line
+from ..training.environment import choose_conv, choose_threads, configure_backend
+from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
 from .job import Job, Outcome, Progress
-from .models import apply_init, count_params, create_model
+from ..models import apply_init, count_params, create_model
 from .progress import epoch_line, progress_bar
-from .recipe_data import Prepared, prepare_data
+from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
-from .spec import Experiment
-from .tracking.guards import sigint_deferred
-from .train import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
+from ..recipes.spec import Experiment
+from ..tracking.guards import sigint_deferred
+from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 
 def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float, owner: str | None = None) -> Outcome:

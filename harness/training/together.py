@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .environment import SMALL_STEP_MACS, macs_per_image
-from .spec import Experiment
+from ..recipes.spec import Experiment
 
 # modules whose batched forward is exact and whose state is weights and BatchNorm statistics
 STACKABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -54,7 +54,7 @@ def stacking_rates(exp: Experiment, n: int, steps: int, device: torch.device = t
     every network trained divided by the wall time, measured side by side on random batches
     after a warm-up, at the current thread setting. Both do the same arithmetic, so the ratio
     is what stacking saves in per-step overhead (or loses to vmap's own)."""
-    from .train import build_optimizer, loss_function
+    from .loop import build_optimizer, loss_function
 
     loss_fn, b = loss_function(exp.train.loss), exp.train.batch_size
     g = torch.Generator().manual_seed(0)
@@ -93,7 +93,7 @@ def stacking_rates(exp: Experiment, n: int, steps: int, device: torch.device = t
 
 
 def _create(exp: Experiment, seed: int, device: torch.device) -> nn.Module:
-    from .models import apply_init, create_model
+    from ..models import apply_init, create_model
 
     torch.manual_seed(seed)
     return apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(device)

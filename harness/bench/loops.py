@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
-from .models import create_model
-from .environment import all_cores, choose_conv, choose_threads, configure_backend, device_name, macs_per_image
-from .recipe_data import prepare_data
-from .catalogue import load_catalogue, select
-from .spec import Experiment
-from .train import build_optimizer, loss_function, train_one_epoch
+from ..data.loader import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
+from ..models import create_model
+from ..training.environment import all_cores, choose_conv, choose_threads, configure_backend, device_name, macs_per_image
+from ..training.recipe_data import prepare_data
+from ..recipes.catalogue import load_catalogue, select
+from ..recipes.spec import Experiment
+from ..training.loop import build_optimizer, loss_function, train_one_epoch
 
 WARMUP = 20
 CPU = torch.device("cpu")
@@ -125,7 +125,7 @@ def tracking_overhead(exp: Experiment, data: Cifar10, pairs: int = 8, device: to
     second, then first (ABBA), so a shared machine's drift cancels instead of biasing the
     sign. Returns (median overhead %, its quartiles %, median seconds of an unlogged epoch,
     median seconds of the logging call itself)."""
-    from .tracking import Tracker
+    from ..tracking import Tracker
 
     prep = prepare_data(exp, data, 0, None, device)
     steps = len(prep.train)

@@ -1,6 +1,6 @@
 """Several runs at once on this machine (`--jobs N`): N worker processes, each training one
 (experiment, seed) at a time with the same claim and one-run code as the single-process path
-(runner.run_one), so locks, store claims, logging and outcomes are the same.
+(executors/local.py: run_one), so locks, store claims, logging and outcomes are the same.
 
 Why: the batch-4/20 recipes train on one intra-op thread (environment.choose_threads), which
 leaves the other cores idle; N of those runs side by side use them. Each worker gets at most
@@ -18,14 +18,14 @@ import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
-from .cifar_files import Cifar10, load_cifar10
-from .environment import all_cores
-from .errors import Interrupted, one_line
-from .job import Outcome, RunOptions
-from .runner import outcome_line, run_one
-from .spec import Experiment
-from .tracking import Tracker
-from .tracking.store import absolute_uri
+from ..data.cifar_files import Cifar10, load_cifar10
+from ..training.environment import all_cores
+from ..errors import Interrupted, one_line
+from ..runs.job import Outcome, RunOptions
+from .local import outcome_line, run_one
+from ..recipes.spec import Experiment
+from ..tracking import Tracker
+from ..tracking.store import absolute_uri
 
 
 def _quiet_worker() -> None:
