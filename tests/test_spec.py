@@ -81,3 +81,13 @@ def test_config_hash_tracks_what_changes_training():
 def test_flatten_names_nested_keys():
     f = flatten(load_catalogue()["fastai-convnet"].training_dict())
     assert f["train.phases.1.schedule"] == "sgdr" and f["train.optimizer.momentum"] == 0.9 and f["model.args.layers"] == [3, 20, 40, 80]
+
+
+def test_catalogue_found_from_any_working_folder(tmp_path, monkeypatch):
+    """Outside the repository (no experiments/ in the working folder) the package's own
+    catalogue is used: the folder beside the package, wherever the package's files moved to."""
+    from harness.recipes.catalogue import experiments_dir, load_catalogue
+
+    monkeypatch.chdir(tmp_path)
+    assert (experiments_dir() / "tutorial-base.toml").is_file()
+    assert "tutorial-base" in load_catalogue()

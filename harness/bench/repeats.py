@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..recipes.catalogue import load_catalogue, select
+from ..recipes.catalogue import experiments_dir, load_catalogue, select
 from ..data.cifar_files import write_cifar10
 from ..training.environment import all_cores, configure_backend, device_name
 from ..models import create_model
@@ -59,7 +59,7 @@ def fixed_costs(exp_id: str = "fastai-simplenet", device: str = "cpu") -> tuple[
         rng = np.random.default_rng(0)
         write_cifar10(root / "data", rng.integers(0, 256, (200, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 200),
                       rng.integers(0, 256, (100, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 100), [f"c{i}" for i in range(10)])
-        experiments = Path(__file__).resolve().parents[1] / "experiments"
+        experiments = experiments_dir()
         cmd = [sys.executable, "-m", "harness.cli", "run", exp_id, "--data-dir", str(root / "data"), "--epochs", "1",
                "--max-train-images", "64", "--no-progress", "--no-system-metrics", "--device", device]
         work = root / "work"

@@ -182,7 +182,7 @@ def experiments_dir() -> Path:
     cwd = Path.cwd() / "experiments"
     if cwd.is_dir():
         return cwd
-    return Path(__file__).resolve().parent.parent / "experiments"
+    return Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load_catalogue(directory: str | Path | None = None) -> dict[str, Experiment]:
