@@ -134,6 +134,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     from .training.environment import resolve_device
     from .runs.job import RunOptions
     from .executors.local import run_many, summary_table
+    from .executors.schedule import longest_first
     from .tracking import Tracker
 
     if seed + repeats - 1 > MAX_SEED:
@@ -147,6 +148,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     dev = resolve_device(device)  # a missing CUDA is a usage error: say so before touching the store
     jobs = _jobs(jobs, dev, len(experiments) * repeats, together) if ray_opts is None else 1
     data = load_cifar10(resolve_data_dir(data_dir))
+    experiments = longest_first(experiments, len(data.train_x), opts)
     tracker = Tracker(tracking_uri, experiment_name)
     click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
                f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}" + (f"; {jobs} at once" if jobs > 1 else ""))

@@ -1,5 +1,6 @@
 """Who runs the runs, and where.
 
+- schedule.py: the order a suite's runs start in: longest expected training first.
 - local.py: one process, run by run (the default), and the pieces every executor shares.
 - pool.py: `--jobs N`: N worker processes on this machine.
 - ray.py: `--executor ray`: each (experiment, seed) a task on a Ray cluster.
