@@ -83,7 +83,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
 
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
     """The run's tags, params, config.json and dataset inputs; the last tag marks it complete."""
-    tags, params, files = run_record(job, prep, n_params)
+    tags, params, files = run_record(job, prep, n_params, together=int((extra_params or {}).get("together", 1)))
     job.tracker.record(run_id, tags, params | (extra_params or {}), files)
     job.tracker.log_datasets(run_id, datasets(job, prep))
     job.tracker.set_tags(run_id, {RECORDED: "true"})
