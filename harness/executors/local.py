@@ -131,8 +131,8 @@ PROBE_STEPS = 30
 
 def stackable(exp: Experiment, opts: RunOptions) -> bool:
     """Whether this recipe's repeats may train as one stacked model (together.why_sequential)."""
-    if opts.repeats < 2 or opts.together == "never":
-        return False
+    if opts.repeats < 2 or opts.together == "never" or opts.precision == "fp16":
+        return False  # fp16's loss scaler skips steps per network: one shared by a stack would not
     return why_sequential(exp, create_model(exp.model.name, **exp.model.args), resolve_device(opts.device)) is None
 
 

@@ -25,7 +25,7 @@ from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
 from ..tracking.guards import sigint_deferred
-from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
+from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 
 def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float, owner: str | None = None) -> Outcome:
@@ -124,6 +124,7 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
+    scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs
     t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
@@ -139,7 +140,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
                 bar.set_postfix(epoch=f"{e + 1}/{job.epochs}", loss=f"{loss:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
 
         before_step = (lambda: clamp_adam_steps(optimizer, clamp.limit, clamp.reset_to)) if clamp and epoch > clamp.after_epoch else None
-        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step)
+        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step, scaler)
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
