@@ -90,6 +90,9 @@ def list_cmd(fmt, experiments_dir):
     w = [max(len(str(x[i])) for x in [head, *table]) for i in range(7)]
     for r in [head, *table]:
         click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]:<{w[5]}}  {r[6]:<{w[6]}}  {r[7]}")
+    click.echo("\nSeeds that stack train together as one vmapped model: equal to one-by-one runs step by step over short horizons,\n"
+               "statistically equivalent over a run, not bit-identical (summation order differs); each run's tag harness.execution\n"
+               "says which way it trained, and the report shows it.")
 
 
 # --------------------------------------------------------------------------- run / run-all
