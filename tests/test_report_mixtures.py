@@ -230,3 +230,35 @@ def test_an_unknown_data_set_is_a_one_line_error(mixed, tmp_path):
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert DATA_A in r.output and DATA_B in r.output and "--data cccc" in r.output
     assert not (mixed["tmp"] / "c.html").exists()
+
+
+def test_done_when_single_seed_runs_on_two_data_sets_and_precisions(synthetic_root, store, tmp_path):
+    """The issue's scenario, trained for real (tiny): tutorial-base on one data set, `--epochs 2`
+    on that 2-epoch recipe (skipped as identical), on a second data set, a --force rerun and a bf16
+    run give separate rows of n = 1, and a report of single-seed runs calls no difference real."""
+    from tests.conftest import make_synthetic
+
+    other = make_synthetic(tmp_path / "other", seed=1)
+    common = ["--tracking-uri", store, "--no-progress"]
+    run = lambda *a: CliRunner().invoke(main, ["run", *map(str, a), *common])
+    for args, expect in ((["tutorial-base", "tutorial-c16", "--data-dir", synthetic_root], "finished"),
+                         (["tutorial-base", "--epochs", 2, "--data-dir", synthetic_root], "identical finished run exists"),
+                         (["tutorial-base", "--data-dir", other], "finished"),
+                         (["tutorial-base", "--force", "--data-dir", synthetic_root], "finished"),
+                         (["tutorial-base", "--precision", "bf16", "--data-dir", synthetic_root], "finished")):
+        r = run(*args)
+        assert r.exit_code == 0 and expect in r.output, (args, r.output)
+    out, csv = tmp_path / "r.html", tmp_path / "r.csv"
+    r = CliRunner().invoke(main, ["report", *common[:2], "--out", str(out), "--csv", str(csv)])
+    assert r.exit_code == 0, r.output
+    rows = pd.read_csv(csv, keep_default_na=False).set_index("row")
+    fp_other = [d for d in rows["data"] if d != rows.loc["tutorial-base", "data"]]
+    assert set(rows.index) == {"tutorial-base", "tutorial-base · bf16", f"tutorial-base · data {fp_other[0][:8]}", "tutorial-c16"}
+    assert (rows["n"] == 1).all() and rows.loc["tutorial-base", "superseded"] == 1
+    tests = pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False)
+    assert len(tests) == 2 and not tests["verdict"].isin(["real", "within noise"]).any()
+    assert tests["verdict"].str.endswith("recipes untested").all() and tests["settle"].str.contains("--repeats 3").all()
+    html = out.read_text()
+    for tid in ("summary", "significance", "neighbours"):
+        assert '<span class="tag real">' not in table(html, tid), tid
+    assert "best run (seeds untested)" in table(html, "summary") and "the best run, not a ranking of recipes" in html
