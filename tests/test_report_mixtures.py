@@ -186,9 +186,10 @@ def test_a_difference_is_real_only_with_seeds_measured(default):
     # one seed: McNemar says the two runs differ (b = 50, c = 0), and the verdict says that is all
     med = tests.loc["medium-three-conv"]
     assert med["verdict"] == "two runs differ; recipes untested" and int(med["b"]) == 50 and int(med["c"]) == 0
-    assert med["p_seeds"] == "" and "--repeats 3" in med["settle"] and "medium-three-conv" in med["settle"]
+    assert med["p_seeds"] == "" and med["settle"] == "harness run medium-three-conv --repeats 3 --data-dir /data/aaaa"
     bf = tests.loc["tutorial-base · bf16"]
-    assert bf["verdict"] == "two runs differ; recipes untested" and "--precision bf16" in bf["settle"]
+    assert bf["verdict"] == "two runs differ; recipes untested"
+    assert bf["settle"] == "harness run tutorial-base --repeats 3 --precision bf16 --data-dir /data/aaaa"  # only the side short of seeds
     csv = default["csv"]
     assert csv.loc["tutorial-base", "verdict"] == "real" and csv.loc["medium-three-conv", "verdict"] == "two runs differ; recipes untested"
     # the best is the best run, not a ranking of recipes, while a compared row has one seed

@@ -66,6 +66,10 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     sets = data_sets(rows)
     chosen = choose_data(sets, data)
     compared, left_out = compared_rows(rows, chosen)
+    if len(sets) > 1:  # the advice to train more seeds must name the data set
+        folder = next(d["dirs"] for d in sets if d["fingerprint"] == chosen)
+        for r in compared:
+            r.stats["settle_data_dir"] = folder if "," not in folder and folder != "?" else "DIR"
     ctx = _gather(tracker, rows, compared, warn)
     ctx.update(_compare(rows, compared, ctx))
     table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))

@@ -21,11 +21,16 @@ RUNS_DIFFER, RUNS_SAME = "two runs differ; recipes untested", "two runs within n
 
 
 def settle_command(rows: list[Row]) -> str:
-    """The command(s) that train MIN_SEEDS seeds of each of `rows` with the options of their runs
-    (seeds already trained are skipped as identical)."""
+    """The command(s) that train MIN_SEEDS seeds of each of `rows` that has fewer, with the options
+    of their runs (seeds already trained are skipped as identical; `--data-dir` where the store
+    holds several data sets)."""
     by_flags: dict[str, list[str]] = {}
     for r in rows:
+        if r.stats["n"] >= MIN_SEEDS:
+            continue
         flags = settle_flags(r.ckey, int(r.stats["cap"]) if r.stats.get("cap") else None) if r.ckey else ""
+        if r.stats.get("settle_data_dir"):
+            flags = f"{flags} --data-dir {r.stats['settle_data_dir']}".strip()
         by_flags.setdefault(flags, [])
         if r.experiment_id not in by_flags[flags]:
             by_flags[flags].append(r.experiment_id)
