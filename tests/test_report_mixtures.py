@@ -93,6 +93,7 @@ def mixed(tmp_path_factory):
         ids["legacy_cap"] = write_run(t, "tutorial-base", 1, 44.0, [46.0, 44.0], 10, max_images=400, legacy=True)
         for seed, acc in ((0, 70.0), (1, 71.0), (2, 72.0)):  # validates on test too; trained stacked
             ids[f"fs{seed}"] = write_run(t, "fastai-simplenet", seed, acc, [acc - 10, acc - 10, acc - 10, acc], 12, together=3)
+        ids["fs3"] = write_run(t, "fastai-simplenet", 3, 71.0, [61.0, 61.0, 61.0, 71.0], 12)  # one more seed, one-by-one: same row
         # a held-out split: the best validation epoch within the budget; one seed
         ids["medium"] = write_run(t, "medium-three-conv", 0, 65.0, [50.0 + e for e in range(30)], 10)
         ids["b_tb"] = write_run(t, "tutorial-base", 0, 30.0, [31.0, 30.0], 20, data=DATA_B)
@@ -132,7 +133,7 @@ ROWS = {  # label -> (n seeds, data, precision, capped)
     "tutorial-base · 1/2 epochs": (1, DATA_A, "fp32", True),
     "tutorial-base · 400 images": (2, DATA_A, "fp32", True),  # a real cap, recorded before and after the fix
     "tutorial-base · data bbbb2222": (1, DATA_B, "fp32", False),
-    "fastai-simplenet": (3, DATA_A, "fp32", False),
+    "fastai-simplenet": (4, DATA_A, "fp32", False),  # 3 stacked seeds and 1 one-by-one
     "fastai-simplenet · data bbbb2222": (1, DATA_B, "fp32", False),
     "medium-three-conv": (1, DATA_A, "fp32", False),
 }
@@ -154,7 +155,8 @@ def test_one_row_per_comparable_setup_and_one_sample_per_seed(default, mixed):
     for label, (n, *_rest) in ROWS.items():
         assert f"<b>{label}</b>" in summary
     # execution modes told apart
-    assert csv.loc["fastai-simplenet", "execution"] == "stacked" and csv.loc["tutorial-base", "execution"] == "one-by-one"
+    assert csv.loc["fastai-simplenet", "execution"] == "3 stacked, 1 one-by-one" and csv.loc["tutorial-base", "execution"] == "one-by-one"
+    assert csv.loc["fastai-simplenet · data bbbb2222", "execution"] == "one-by-one"
 
 
 def test_the_top_says_what_the_store_holds(default):
@@ -180,7 +182,7 @@ def test_tests_compare_one_data_set_and_say_what_was_left_out(default):
 
 def test_a_difference_is_real_only_with_seeds_measured(default):
     tests = default["tests"].set_index("other")
-    # 3 vs 4 seeds: Welch over seeds decides
+    # 4 vs 5 seeds: Welch over seeds decides
     tb = tests.loc["tutorial-base"]
     assert tb["verdict"] == "real" and float(tb["p_seeds"]) < 0.05 and tb["settle"] == ""
     # one seed: McNemar says the two runs differ (b = 50, c = 0), and the verdict says that is all
