@@ -23,7 +23,7 @@ N_TEST, CLASSES = 1000, ["airplane", "automobile", "bird", "cat", "deer", "dog",
 
 
 def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, precision="fp32", epochs=None, max_images=None,
-              together=1, n_available=600, legacy=False):
+              together=1, n_available=600, legacy=False, lr=None):
     """One finished run as the harness records it: run_record's tags and params, per-epoch
     metrics, final metrics and the prediction artifacts (the first `acc`% of test images right)."""
     from harness.recipes.catalogue import load_catalogue
@@ -49,6 +49,9 @@ def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, preci
         tags["harness.capped"] = str(epochs is not None or max_images is not None).lower()
         tags["harness.config_hash"] = config_hash(exp, opts.overrides(), seed, data)
         params["override.epochs"], params["override.max_train_images"] = epochs or "none", max_images or "none"
+        params.pop("data.crop_style")  # a recipe parameter older versions did not record
+    if lr is not None:  # the recipe edited (its TOML changed under the same id)
+        params["train.phases.0.lr"] = lr
     rid = tracker.start_run(exp_id, tags, params | {"together": together}, files)
     assert len(val_curve) == trained
     for e, v in enumerate(val_curve):
@@ -90,6 +93,7 @@ def mixed(tmp_path_factory):
         ids["no_cap"] = write_run(t, "tutorial-base", 3, 63.0, [78.0, 63.0], 20, epochs=5, max_images=10_000)  # caps nothing
         # the same, recorded before the fix (tagged capped, hashed with its overrides): matched by what it trained
         ids["legacy"] = write_run(t, "tutorial-base", 4, 64.0, [79.0, 64.0], 20, epochs=2, max_images=600, legacy=True)
+        ids["edited"] = write_run(t, "tutorial-base", 0, 20.0, [20.0, 20.0], 20, lr=0.5)
         ids["legacy_cap"] = write_run(t, "tutorial-base", 1, 44.0, [46.0, 44.0], 10, max_images=400, legacy=True)
         for seed, acc in ((0, 70.0), (1, 71.0), (2, 72.0)):  # validates on test too; trained stacked
             ids[f"fs{seed}"] = write_run(t, "fastai-simplenet", seed, acc, [acc - 10, acc - 10, acc - 10, acc], 12, together=3)
@@ -130,6 +134,7 @@ def html_rows(html, tid):
 ROWS = {  # label -> (n seeds, data, precision, capped)
     "tutorial-base": (5, DATA_A, "fp32", False),  # seeds 0-4; the no-op caps of seeds 3 and 4 are the recipe itself
     "tutorial-base · bf16": (1, DATA_A, "bf16", False),
+    "tutorial-base · spec ": (1, DATA_A, "fp32", False),  # the recipe's learning rate edited: its own row
     "tutorial-base · 1/2 epochs": (1, DATA_A, "fp32", True),
     "tutorial-base · 400 images": (2, DATA_A, "fp32", True),  # a real cap, recorded before and after the fix
     "tutorial-base · data bbbb2222": (1, DATA_B, "fp32", False),
@@ -141,6 +146,9 @@ ROWS = {  # label -> (n seeds, data, precision, capped)
 
 def test_one_row_per_comparable_setup_and_one_sample_per_seed(default, mixed):
     csv, html = default["csv"], default["html"]
+    edited = next(label for label in csv.index if label.startswith("tutorial-base · spec "))
+    assert mixed["ids"]["edited"] in csv.loc[edited, "run_ids"]
+    csv = csv.rename(index={edited: "tutorial-base · spec "})
     assert set(csv.index) == set(ROWS)
     for label, (n, data, precision, capped) in ROWS.items():
         assert csv.loc[label, "n"] == n, label
@@ -153,7 +161,7 @@ def test_one_row_per_comparable_setup_and_one_sample_per_seed(default, mixed):
     assert mixed["ids"]["force_old"] in sup and mixed["ids"]["tb0"] in sup
     summary = table(html, "summary")
     for label, (n, *_rest) in ROWS.items():
-        assert f"<b>{label}</b>" in summary
+        assert f"<b>{label}" in summary
     # execution modes told apart
     assert csv.loc["fastai-simplenet", "execution"] == "3 stacked, 1 one-by-one" and csv.loc["tutorial-base", "execution"] == "one-by-one"
     assert csv.loc["fastai-simplenet · data bbbb2222", "execution"] == "one-by-one"
@@ -171,8 +179,8 @@ def test_the_top_says_what_the_store_holds(default):
 
 def test_tests_compare_one_data_set_and_say_what_was_left_out(default):
     tests, html = default["tests"], default["html"]
-    compared = {"tutorial-base", "tutorial-base · bf16", "fastai-simplenet", "medium-three-conv"}
-    assert set(tests["best"]) == {"fastai-simplenet"} and set(tests["other"]) == compared - {"fastai-simplenet"}
+    compared = {"tutorial-base", "tutorial-base · bf16", "fastai-simplenet", "medium-three-conv", "tutorial-base · spec "}
+    assert set(tests["best"]) == {"fastai-simplenet"} and {o[:21] if "spec" in o else o for o in tests["other"]} == compared - {"fastai-simplenet"}
     left = table(html, "left-out")
     for label in ("tutorial-base · data bbbb2222", "fastai-simplenet · data bbbb2222"):
         assert label in left and not bool(default["csv"].loc[label, "compared"])

@@ -16,11 +16,10 @@ from .rows import Row
 
 def data_sets(rows: list[Row]) -> list[dict]:
     """Each data set of the store: fingerprint, folders it was read from, counted runs and
-    experiments, training and test images; most counted runs first."""
+    experiments, test images; most counted runs first (ties: the most recent)."""
     out: dict[str, dict] = {}
     for r in rows:
-        d = out.setdefault(r.data, {"fingerprint": r.data, "runs": 0, "experiments": set(), "dirs": set(), "n_test": set(), "n_available": set(),
-                                    "latest": 0})
+        d = out.setdefault(r.data, {"fingerprint": r.data, "runs": 0, "experiments": set(), "dirs": set(), "n_test": set(), "latest": 0})
         d["runs"] += r.stats["n"]
         d["experiments"].add(r.experiment_id)
         d["dirs"].update(str(x) for x in r.runs.get(f"tags.{TAG}data_dir", pd.Series(dtype=object)).dropna())
@@ -31,7 +30,6 @@ def data_sets(rows: list[Row]) -> list[dict]:
         d["experiments"] = len(d["experiments"])
         d["dirs"] = ", ".join(sorted(d["dirs"])) or "?"
         d["n_test"] = ", ".join(sorted(d["n_test"])) or "?"
-        del d["n_available"]
     return listed
 
 

@@ -66,10 +66,19 @@ def _str(v, default: str) -> str:
     return v if isinstance(v, str) and v else default
 
 
-def run_key(run: pd.Series) -> Key:
-    """The key of one run (a row of the runs DataFrame)."""
-    spec_items = sorted((k, str(v)) for k, v in run.items()
-                        if k.startswith(("params.model.", "params.data.", "params.train.", "params.eval.")) and k not in _NOT_SPEC and isinstance(v, str))
+def spec_columns(runs: pd.DataFrame) -> list[str]:
+    """The recipe's training parameters that every one of `runs` recorded: a parameter a newer
+    version added (absent from older runs) does not split runs that trained alike."""
+    cols = [c for c in runs.columns if c.startswith(("params.model.", "params.data.", "params.train.", "params.eval.")) and c not in _NOT_SPEC]
+    return [c for c in cols if runs[c].notna().all()]
+
+
+def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
+    """The key of one run (a row of the runs DataFrame); `spec_cols`: the parameters that
+    identify its recipe (spec_columns of its experiment's runs; default: all it recorded)."""
+    if spec_cols is None:
+        spec_cols = [k for k in run.index if k.startswith(("params.model.", "params.data.", "params.train.", "params.eval.")) and k not in _NOT_SPEC]
+    spec_items = sorted((k, str(run[k])) for k in spec_cols if isinstance(run.get(k), str))
     n_train, available = _int(run.get("params.data.n_train")), _int(run.get("params.data.n_train_available"))
     cap = _int(run.get("params.override.max_train_images"))
     if available is not None:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
-from .keys import Key, execution, infer_available, labels, one_per_seed, run_key
+from .keys import Key, execution, infer_available, labels, one_per_seed, run_key, spec_columns
 from .mathstats import t_interval
 
 @dataclass(eq=False)  # rows are compared by identity (`row in compared`)
@@ -75,7 +75,8 @@ def load_runs(tracker: Tracker) -> pd.DataFrame:
 def build_rows(finished: pd.DataFrame) -> list[Row]:
     """One row per comparability key; n counts distinct seeds (a seed's latest finished run)."""
     finished = infer_available(finished.copy())
-    finished["_key"] = [run_key(x) for _, x in finished.iterrows()]
+    spec_cols = {eid: spec_columns(g) for eid, g in finished.groupby(f"tags.{TAG}experiment_id")}
+    finished["_key"] = [run_key(x, spec_cols[x[f"tags.{TAG}experiment_id"]]) for _, x in finished.iterrows()]
     groups = [(k, *one_per_seed(all_runs)) for k, all_runs in finished.groupby("_key", sort=False)]
     names = labels({k: len(g) for k, g, _ in groups})
     rows = []
