@@ -40,7 +40,7 @@ def choose_data(sets: list[dict], asked: str | None) -> str:
         return sets[0]["fingerprint"]
     match = [d["fingerprint"] for d in sets if d["fingerprint"].startswith(asked.strip().lower())]
     if len(match) != 1:
-        known = ", ".join(f"{d['fingerprint']} ({d['runs']} runs)" for d in sets)
+        known = ", ".join(f"{d['fingerprint']} ({d['runs']} run{'' if d['runs'] == 1 else 's'})" for d in sets)
         what = "matches several data sets" if match else "is not a data set of this store"
         raise UsageError(f"--data {asked} {what} (known: {known})")
     return match[0]
