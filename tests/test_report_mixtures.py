@@ -177,11 +177,12 @@ def test_the_top_says_what_the_store_holds(default):
     assert len(sets) == 2 and DATA_A in sets[0] and "compared" in sets[0] and DATA_B in sets[1] and "--data bbbb2222" in sets[1]
 
 
-def test_tests_compare_one_data_set_and_say_what_was_left_out(default):
+def test_tests_compare_one_data_set_and_say_what_was_left_out(default, mixed):
     tests, html = default["tests"], default["html"]
     compared = {"tutorial-base", "tutorial-base · bf16", "fastai-simplenet", "medium-three-conv", "tutorial-base · spec "}
     assert set(tests["best"]) == {"fastai-simplenet"} and {o[:21] if "spec" in o else o for o in tests["other"]} == compared - {"fastai-simplenet"}
     left = table(html, "left-out")
+    assert mixed["ids"]["b_tb"][:8] in left and mixed["ids"]["cap_epochs"][:8] in left and mixed["ids"]["tb1"][:8] not in left
     for label in ("tutorial-base · data bbbb2222", "fastai-simplenet · data bbbb2222"):
         assert label in left and not bool(default["csv"].loc[label, "compared"])
     assert left.count("another data set") == 2 and left.count("capped") >= 2

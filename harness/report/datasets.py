@@ -54,9 +54,11 @@ def compared_rows(rows: list[Row], data: str) -> tuple[list[Row], list[dict]]:
     left = []
     for r in rows:
         if r.data != data:
-            left.append({"row": r.key, "runs": r.stats["n"], "reason": f"trained on another data set ({r.data[:8]}; compare it with --data {r.data[:8]})"})
+            left.append({"row": r.key, "runs": r.stats["n"], "run_ids": list(r.runs["run_id"]),
+                         "reason": f"trained on another data set ({r.data[:8]}; compare it with --data {r.data[:8]})"})
         elif r not in chosen:
-            left.append({"row": r.key, "runs": r.stats["n"], "reason": "capped (trained less than its recipe) while uncapped rows exist"})
+            left.append({"row": r.key, "runs": r.stats["n"], "run_ids": list(r.runs["run_id"]),
+                         "reason": "capped (trained less than its recipe) while uncapped rows exist"})
     return chosen, left
 
 
