@@ -35,3 +35,26 @@ def test_only_fp16_gets_a_scaler():
     cpu = torch.device("cpu")
     assert grad_scaler(cpu, "fp32") is None and grad_scaler(cpu, "bf16") is None
     assert isinstance(grad_scaler(cpu, "fp16"), torch.amp.GradScaler)
+
+
+def test_a_killed_fp16_run_resumes_with_its_loss_scale(synthetic_root, store):
+    """The scaler's state (scale, growth counter) is part of each epoch's checkpoint, so a resumed
+    fp16 run goes on with the scale it had, not a fresh one."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from tests.test_runner import cli, runs, start_and_wait_for_checkpoint
+
+    args = ["run", "medium-three-conv", "--precision", "fp16", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3",
+            "--no-progress", "--no-system-metrics"]
+    p = start_and_wait_for_checkpoint(*args)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    [ck_path] = Path(os.environ["HARNESS_STATE_DIR"]).glob("*/state.pt")
+    ck = torch.load(ck_path, weights_only=True)
+    assert ck["scaler"]["scale"] > 0 and "_growth_tracker" in ck["scaler"]
+    r = cli(*args)
+    assert r.exit_code == 0 and "resuming" in r.output, r.output
+    [done] = runs(store)
+    assert done.info.status == "FINISHED" and done.data.params["precision"] == "fp16"

@@ -102,3 +102,4 @@ class Progress:
     best_val: float = float("inf")
     train_time: float = 0.0
     best_weights: dict | None = None  # the best-validation weights, for recipes that keep them
+    scaler: dict | None = None  # fp16's loss-scaler state (its scale and growth counter)

@@ -118,13 +118,15 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     if ck["epoch"] not in job.tracker.logged_steps(run_id, "epoch_time_s"):
         job.tracker.log_metrics(run_id, ck["metrics"], ck["epoch"], ck["series"])
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
-    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"))
+    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), ck.get("scaler"))
 
 
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
-    scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs
+    scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs (and a resume)
+    if scaler is not None and pr.scaler:
+        scaler.load_state_dict(pr.scaler)
     t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
@@ -148,6 +150,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         keep_best(exp, model, val, pr)
+        pr.scaler = scaler.state_dict() if scaler is not None else None
         state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))
         job.tracker.log_metrics(run_id, metrics, epoch, series)
         if job.opts.progress and (bar is None or bar.disable):
@@ -170,7 +173,8 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
     """What a run keeps after each epoch to resume after it (checkpoints.py keeps it)."""
     return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
             "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
-            "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series}
+            "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
+            "scaler": pr.scaler}
 
 
 def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:
