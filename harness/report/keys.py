@@ -83,7 +83,8 @@ def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
     cap = _int(run.get("params.override.max_train_images"))
     if available is not None:
         images_capped = n_train is not None and n_train < available
-    else:  # recorded before the split's size was: a cap that took exactly n images, or the capped tag without an epoch cap
+    else:  # recorded before the split's size was, on a data set no newer run saw: a cap that took all it asked for capped
+        # (a cap above the split's size left fewer); only a cap exactly at the split's size is misread
         images_capped = cap is not None and n_train is not None and n_train >= cap
     return Key(str(run[f"tags.{TAG}experiment_id"]), _str(run.get(FP), "unknown"), _int(run.get("params.epochs")),
                _int(run.get("params.recipe_epochs")), n_train, images_capped, _str(run.get("params.precision"), "fp32"),
