@@ -90,6 +90,9 @@ def list_cmd(fmt, experiments_dir):
     w = [max(len(str(x[i])) for x in [head, *table]) for i in range(7)]
     for r in [head, *table]:
         click.echo(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]:<{w[5]}}  {r[6]:<{w[6]}}  {r[7]}")
+    click.echo("\nSeeds that stack train together as one vmapped model: equal to one-by-one runs step by step over short horizons,\n"
+               "statistically equivalent over a run, not bit-identical (summation order differs); each run's tag harness.execution\n"
+               "says which way it trained, and the report shows it.")
 
 
 # --------------------------------------------------------------------------- run / run-all
@@ -236,12 +239,16 @@ def run_all_cmd(only, skip, **kw):
 @click.option("--out", type=click.Path(dir_okay=False), default="reports/report.html", show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary table as CSV.")
 @click.option("--mlflow-ui-url", default="http://127.0.0.1:5000", show_default=True, help="Base URL for links to runs.")
+@click.option("--data", "data", type=str, default=None, metavar="FINGERPRINT",
+              help="Data set whose rows the significance tests and budget table compare (a fingerprint or its first characters, "
+                   "as the report lists them; default: the one with the most finished runs).")
 @friendly
-def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url):
-    """Build one self-contained HTML comparison from the run store."""
+def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data):
+    """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv and FILE-budgets.csv)."""
     from .report import build_report
 
-    path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True))
+    path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True),
+                        data=data)
     click.echo(f"report written to {path}")
 
 

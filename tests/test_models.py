@@ -107,3 +107,5 @@ def test_list_json_has_every_experiment_with_computed_params():
 def test_list_table():
     r = CliRunner().invoke(main, ["list"])
     assert r.exit_code == 0 and "5,852,170" in r.output and "skl-cnn" in r.output and "no: compute-bound" in r.output
+    # stacked seeds described as they are, not as "the same runs"
+    assert "statistically equivalent over a run, not bit-identical" in r.output

@@ -131,6 +131,8 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
         assert len(steps) == len(other_steps) and max(abs(a - b) for a, b in zip(steps, other_steps)) < TOL, key
         assert abs(run.data.metrics["test_acc"] - other.data.metrics["test_acc"]) < 0.5, key  # a float tie may flip one image
         assert run.data.tags["harness.config_hash"] == other.data.tags["harness.config_hash"]
+        # one configuration, but not bit-identical: each run says how it trained (the report shows it)
+        assert run.data.tags["harness.execution"] == "stacked" and other.data.tags["harness.execution"] == "one-by-one"
         c = MlflowClient(stores["together"])
         assert {"config.json", "test_predictions.csv", "confusion_matrix.png"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
         assert len(c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1

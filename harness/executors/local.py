@@ -14,10 +14,11 @@ from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, 
 from ..training.environment import choose_conv, choose_threads, configure_backend, resolve_device
 from ..errors import Interrupted, one_line
 from ..runs.group_run import train_group
-from ..runs.job import Job, Outcome, RunOptions, capped_phases
+from ..runs.job import Job, Outcome, RunOptions, capped_phases, effective_overrides
 from ..models import create_model
 from ..runs.one_run import train_run
 from ..recipes.spec import Experiment, config_hash
+from ..training.recipe_data import train_split_size
 from ..training.together import stacking_rates, why_sequential
 from ..tracking import TAG, Tracker
 
@@ -26,9 +27,13 @@ from ..tracking import TAG, Tracker
 
 def make_job(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print) -> Job:
     device = resolve_device(opts.device)
-    chash = config_hash(exp, opts.overrides(), seed, data.fingerprint)
+    train_images = train_split_size(exp, data)
+    overrides = effective_overrides(opts, exp.train.epochs, train_images)
+    chash = config_hash(exp, overrides, seed, data.fingerprint)
+    legacy = config_hash(exp, opts.overrides(), seed, data.fingerprint)  # runs recorded before effective overrides
     epochs = capped_phases(exp.train.phases, opts.epochs) if opts.epochs is not None else exp.train.epochs
-    return Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 else f"{exp.id}-s{seed}", epochs, echo)
+    return Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 else f"{exp.id}-s{seed}", epochs, echo,
+               overrides=overrides, train_images=train_images, legacy_hashes=(legacy,) if legacy != chash else ())
 
 
 def config_lock(job: Job) -> ConfigLock:
@@ -41,7 +46,7 @@ def config_lock(job: Job) -> ConfigLock:
 def claim_request(job: Job, lock_held: bool) -> Request:
     """What claiming the job's configuration in the store asks for (claims.Claimer)."""
     tags = {f"{TAG}experiment_id": job.exp.id, f"{TAG}seed": job.seed}
-    return Request(job.chash, job.run_name, tags, job.opts.force, lock_held)
+    return Request(job.chash, job.run_name, tags, job.opts.force, lock_held, aliases=job.legacy_hashes)
 
 
 def claim_jobs(jobs: list[Job], claimer: Claimer) -> tuple[list[ConfigLock], dict[int, Claimed], dict[int, Outcome]]:
@@ -126,8 +131,8 @@ PROBE_STEPS = 30
 
 def stackable(exp: Experiment, opts: RunOptions) -> bool:
     """Whether this recipe's repeats may train as one stacked model (together.why_sequential)."""
-    if opts.repeats < 2 or opts.together == "never":
-        return False
+    if opts.repeats < 2 or opts.together == "never" or opts.precision == "fp16":
+        return False  # fp16's loss scaler skips steps per network: one shared by a stack would not
     return why_sequential(exp, create_model(exp.model.name, **exp.model.args), resolve_device(opts.device)) is None
 
 

@@ -1,6 +1,8 @@
 """`harness report`: one self-contained HTML comparison of the runs in a store.
 
-- rows.py: runs read from the store and grouped into rows, one per experiment.
+- keys.py: which runs are comparable (the comparability key from what each run recorded), one run per seed, row labels.
+- rows.py: runs read from the store and grouped into rows, one per experiment and key.
+- datasets.py: the data sets, precisions and caps a store holds, and which rows the tests compare.
 - mathstats.py: the statistics themselves (t interval, McNemar, bootstrap, Holm, Welch).
 - stats.py: is a difference between rows real?
 - budget.py: which recipe for a time budget.

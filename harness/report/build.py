@@ -16,8 +16,9 @@ from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
 from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
+from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
-from .stats import ALPHA, compare_neighbours, compare_to_best, pareto_front
+from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, pareto_front
 
 
 def _writable_target(path: str, what: str) -> Path:
@@ -49,33 +50,53 @@ def _write_text(path: Path, text: str, what: str) -> None:
         raise HarnessError(f"{what} {path}: cannot write ({e.strerror or type(e).__name__})") from None
 
 
-def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None) -> Path:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from ..recipes.catalogue import load_catalogue
-
+def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
+                 data: str | None = None) -> Path:
+    """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
+    prefix) whose rows the tests and the budget table compare (default: the one with most runs)."""
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
     df = load_runs(tracker)
     finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna()]
     others = df[df["status"] != "FINISHED"]
-    rows = build_rows(finished)
-    if not rows:
+    if finished.empty:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
+    rows = build_rows(finished)
+    sets = data_sets(rows)
+    chosen = choose_data(sets, data)
+    compared, left_out = compared_rows(rows, chosen)
+    if len(sets) > 1:  # the advice to train more seeds must name the data set
+        folder = next(d["dirs"] for d in sets if d["fingerprint"] == chosen)
+        for r in compared:
+            r.stats["settle_data_dir"] = folder if "," not in folder and folder != "?" else "DIR"
+    ctx = _gather(tracker, rows, compared, warn)
+    ctx.update(_compare(rows, compared, ctx))
+    table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))
+    ctx.update(table=table, data_sets=sets, chosen_data=chosen, left_out=left_out, contents=store_contents(rows),
+               superseded=_superseded(rows, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),
+               unfinished=_unfinished(others, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),
+               missing=_missing(finished), n_runs=len(df), n_finished=len(finished), n_counted=sum(r.stats["n"] for r in rows))
+    _write_text(out_path, _render(ctx, tracker, experiment_name, ui_url), "--out")
+    if csv_target:
+        _write_csvs(csv_target, table, ctx["tests"], ctx["budgets"])
+    return out_path
 
+
+def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
+    """Artifacts and histories: predictions of each compared row's first run (the paired tests),
+    each row's first confusion matrix and loss history, and every counted run's validation curve."""
     preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
-    names = dict(zip(finished["run_id"], finished.get("tags.mlflow.runName", finished["run_id"])))
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
-            for run_id in r.runs["run_id"]:
-                p = tracker.download_artifact(run_id, "test_predictions.csv", f"{tmp}/{run_id}")
-                if p:
-                    preds[run_id] = pd.read_csv(p)
-                else:
-                    lost.setdefault(run_id, []).append("test_predictions.csv")
             first = r.runs["run_id"].iloc[0]
+            if r in compared:
+                p = tracker.download_artifact(first, "test_predictions.csv", f"{tmp}/{first}")
+                if p:
+                    preds[first] = pd.read_csv(p)
+                else:
+                    lost.setdefault(first, []).append("test_predictions.csv")
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
             if c:
                 cms[first] = pd.read_csv(c, index_col=0)
@@ -84,62 +105,100 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
                 lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
             curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in ("epoch_time_s", "val_acc")}) for rid in r.runs["run_id"]]
-    missing_artifacts = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
-    if missing_artifacts:
-        warn(f"artifacts missing for {len(missing_artifacts)} run(s), whose significance tests and confusion matrices are left out: "
-             + "; ".join(f"{m['name']} ({m['run_id']}): {m['files']}" for m in missing_artifacts))
+    names = {rid: n for r in rows for rid, n in zip(r.runs["run_id"], r.runs.get("tags.mlflow.runName", r.runs["run_id"]))}
+    missing = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
+    if missing:
+        warn(f"artifacts missing for {len(missing)} run(s), whose significance tests and confusion matrices are left out: "
+             + "; ".join(f"{m['name']} ({m['run_id']}): {m['files']}" for m in missing))
     if not classes:
-        classes = sorted(c[len(CLASS_PREFIX):] for c in finished.columns if c.startswith(CLASS_PREFIX))
+        classes = sorted({c[len(CLASS_PREFIX):] for r in rows for c in r.runs.columns if c.startswith(CLASS_PREFIX) and c != "metrics.test_acc_eval_mode"})
+    return {"preds": preds, "cms": cms, "histories": histories, "classes": classes, "curves": curves, "missing_artifacts": missing}
 
-    tests = compare_to_best(rows, preds)
-    neighbours = compare_neighbours(rows, preds)
-    figs = charts(rows, histories, cms, classes)
-    figs["time_to_accuracy"] = time_to_accuracy_chart(rows, {k: mean_curve(v) for k, v in curves.items()}, BUDGETS_MIN)
-    budgets = budget_table(rows, curves)
-    pts = [(r.key, r.stats["train_time"], r.stats["mean"]) for r in rows]
-    front = pareto_front(pts)
-    verdict = {t["other"]: t["verdict"] for t in tests}
-    best = next((t["best"] for t in tests), rows[0].key)
+
+def _compare(rows: list, compared: list, ctx: dict) -> dict:
+    tests = compare_to_best(compared, ctx["preds"])
+    figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"])
+    figs["time_to_accuracy"] = time_to_accuracy_chart(compared, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN)
+    return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"]), "figs": figs,
+            "budgets": budget_table(compared, ctx["curves"]), "basis": best_basis(compared, tests),
+            "front": pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in compared])}
+
+
+def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
+    verdict = {t["other"]: t["verdict"] for t in ctx["tests"]}
+    basis = ctx["basis"]
+    table = []
+    for r in rows:
+        s = r.stats
+        if r.key == basis["best"]:
+            v = "best" if basis["measured"] else "best run (seeds untested)"
+        else:
+            v = verdict.get(r.key, "-" if r in compared else "not compared")
+        table.append({
+            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
+            "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
+            "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
+            "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
+            "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"], "precision": s["precision"],
+            "data": s["data"], "execution": s["execution"], "val_on": s["val_on"], "compared": r in compared,
+            "pareto": r.key in ctx["front"], "verdict": v, "superseded": len(r.superseded),
+            "runs": [(rid, link(rid)) for rid in r.runs["run_id"]],
+        })
+    return table
+
+
+def _superseded(rows: list, link) -> list[dict]:
+    return [{"row": r.key, "seed": int(x["_seed"]), "run_id": x["run_id"], "link": link(x["run_id"]),
+             "kept": r.runs.loc[r.runs["_seed"] == x["_seed"], "run_id"].iloc[0]}
+            for r in rows for _, x in r.superseded.iterrows()]
+
+
+def _unfinished(others: pd.DataFrame, link) -> list[dict]:
+    return [{"id": x.get(f"tags.{TAG}experiment_id"), "run_id": x["run_id"], "status": x["status"], "link": link(x["run_id"]),
+             "reason": x.get(f"tags.{TAG}failure_reason") if isinstance(x.get(f"tags.{TAG}failure_reason"), str) else
+             ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else "")}
+            for _, x in others.iterrows()]
+
+
+def _missing(finished: pd.DataFrame) -> list[str]:
+    from ..recipes.catalogue import load_catalogue
 
     try:
         known = list(load_catalogue())
     except HarnessError:
         known = []
     present = set(finished[f"tags.{TAG}experiment_id"])
-    missing = [k for k in known if k not in present]
-    exp_id = tracker.experiment_id
-    link = lambda run_id: ui_link(ui_url, exp_id, run_id)
+    return [k for k in known if k not in present]
 
-    table = []
-    for r in rows:
-        s = r.stats
-        table.append({
-            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
-            "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
-            "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
-            "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
-            "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"],
-            "pareto": r.key in front, "verdict": "best" if r.key == best else verdict.get(r.key, "-"),
-            "runs": [(rid, link(rid)) for rid in r.runs["run_id"]],
-        })
-    unfinished = [{"id": x.get(f"tags.{TAG}experiment_id"), "run_id": x["run_id"], "status": x["status"], "link": link(x["run_id"]),
-                   "reason": x.get(f"tags.{TAG}failure_reason") if isinstance(x.get(f"tags.{TAG}failure_reason"), str) else
-                   ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else "")}
-                  for _, x in others.iterrows()]
+
+def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
-    html = env.get_template("report.html.j2").render(
+    return env.get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
-        experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
-        best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
-        experiment_link=ui_link(ui_url, exp_id),
-        missing_artifacts=missing_artifacts, budgets=budgets,
-    )
-    _write_text(out_path, html, "--out")
-    if csv_target:
-        cols = ["id", "capped", "source", "params", "published_mean", "mean", "std", "n", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
-        pd.DataFrame([{k: t[k] for k in cols} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
-            columns={"mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s", "published_mean": "published_acc_mean"}
-        ).to_csv(csv_target, index=False)
-    return out_path
+        experiment_name=experiment_name, best=ctx["basis"]["best"], front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
+        ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id),
+        **{k: v for k, v in ctx.items() if k not in ("preds", "cms", "histories", "curves", "classes", "front")})
+
+
+SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "compared", "source", "params", "published_mean",
+                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
+TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
+BUDGET_COLS = ["minutes", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "runner_selected", "p", "verdict"]
+
+
+def sibling(path: Path, part: str) -> Path:
+    """r.csv -> r-tests.csv: the report's other tables beside its summary CSV."""
+    return path.with_name(f"{path.stem}-{part}{path.suffix or '.csv'}")
+
+
+def _write_csvs(target: Path, table: list[dict], tests: list[dict], budgets: list[dict]) -> None:
+    summary = pd.DataFrame([{k: t[k] for k in SUMMARY_COLS} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
+        columns={"key": "row", "mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s",
+                 "published_mean": "published_acc_mean"})
+    _write_text(target, summary.to_csv(index=False), "--csv")
+    _write_text(sibling(target, "tests"), pd.DataFrame([{k: t.get(k) for k in TEST_COLS} for t in tests], columns=TEST_COLS).to_csv(index=False), "--csv")
+    _write_text(sibling(target, "budgets"), pd.DataFrame([{k: b.get(k) for k in BUDGET_COLS} for b in budgets], columns=BUDGET_COLS).to_csv(index=False),
+                "--csv")

@@ -1,5 +1,5 @@
-"""The report's rows: finished runs grouped by experiment (capped and uncapped apart), with
-the statistics of their seeds and the published interval they are compared with."""
+"""The report's rows: finished runs grouped by comparability key (keys.py), one run per seed,
+with the statistics of their seeds and the published interval they are compared with."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
+from .keys import Key, execution, infer_available, labels, one_per_seed, run_key, spec_columns
 from .mathstats import t_interval
 
-@dataclass
+@dataclass(eq=False)  # rows are compared by identity (`row in compared`)
 class Row:
-    """One experiment (uncapped and capped runs are separate rows)."""
+    """One experiment under one comparability key (keys.py): one finished run per seed."""
 
     experiment_id: str
     capped: bool
@@ -25,14 +26,25 @@ class Row:
     source: str = ""
     params: int | None = None
     stats: dict = field(default_factory=dict)
+    label: str = ""
+    ckey: Key | None = None
+    superseded: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def key(self) -> str:
-        return self.experiment_id + (" (capped)" if self.capped else "")
+        return self.label or self.experiment_id + (" (capped)" if self.capped else "")
+
+    @property
+    def data(self) -> str:
+        return self.ckey.data if self.ckey else "unknown"
 
     @property
     def acc(self) -> np.ndarray:
         return self.runs["metrics.test_acc"].to_numpy(dtype=float)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.runs["_seed"]] if "_seed" in self.runs else []
 
 
 def _num(v):
@@ -61,12 +73,21 @@ def load_runs(tracker: Tracker) -> pd.DataFrame:
 
 
 def build_rows(finished: pd.DataFrame) -> list[Row]:
+    """One row per comparability key; n counts distinct seeds (a seed's latest finished run)."""
+    finished = infer_available(finished.copy())
+    spec_cols = {eid: spec_columns(g) for eid, g in finished.groupby(f"tags.{TAG}experiment_id")}
+    finished["_key"] = [run_key(x, spec_cols[x[f"tags.{TAG}experiment_id"]]) for _, x in finished.iterrows()]
+    groups = [(k, *one_per_seed(all_runs)) for k, all_runs in finished.groupby("_key", sort=False)]
+    names = labels({k: len(g) for k, g, _ in groups})
     rows = []
-    for (eid, capped), g in finished.groupby([f"tags.{TAG}experiment_id", "capped"], sort=True):
+    for k, g, superseded in groups:
+        g = g.assign(_execution=[execution(x) for _, x in g.iterrows()])
         pub = json.loads(g[f"tags.{TAG}published_accuracy"].dropna().iloc[0]) if f"tags.{TAG}published_accuracy" in g and g[f"tags.{TAG}published_accuracy"].notna().any() else []
         params = _num(g["params.params"].iloc[0]) if "params.params" in g else None
-        r = Row(eid, bool(capped), g.sort_values("start_time"), pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None)
+        r = Row(k.experiment_id, k.capped, g, pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None,
+                label=names[k], ckey=k, superseded=superseded)
         acc = r.acc
+        modes = g["_execution"].value_counts()
         r.stats = {
             "n": len(acc),
             "mean": float(acc.mean()),
@@ -75,11 +96,16 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
             "published_mean": float(np.mean(pub)) if pub else None,
             "train_time": float(g["metrics.train_time_s"].mean()),
             "images_per_s": float(g["metrics.images_per_s"].mean()),
-            "device": str(g.get(f"tags.{TAG}device", pd.Series(["?"])).iloc[0]),
-            "epochs": str(g.get("params.epochs", pd.Series(["?"])).iloc[0]),
-            "recipe_epochs": str(g.get("params.recipe_epochs", pd.Series(["?"])).iloc[0]),
-            "n_train": str(g.get("params.data.n_train", pd.Series(["?"])).iloc[0]),
-            "seeds": ", ".join(str(s) for s in g.get(f"tags.{TAG}seed", pd.Series([])).tolist()),
+            "device": ", ".join(dict.fromkeys(str(d) for d in g.get(f"tags.{TAG}device", pd.Series(["?"])).fillna("?"))),
+            "epochs": "?" if k.epochs is None else str(k.epochs),
+            "recipe_epochs": "?" if k.recipe_epochs is None else str(k.recipe_epochs),
+            "n_train": "?" if k.n_train is None else str(k.n_train),
+            "precision": k.precision,
+            "data": k.data,
+            "seeds": ", ".join(str(s) for s in r.seeds),
+            "execution": modes.index[0] if len(modes) == 1 else ", ".join(f"{c} {m}" for m, c in modes.items()),
+            "val_on": str(g.get("params.data.val_on", pd.Series(["?"])).fillna("?").iloc[0]),
+            "cap": _num(g.get("params.override.max_train_images", pd.Series([None])).iloc[0]),
         }
         r.stats["published_interval"] = _published_interval(g, pub)
         r.stats["diff"] = distance_to_interval(r.stats["mean"], r.stats["published_interval"])
@@ -88,7 +114,7 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
         r.stats["mean_eval_mode"] = float(np.nanmean(std_acc)) if not np.isnan(std_acc).all() else None
         rows.append(r)
     # uncapped first, then by accuracy
-    rows.sort(key=lambda r: (r.capped, -r.stats["mean"]))
+    rows.sort(key=lambda r: (r.capped, -r.stats["mean"], r.key))
     return rows
 
 

@@ -148,7 +148,8 @@ class Claimer:
 
     def _propose(self, req: Request) -> _Proposal | Declined:
         runs = self.tracker.find_runs(req.chash)
-        done = [r for r in runs if r.status == "FINISHED"]
+        # a finished run of the same configuration recorded under an older hash counts as done
+        done = [r for r in runs + [r for a in req.aliases for r in self.tracker.find_runs(a)] if r.status == "FINISHED"]
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         live = [r for r in runs if self.alive(r, req.lock_held)]
@@ -187,6 +188,7 @@ class Request:
     tags: dict
     force: bool
     lock_held: bool  # this process holds the configuration's local lock
+    aliases: tuple[str, ...] = ()  # older hashes of the same configuration (finished runs there count as done)
 
 
 @dataclass

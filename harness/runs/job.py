@@ -3,7 +3,7 @@ through the epochs and its outcome (no behaviour, so every room below the runner
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,8 @@ class RunOptions:
     system_metrics_interval_s: float = 10.0
 
     def overrides(self) -> dict:
-        """What changes the result beyond the spec and the seed (recorded and hashed)."""
+        """The overrides as given on the command line (the config hash of runs made before
+        effective_overrides; see there)."""
         o = {}
         if self.epochs is not None:
             o["epochs"] = self.epochs
@@ -39,6 +40,20 @@ class RunOptions:
         if self.precision != "fp32":
             o["precision"] = self.precision
         return o
+
+
+def effective_overrides(opts: RunOptions, recipe_epochs: int, train_images: int) -> dict:
+    """What changes the result beyond the spec and the seed (recorded and hashed): `--epochs`
+    at or above the recipe's length and `--max-train-images` at or above the training split's
+    size train exactly what the recipe does, so they are no cap and no new configuration."""
+    o = {}
+    if opts.epochs is not None and opts.epochs < recipe_epochs:
+        o["epochs"] = opts.epochs
+    if opts.max_train_images is not None and opts.max_train_images < train_images:
+        o["max_train_images"] = opts.max_train_images
+    if opts.precision != "fp32":
+        o["precision"] = opts.precision
+    return o
 
 
 @dataclass
@@ -68,6 +83,13 @@ class Job:
     echo: object = print
     threads: int = 1  # intra-op threads the run trains on (recorded as a param)
     conv: str = "onednn"  # the convolution implementation (environment.choose_conv; recorded)
+    overrides: dict = field(default_factory=dict)  # effective_overrides: what the hash and the capped tag follow
+    train_images: int = 0  # the training split's size before any cap
+    legacy_hashes: tuple[str, ...] = ()  # the same configuration as hashed before effective_overrides
+
+    @property
+    def capped(self) -> bool:
+        return "epochs" in self.overrides or "max_train_images" in self.overrides
 
 
 def capped_phases(phases: list[Phase], epochs: int) -> int:
@@ -80,3 +102,4 @@ class Progress:
     best_val: float = float("inf")
     train_time: float = 0.0
     best_weights: dict | None = None  # the best-validation weights, for recipes that keep them
+    scaler: dict | None = None  # fp16's loss-scaler state (its scale and growth counter)

@@ -25,7 +25,7 @@ from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
 from ..tracking.guards import sigint_deferred
-from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
+from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 
 def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float, owner: str | None = None) -> Outcome:
@@ -83,7 +83,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
 
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
     """The run's tags, params, config.json and dataset inputs; the last tag marks it complete."""
-    tags, params, files = run_record(job, prep, n_params)
+    tags, params, files = run_record(job, prep, n_params, together=int((extra_params or {}).get("together", 1)))
     job.tracker.record(run_id, tags, params | (extra_params or {}), files)
     job.tracker.log_datasets(run_id, datasets(job, prep))
     job.tracker.set_tags(run_id, {RECORDED: "true"})
@@ -118,12 +118,15 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     if ck["epoch"] not in job.tracker.logged_steps(run_id, "epoch_time_s"):
         job.tracker.log_metrics(run_id, ck["metrics"], ck["epoch"], ck["series"])
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
-    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"))
+    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), ck.get("scaler"))
 
 
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
+    scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs (and a resume)
+    if scaler is not None and pr.scaler:
+        scaler.load_state_dict(pr.scaler)
     t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
@@ -139,7 +142,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
                 bar.set_postfix(epoch=f"{e + 1}/{job.epochs}", loss=f"{loss:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
 
         before_step = (lambda: clamp_adam_steps(optimizer, clamp.limit, clamp.reset_to)) if clamp and epoch > clamp.after_epoch else None
-        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step)
+        stats = train_one_epoch(model, prep.train.batches(epoch), steps, optimizer, loss_fn, lr_fn, job.opts.precision, on_log, before_step, scaler)
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
@@ -147,6 +150,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         keep_best(exp, model, val, pr)
+        pr.scaler = scaler.state_dict() if scaler is not None else None
         state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))
         job.tracker.log_metrics(run_id, metrics, epoch, series)
         if job.opts.progress and (bar is None or bar.disable):
@@ -169,7 +173,8 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
     """What a run keeps after each epoch to resume after it (checkpoints.py keeps it)."""
     return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
             "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
-            "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series}
+            "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
+            "scaler": pr.scaler}
 
 
 def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:

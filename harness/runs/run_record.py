@@ -16,10 +16,16 @@ from ..tracking import TAG
 from .job import Job
 
 
-def run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dict]:
-    """(tags, params, config.json) of a new run."""
+EXECUTION = f"{TAG}execution"  # how the run was trained: "one-by-one", or "stacked" with other seeds
+
+
+def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tuple[dict, dict, dict]:
+    """(tags, params, config.json) of a new run; `together`: how many seeds trained at once
+    (stacked seeds are equal step by step over short horizons and statistically equivalent over
+    a run, not bit-identical: the tag lets the report tell them apart)."""
     exp, opts, seed = job.exp, job.opts, job.seed
-    capped = job.epochs < exp.train.epochs or opts.max_train_images is not None
+    capped = job.capped  # by the effective configuration: a cap at or above the recipe's length or the data's size is none
+    cap = job.overrides.get("max_train_images", "none")
     commit = git_commit()
     tags = {
         f"{TAG}experiment_id": exp.id, f"{TAG}config_hash": job.chash, f"{TAG}seed": seed, f"{TAG}source": exp.source.seed,
@@ -28,6 +34,7 @@ def run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dic
         f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
         f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
         f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,
+        EXECUTION: "stacked" if together > 1 else "one-by-one",
         "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
         # MLflow's own fields, so the UI's Source and git columns are filled
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
@@ -35,13 +42,13 @@ def run_record(job: Job, prep: Prepared, n_params: int) -> tuple[dict, dict, dic
     params = flatten(exp.training_dict())
     params.update({
         "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,
-        "precision": opts.precision, "threads": job.threads, "conv": job.conv, "together": 1, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
+        "precision": opts.precision, "threads": job.threads, "conv": job.conv, "together": together, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
         "data.n_test": len(prep.test_x), "data.val_on": "test" if prep.val_is_test else "validation split",
-        "override.epochs": opts.epochs if opts.epochs is not None else "none",
-        "override.max_train_images": opts.max_train_images if opts.max_train_images is not None else "none",
+        "data.n_train_available": job.train_images,
+        "override.epochs": job.overrides.get("epochs", "none"), "override.max_train_images": cap,
         "published.test_accuracy": json.dumps(exp.published.test_accuracy),
     })
-    resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": opts.overrides(), "epochs": job.epochs,
+    resolved = exp.to_dict() | {"resolved": {"seed": seed, "overrides": job.overrides, "epochs": job.epochs,
                                              "config_hash": job.chash, "params": n_params}}
     return tags, params, {"config.json": json.dumps(resolved, indent=2)}
 
@@ -63,7 +70,7 @@ def datasets(job: Job, prep: Prepared) -> list[dict]:
     fp, src = data.fingerprint, str(data.root)
     out = [{"name": f"{base}-train", "context": "training", "source": src, "digest": split_digest(fp, "train", prep.train_idx),
             "profile": {"num_images": prep.n_train, "of": len(data.train_x), "data_fingerprint": fp, "split_seed": job.seed,
-                        "capped": job.opts.max_train_images is not None}},
+                        "capped": "max_train_images" in job.overrides}},
            {"name": f"{base}-test", "context": "test", "source": src, "digest": split_digest(fp, "test", None),
             "profile": {"num_images": len(prep.test_x), "data_fingerprint": fp}}]
     if not prep.val_is_test:

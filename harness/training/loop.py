@@ -99,6 +99,13 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler (None otherwise): fp16 gradients below ~6e-8 flush to zero, so the loss
+    is scaled up before backward and the gradients unscaled before the step; a step whose
+    gradients overflowed is skipped and the scale lowered. bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
 # --------------------------------------------------------------------------- loop
 
 
@@ -122,12 +129,16 @@ def train_one_epoch(
     precision: str = "fp32",
     on_log: Callable[[int, float, int], None] | None = None,
     before_step: Callable[[], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
     """One pass over `batches`. `lr_for_step(i)` is called only when the schedule varies
     within the epoch; `before_step()` between backward and the optimizer step (a recipe's
-    optimizer-state quirk). Raises DivergedError on a non-finite loss."""
+    optimizer-state quirk). fp16 scales the loss (`scaler`, kept across epochs by the caller;
+    a new one when none is given). Raises DivergedError on a non-finite loss."""
     model.train()
     device = next(model.parameters()).device
+    if scaler is None:
+        scaler = grad_scaler(device, precision)
     every = max(1, steps // LOG_POINTS_PER_EPOCH)
     # per step we only keep references (no extra kernels); reductions run at the log points
     win_losses: list[torch.Tensor] = []
@@ -162,10 +173,17 @@ def train_one_epoch(
             out = model(x)
             loss = loss_fn(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if before_step is not None:
-            before_step()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            if before_step is not None:
+                before_step()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            if before_step is not None:
+                before_step()
+            scaler.step(optimizer)  # unscales first; skips the step if a gradient overflowed
+            scaler.update()
         win_losses.append(loss.detach())
         win_out.append(out.detach())
         win_y.append(y)

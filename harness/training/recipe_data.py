@@ -23,6 +23,11 @@ class Prepared:
     val_idx: torch.Tensor | None = None
 
 
+def train_split_size(exp: Experiment, data: Cifar10) -> int:
+    """How many images the recipe's training split holds before any cap (the same for every seed)."""
+    return len(split_train_val(data.train_y, exp.data.val_fraction, 0, exp.data.val_split == "stratified")[0])
+
+
 def prepare_data(exp: Experiment, data: Cifar10, seed: int, max_train_images: int | None, device: torch.device) -> Prepared:
     mean, std = NORMALIZATIONS[exp.data.normalization]
     y = data.train_y
