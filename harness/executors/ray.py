@@ -137,7 +137,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
-                pending[remote.remote(spec)] = (i, claim.run_id)
+                pending[_with_code(remote, job.exp).remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 i, run_id = pending.pop(ref)
@@ -153,6 +153,13 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 locks[i].release()
             raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
     return [o for o in outcomes if o is not None]
+
+
+def _with_code(remote, exp: Experiment):
+    """A user's network travels with its task: its file or package in Ray's runtime_env (py_modules)."""
+    if exp.code is None or not exp.code.ship:
+        return remote
+    return remote.options(runtime_env={"py_modules": [exp.code.ship]})
 
 
 def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:

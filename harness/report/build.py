@@ -114,7 +114,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     for r in rows:
         s = r.stats
         table.append({
-            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
+            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped, "user": r.user,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
             "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
             "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
@@ -134,12 +134,12 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         experiment_name=experiment_name, table=table, tests=tests, neighbours=neighbours, figs=figs, unfinished=unfinished, missing=missing,
         best=best, front=sorted(front), alpha=ALPHA, n_runs=len(df), n_finished=len(finished), ui_url=ui_url,
         experiment_link=ui_link(ui_url, exp_id),
-        missing_artifacts=missing_artifacts, budgets=budgets,
+        missing_artifacts=missing_artifacts, budgets=budgets, user_keys=[r.key for r in rows if r.user],
     )
     _write_text(out_path, html, "--out")
     if csv_target:
-        cols = ["id", "capped", "source", "params", "published_mean", "mean", "std", "n", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
+        cols = ["id", "capped", "user", "source", "params", "published_mean", "mean", "std", "n", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "epochs", "n_train", "verdict"]
         pd.DataFrame([{k: t[k] for k in cols} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
-            columns={"mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s", "published_mean": "published_acc_mean"}
+            columns={"user": "user_recipe", "mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s", "published_mean": "published_acc_mean"}
         ).to_csv(csv_target, index=False)
     return out_path

@@ -25,6 +25,7 @@ class Row:
     source: str = ""
     params: int | None = None
     stats: dict = field(default_factory=dict)
+    user: bool = False  # a recipe of the user's own (tag harness.user_recipe), beside the documented ones
 
     @property
     def key(self) -> str:
@@ -66,6 +67,7 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
         pub = json.loads(g[f"tags.{TAG}published_accuracy"].dropna().iloc[0]) if f"tags.{TAG}published_accuracy" in g and g[f"tags.{TAG}published_accuracy"].notna().any() else []
         params = _num(g["params.params"].iloc[0]) if "params.params" in g else None
         r = Row(eid, bool(capped), g.sort_values("start_time"), pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None)
+        r.user = f"tags.{TAG}user_recipe" in g and g[f"tags.{TAG}user_recipe"].astype(str).eq("true").any()
         acc = r.acc
         r.stats = {
             "n": len(acc),
