@@ -58,21 +58,25 @@ def main():
 @main.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--experiments-dir", type=click.Path(file_okay=False), default=None, help="Folder of *.toml specs (default: ./experiments).")
+@click.option("--experiments", "user_dir", type=click.Path(file_okay=False), default=None, help="A folder of your own recipes, listed beside the catalogue.")
 @friendly
-def list_cmd(fmt, experiments_dir):
+def list_cmd(fmt, experiments_dir, user_dir):
     """List the experiments of the catalogue: parameters, published accuracy, CPU threads and convolutions, source."""
     import torch
 
-    from .recipes.catalogue import load_catalogue
+    from .recipes.catalogue import load_catalogue, with_folder
     from .training.environment import choose_conv, choose_threads, macs_per_image
     from .models import count_params
     from .recipes.network import build_model
     from .training.together import why_sequential
 
+    cat = load_catalogue(experiments_dir)
+    if user_dir is not None:
+        cat = with_folder(cat, user_dir)
     rows = []
-    for exp in load_catalogue(experiments_dir).values():
+    for exp in cat.values():
         model = build_model(exp)
-        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed if exp.source else "", "params": count_params(model),
+        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed if exp.source else f"yours: {exp.user_spec}", "params": count_params(model),
                      "published_accuracy": exp.published.test_accuracy,
                      "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
                      "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu")),

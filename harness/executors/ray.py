@@ -119,8 +119,8 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     policy = ClaimPolicy.for_store(tracker.uri)
     # in a task: no bars, no more intra-op threads than the task's CPUs
     task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
-    remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
-                                          max_retries=ray_opts.max_retries, retry_exceptions=False)
+    remote = ray.remote(run_task)
+    task_options = dict(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run, max_retries=ray_opts.max_retries, retry_exceptions=False)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -137,7 +137,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
-                pending[_with_code(remote, job.exp).remote(spec)] = (i, claim.run_id)
+                pending[remote.options(**task_options, **_code_env(job.exp)).remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 i, run_id = pending.pop(ref)
@@ -155,11 +155,11 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     return [o for o in outcomes if o is not None]
 
 
-def _with_code(remote, exp: Experiment):
+def _code_env(exp: Experiment) -> dict:
     """A user's network travels with its task: its file or package in Ray's runtime_env (py_modules)."""
     if exp.code is None or not exp.code.ship:
-        return remote
-    return remote.options(runtime_env={"py_modules": [exp.code.ship]})
+        return {}
+    return {"runtime_env": {"py_modules": [exp.code.ship]}}
 
 
 def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:
