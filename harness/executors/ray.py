@@ -67,9 +67,9 @@ def require_ray():
     return ray
 
 
-def connect(ray, address: str | None) -> None:
+def connect(ray, address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster; an address that does not answer is one line at once (ray.init would
-    retry for minutes)."""
+    retry for minutes). `runtime_env`: what every task of this driver gets (a user's network)."""
     target = address or os.environ.get("RAY_ADDRESS")
     host, _, port = (target or "").rpartition(":")
     if host and port.isdigit() and "://" not in target:
@@ -80,7 +80,7 @@ def connect(ray, address: str | None) -> None:
                                "`ray start --head` or check --ray-address") from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False,
-                 configure_logging=True, ignore_reinit_error=True)
+                 configure_logging=True, ignore_reinit_error=True, runtime_env=runtime_env or None)
     except Exception as e:
         raise HarnessError(f"Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'} unusable: {one_line(e)}") from None
 
@@ -115,12 +115,12 @@ def _node_name() -> str:
 def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, ray_opts: RayOptions,
                  echo=print) -> list[Outcome]:
     ray = require_ray()
-    connect(ray, ray_opts.address)
+    connect(ray, ray_opts.address, code_env(experiments))
     policy = ClaimPolicy.for_store(tracker.uri)
     # in a task: no bars, no more intra-op threads than the task's CPUs
     task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
-    remote = ray.remote(run_task)
-    task_options = dict(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run, max_retries=ray_opts.max_retries, retry_exceptions=False)
+    remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
+                                          max_retries=ray_opts.max_retries, retry_exceptions=False)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -137,7 +137,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
-                pending[remote.options(**task_options, **_code_env(job.exp)).remote(spec)] = (i, claim.run_id)
+                pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 i, run_id = pending.pop(ref)
@@ -155,11 +155,11 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     return [o for o in outcomes if o is not None]
 
 
-def _code_env(exp: Experiment) -> dict:
-    """A user's network travels with its task: its file or package in Ray's runtime_env (py_modules)."""
-    if exp.code is None or not exp.code.ship:
-        return {}
-    return {"runtime_env": {"py_modules": [exp.code.ship]}}
+def code_env(experiments: list[Experiment]) -> dict:
+    """A user's network travels to the tasks: its file or package in the job's runtime_env
+    (py_modules; Ray uploads local paths only at the job level), imported there by name."""
+    ship = sorted({e.code.ship for e in experiments if e.code is not None and e.code.ship})
+    return {"py_modules": ship} if ship else {}
 
 
 def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:
