@@ -196,6 +196,13 @@ def test_a_users_networks_train_beside_documented_recipes_report_with_verdicts_a
     assert again.returncode == 0 and re.search(r"^mine-file\s+0\s+finished", again.stdout, re.M), again.stdout[-2000:] + again.stderr[-2000:]
     hashes = {x["tags.harness.config_hash"] for x in runs(work) if x["tags.harness.experiment_id"] == "mine-file" and x["tags.harness.seed"] == "0"}
     assert len(hashes) == 2
+    # and the report does not pool the two versions as seeds: a row for each, named by its code
+    rep = harness("report", "--out", tmp_path / "r2.html", "--csv", tmp_path / "r2.csv", cwd=work)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "r2.csv").open()))
+    mine_rows = sorted((r["n"], r["key"] if "key" in r else r["id"]) for r in rows if r["id"] == "mine-file")
+    assert [n for n, _ in mine_rows] == ["1", "2"], rows
+    assert "mine-file (code " in (tmp_path / "r2.html").read_text()
 
 
 @pytest.mark.slow

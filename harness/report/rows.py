@@ -26,10 +26,11 @@ class Row:
     params: int | None = None
     stats: dict = field(default_factory=dict)
     user: bool = False  # a recipe of the user's own (tag harness.user_recipe), beside the documented ones
+    code: str = ""  # the network code's hash where one id has runs of several versions of it
 
     @property
     def key(self) -> str:
-        return self.experiment_id + (" (capped)" if self.capped else "")
+        return self.experiment_id + (f" (code {self.code[:8]})" if self.code else "") + (" (capped)" if self.capped else "")
 
     @property
     def acc(self) -> np.ndarray:
@@ -58,15 +59,22 @@ def load_runs(tracker: Tracker) -> pd.DataFrame:
     if df.empty:
         raise HarnessError(f"experiment {tracker.experiment_name!r} holds no harness runs")
     df["capped"] = df[f"tags.{TAG}capped"].astype(str).str.lower().eq("true")
+    # a user's network: each version of its code is a configuration of its own, never pooled as seeds
+    code = df[f"tags.{TAG}model_code_sha256"] if f"tags.{TAG}model_code_sha256" in df else pd.Series("", index=df.index)
+    df["code"] = code.fillna("").astype(str)
     return df
 
 
 def build_rows(finished: pd.DataFrame) -> list[Row]:
     rows = []
-    for (eid, capped), g in finished.groupby([f"tags.{TAG}experiment_id", "capped"], sort=True):
+    if "code" not in finished:
+        finished = finished.assign(code="")
+    versions = finished.groupby(f"tags.{TAG}experiment_id")["code"].nunique()
+    for (eid, capped, code), g in finished.groupby([f"tags.{TAG}experiment_id", "capped", "code"], sort=True):
         pub = json.loads(g[f"tags.{TAG}published_accuracy"].dropna().iloc[0]) if f"tags.{TAG}published_accuracy" in g and g[f"tags.{TAG}published_accuracy"].notna().any() else []
         params = _num(g["params.params"].iloc[0]) if "params.params" in g else None
         r = Row(eid, bool(capped), g.sort_values("start_time"), pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None)
+        r.code = code if versions[eid] > 1 else ""
         r.user = f"tags.{TAG}user_recipe" in g and g[f"tags.{TAG}user_recipe"].astype(str).eq("true").any()
         acc = r.acc
         r.stats = {
