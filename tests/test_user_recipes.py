@@ -306,3 +306,12 @@ def test_published_and_source_are_optional_for_a_users_recipe_only(tmp_path, min
     (mine / "mine-file.toml").write_text(recipe("mine-file", 'file = "nets.py"\nname = "MyNet"').replace('name = "sgd"', 'name = "lion"'))
     with pytest.raises(HarnessError, match=r"train.optimizer.name: unknown value 'lion'"):
         load_spec(mine / "mine-file.toml", user=True)
+
+
+def test_list_shows_a_users_recipes_beside_the_catalogue(mine, work):
+    r = harness("list", "--experiments", mine, "--format", "json", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {x["id"]: x for x in json.loads(r.stdout)}
+    assert {"mine-file", "mine-mod", "tutorial-base"} <= set(rows)
+    assert rows["mine-file"]["source"] == f"yours: {mine / 'mine-file.toml'}" and rows["mine-file"]["published_accuracy"] == []
+    assert rows["tutorial-base"]["source"].endswith(".txt")

@@ -237,7 +237,7 @@ def with_folder(catalogue: dict[str, Experiment], directory: str | Path) -> dict
 
 
 def is_spec_path(target: str) -> bool:
-    """`harness run` takes ids and paths: a path ends in .toml or names a folder."""
+    """`harness run` takes ids and paths: a path ends in .toml or has a "/" in it."""
     return target.lower().endswith(".toml") or "/" in target
 
 
