@@ -58,20 +58,25 @@ def main():
 @main.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--experiments-dir", type=click.Path(file_okay=False), default=None, help="Folder of *.toml specs (default: ./experiments).")
+@click.option("--experiments", "user_dir", type=click.Path(file_okay=False), default=None, help="A folder of your own recipes, listed beside the catalogue.")
 @friendly
-def list_cmd(fmt, experiments_dir):
+def list_cmd(fmt, experiments_dir, user_dir):
     """List the experiments of the catalogue: parameters, published accuracy, CPU threads and convolutions, source."""
     import torch
 
-    from .recipes.catalogue import load_catalogue
+    from .recipes.catalogue import load_catalogue, with_folder
     from .training.environment import choose_conv, choose_threads, macs_per_image
-    from .models import count_params, create_model
+    from .models import count_params
+    from .recipes.network import build_model
     from .training.together import why_sequential
 
+    cat = load_catalogue(experiments_dir)
+    if user_dir is not None:
+        cat = with_folder(cat, user_dir)
     rows = []
-    for exp in load_catalogue(experiments_dir).values():
-        model = create_model(exp.model.name, **exp.model.args)
-        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed, "params": count_params(model),
+    for exp in cat.values():
+        model = build_model(exp)
+        rows.append({"id": exp.id, "title": exp.title, "source": exp.source.seed if exp.source else f"yours: {exp.user_spec}", "params": count_params(model),
                      "published_accuracy": exp.published.test_accuracy,
                      "mmacs_per_step": round(macs_per_image(model) * exp.train.batch_size / 1e6, 1),
                      "cpu_threads": choose_threads(model, exp.train.batch_size, torch.device("cpu")),
@@ -208,26 +213,51 @@ def _ray_options(executor, address, cpus, gpus):
 @run_options
 @friendly
 def run_cmd(ids, **kw):
-    """Train the experiments IDS (see `harness list`), one MLflow run each."""
-    from .recipes.catalogue import load_catalogue, select
+    """Train the experiments IDS (see `harness list`) or the specs at these paths (a recipe of
+    your own, e.g. ./my-net.toml), one MLflow run each."""
+    from .recipes.catalogue import load_catalogue, select_targets
 
-    _execute(select(load_catalogue(), ids), **kw)
+    _execute(select_targets(load_catalogue(), ids), **kw)
 
 
 @main.command("run-all")
 @click.option("--only", multiple=True, help="Glob of ids to include (repeatable), e.g. 'fastai-*'.")
 @click.option("--skip", multiple=True, help="Glob of ids to leave out (repeatable).")
+@click.option("--experiments", "user_dir", type=click.Path(file_okay=False), default=None,
+              help="A folder of your own recipes (*.toml) to train beside the documented ones.")
 @run_options
 @friendly
-def run_all_cmd(only, skip, **kw):
-    """Train every experiment in experiments/; finished ones are skipped, killed ones resumed."""
-    from .recipes.catalogue import load_catalogue
+def run_all_cmd(only, skip, user_dir, **kw):
+    """Train every experiment in experiments/ (and --experiments DIR); finished ones are skipped, killed ones resumed."""
+    from .recipes.catalogue import load_catalogue, with_folder
 
     cat = load_catalogue()
+    if user_dir is not None:
+        cat = with_folder(cat, user_dir)
     chosen = [e for i, e in cat.items() if (not only or any(fnmatch.fnmatch(i, p) for p in only)) and not any(fnmatch.fnmatch(i, p) for p in skip)]
     if not chosen:
         raise UsageError(f"--only/--skip leave no experiment (known: {', '.join(cat)})")
     _execute(chosen, **kw)
+
+
+# --------------------------------------------------------------------------- new
+
+
+@main.command("new")
+@click.argument("name")
+@click.option("--like", "like", default="tutorial-base", show_default=True, help="The documented recipe to start from (see `harness list`).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default=".", show_default=True, help="Where to write the two files.")
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@friendly
+def new_cmd(name, like, folder, force):
+    """Start a recipe of your own: NAME.toml (a documented recipe's protocol) and its network as
+    plain PyTorch in a .py file beside it; `harness run NAME.toml` trains it at once."""
+    from .recipes.catalogue import load_catalogue, select
+    from .recipes.scaffold import write_new
+
+    [exp] = select(load_catalogue(), [like])
+    spec, code = write_new(name, exp, folder, force)
+    click.echo(f"wrote {spec} and {code}; edit the network, then `harness run {spec}` and `harness report`")
 
 
 # --------------------------------------------------------------------------- report

@@ -165,6 +165,25 @@ def test_a_wrong_password_is_one_line_exit_2_and_no_run(server, cluster, admin, 
     assert runs_of(admin, "ray-denied") == []
 
 
+def test_a_users_own_network_travels_to_the_ray_tasks(server, cluster, admin, synthetic_root, tmp_path):
+    """A network in the user's folder, which the nodes know nothing of: each task gets it in its
+    runtime_env (py_modules) and imports that copy, the same code by hash."""
+    from tests.test_user_recipes import NETS, recipe
+
+    mine, mark = tmp_path / "mine", tmp_path / "imported-from.txt"
+    mine.mkdir()
+    (mine / "raynet.py").write_text(f"open({str(mark)!r}, 'a').write(__file__ + '\\n')\n" + NETS)
+    (mine / "mine-ray.toml").write_text(recipe("mine-ray", 'file = "raynet.py"\nname = "MyNet"'))
+    p = run_all(server, cluster, "ray-user", "--experiments", mine, "--only", "mine-ray", "--repeats", "2", "--data-dir", synthetic_root, *CAP)
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, out + err
+    runs = runs_of(admin, "ray-user")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" and r.data.tags["harness.user_recipe"] == "true" for r in runs)
+    where = set(mark.read_text().split())
+    shipped = where - {str(mine / "raynet.py")}
+    assert shipped and all("runtime_resources" in w for w in shipped), where  # the tasks imported Ray's copy
+
+
 def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, admin, synthetic_root):
     """Last in this module: it kills the worker node."""
     args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", "4", "--max-train-images", "400",

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.loader import NORMALIZATIONS, Cifar10, load_cifar10, resolve_data_dir
-from ..models import create_model
+from ..recipes.network import build_model
 from ..training.environment import all_cores, choose_conv, choose_threads, configure_backend, device_name, macs_per_image
 from ..training.recipe_data import prepare_data
 from ..recipes.catalogue import load_catalogue, select
@@ -64,7 +64,7 @@ def synthetic_cifar(n_train: int, n_test: int = 100, seed: int = 0) -> Cifar10:
 
 def _model_and_opt(exp: Experiment, seed: int = 0, device: torch.device = CPU):
     torch.manual_seed(seed)
-    model = create_model(exp.model.name, **exp.model.args).to(device)
+    model = build_model(exp).to(device)
     return model, build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr), loss_function(exp.train.loss)
 
 

@@ -23,7 +23,7 @@ import torch
 from ..recipes.catalogue import experiments_dir, load_catalogue, select
 from ..data.cifar_files import write_cifar10
 from ..training.environment import all_cores, configure_backend, device_name
-from ..models import create_model
+from ..recipes.network import build_model
 from ..training.together import stacking_rates, why_sequential
 from .loops import apply_policy
 
@@ -33,7 +33,7 @@ def run_repeats_bench(ids: list[str], n: int, steps: int, echo=print, device: to
     for exp in select(load_catalogue(), ids):
         # what makes the recipe unstackable anywhere; on a GPU stacking is measured all the same,
         # though the runner trains seeds one by one there until it is tested equal there
-        why = why_sequential(exp, create_model(exp.model.name, **exp.model.args), torch.device("cpu"))
+        why = why_sequential(exp, build_model(exp), torch.device("cpu"))
         if why is not None:
             echo(f"{exp.id}@{exp.train.batch_size} x {n} seeds: trained one by one ({why})")
             continue

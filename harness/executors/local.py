@@ -15,7 +15,7 @@ from ..training.environment import choose_conv, choose_threads, configure_backen
 from ..errors import Interrupted, one_line
 from ..runs.group_run import train_group
 from ..runs.job import Job, Outcome, RunOptions, capped_phases, effective_overrides
-from ..models import create_model
+from ..recipes.network import build_model
 from ..runs.one_run import train_run
 from ..recipes.spec import Experiment, config_hash
 from ..training.recipe_data import train_split_size
@@ -133,7 +133,7 @@ def stackable(exp: Experiment, opts: RunOptions) -> bool:
     """Whether this recipe's repeats may train as one stacked model (together.why_sequential)."""
     if opts.repeats < 2 or opts.together == "never" or opts.precision == "fp16":
         return False  # fp16's loss scaler skips steps per network: one shared by a stack would not
-    return why_sequential(exp, create_model(exp.model.name, **exp.model.args), resolve_device(opts.device)) is None
+    return why_sequential(exp, build_model(exp), resolve_device(opts.device)) is None
 
 
 def _slower_stacked(exp: Experiment, opts: RunOptions, n: int) -> str | None:
@@ -142,7 +142,7 @@ def _slower_stacked(exp: Experiment, opts: RunOptions, n: int) -> str | None:
     if opts.together == "always":
         return None
     device = resolve_device(opts.device)
-    model = create_model(exp.model.name, **exp.model.args)
+    model = build_model(exp)
     threads = min(choose_threads(model, exp.train.batch_size, device, opts.threads), opts.max_threads or 1 << 30)
     configure_backend(device, threads, choose_conv(model, exp.train.batch_size, device))
     alone, stacked = stacking_rates(exp, n, PROBE_STEPS, device)

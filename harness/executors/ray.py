@@ -67,9 +67,9 @@ def require_ray():
     return ray
 
 
-def connect(ray, address: str | None) -> None:
+def connect(ray, address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster; an address that does not answer is one line at once (ray.init would
-    retry for minutes)."""
+    retry for minutes). `runtime_env`: what every task of this driver gets (a user's network)."""
     target = address or os.environ.get("RAY_ADDRESS")
     host, _, port = (target or "").rpartition(":")
     if host and port.isdigit() and "://" not in target:
@@ -80,7 +80,7 @@ def connect(ray, address: str | None) -> None:
                                "`ray start --head` or check --ray-address") from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False,
-                 configure_logging=True, ignore_reinit_error=True)
+                 configure_logging=True, ignore_reinit_error=True, runtime_env=runtime_env or None)
     except Exception as e:
         raise HarnessError(f"Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'} unusable: {one_line(e)}") from None
 
@@ -115,7 +115,7 @@ def _node_name() -> str:
 def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, ray_opts: RayOptions,
                  echo=print) -> list[Outcome]:
     ray = require_ray()
-    connect(ray, ray_opts.address)
+    connect(ray, ray_opts.address, code_env(experiments))
     policy = ClaimPolicy.for_store(tracker.uri)
     # in a task: no bars, no more intra-op threads than the task's CPUs
     task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
@@ -153,6 +153,13 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 locks[i].release()
             raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
     return [o for o in outcomes if o is not None]
+
+
+def code_env(experiments: list[Experiment]) -> dict:
+    """A user's network travels to the tasks: its file or package in the job's runtime_env
+    (py_modules; Ray uploads local paths only at the job level), imported there by name."""
+    ship = sorted({e.code.ship for e in experiments if e.code is not None and e.code.ship})
+    return {"py_modules": ship} if ship else {}
 
 
 def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:

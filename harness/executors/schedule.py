@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..models import create_model
+from ..recipes.network import build_model
 from ..recipes.spec import Experiment
 from ..runs.job import RunOptions, capped_phases
 from ..training.environment import macs_per_image
@@ -34,7 +34,7 @@ def expected_work(exp: Experiment, train_images: int, opts: RunOptions) -> float
     if opts.max_train_images is not None:
         images = min(images, opts.max_train_images)
     steps = epochs * math.ceil(max(images, 1) / exp.train.batch_size)
-    model = create_model(exp.model.name, **exp.model.args)
+    model = build_model(exp)
     per_step = STEP_PASSES * macs_per_image(model) * exp.train.batch_size + STEP_FIXED_MACS
     return steps * per_step * opts.repeats
 

@@ -87,19 +87,24 @@ def apply_init(model: nn.Module, init: str) -> nn.Module:
 
 
 def check_forward(name: str, model: nn.Module) -> None:
-    """A dry forward pass on two 32x32 images: arguments that construct but do not fit
-    together (the tutorial net's hard-coded 16 * 5 * 5) are caught when the spec is read."""
+    """A dry forward pass on two 32x32 images, 10 finite logits each: arguments that construct
+    but do not fit together (the tutorial net's hard-coded 16 * 5 * 5), or a user's network of
+    the wrong shape, are caught when the spec is read."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, 3, 32, 32))
-    except (RuntimeError, ValueError) as e:
+    except Exception as e:  # a user's network can raise anything
         raise HarnessError(f"model {name!r}: does not run on 32x32 images ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise HarnessError(f"model {name!r}: returns {type(out).__name__} for 2 images, expected a tensor of 10 logits each")
     if tuple(out.shape) != (2, 10):
         raise HarnessError(f"model {name!r}: gives outputs of shape {tuple(out.shape)} for 2 images, expected (2, 10)")
+    if not torch.isfinite(out).all():
+        raise HarnessError(f"model {name!r}: gives non-finite outputs (nan or inf) for 2 images")
 
 
 def count_params(model: nn.Module) -> int:

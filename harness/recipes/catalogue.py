@@ -18,6 +18,7 @@ else:  # pragma: no cover
 
 from ..data.loader import AUGMENTATIONS, NORMALIZATIONS, PAD_MODES
 from ..errors import HarnessError, UsageError
+from .network import check_network, resolve_code
 from .spec import (CHECKPOINTS, CROP_STYLES, EVAL_MODES, INITS, LOSSES, OPTIMIZERS, ROUNDINGS, SCHEDULES, VAL_SPLITS,
                    Experiment)
 
@@ -92,7 +93,7 @@ def _check(value, tp, key: str):
 
 def _build(cls, table: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("toml", True)}
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise _SpecError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], f"unknown key (known: {', '.join(fields)})")
@@ -125,7 +126,9 @@ def _key_exists(raw: dict, dotted: str) -> bool:
     return True
 
 
-def load_spec(path: str | Path) -> Experiment:
+def load_spec(path: str | Path, user: bool = False) -> Experiment:
+    """One spec, checked; `user`: a recipe of the user's own (source and published optional,
+    tagged as the user's), as opposed to one of the documented catalogue."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -166,12 +169,16 @@ def load_spec(path: str | Path) -> Experiment:
         for a in exp.assumed:
             if not _key_exists(raw, a):
                 raise _SpecError("assumed", f"{a!r} names no key of this spec")
-        from ..models import check_forward, create_model
-
+        if not user and exp.source is None:
+            raise _SpecError("source", "missing key (a documented recipe names its write-up)")
+        if user:
+            exp.user_spec = str(path.resolve())
         try:
-            check_forward(exp.model.name, create_model(exp.model.name, **exp.model.args))
+            exp.code = resolve_code(exp.model, path.resolve().parent)
+            check_network(exp)  # built and run forward once before any run exists
         except HarnessError as e:
-            raise _SpecError("model", str(e)) from None
+            key, _, rest = str(e).partition(": ")
+            raise (_SpecError(key, rest) if key.startswith("model.") else _SpecError("model", str(e))) from None
     except _SpecError as e:
         raise HarnessError(f"{path}: {e}") from None
     return exp
@@ -182,10 +189,11 @@ def experiments_dir() -> Path:
     cwd = Path.cwd() / "experiments"
     if cwd.is_dir():
         return cwd
-    return Path(__file__).resolve().parents[2] / "experiments"
+    return Path(__file__).resolve().parents[2] / "experiments"  # the repository root, beside harness/
 
 
-def load_catalogue(directory: str | Path | None = None) -> dict[str, Experiment]:
+def load_catalogue(directory: str | Path | None = None, user: bool = False) -> dict[str, Experiment]:
+    """Every spec of a folder (default: the documented catalogue); `user`: a folder of the user's own recipes."""
     d = Path(directory) if directory else experiments_dir()
     if not d.is_dir():
         raise HarnessError(f"experiments folder {d} not found")
@@ -196,17 +204,67 @@ def load_catalogue(directory: str | Path | None = None) -> dict[str, Experiment]
     except OSError as e:
         raise HarnessError(f"experiments folder {d}: cannot read ({e.strerror or type(e).__name__})") from None
     for p in paths:
-        exp = load_spec(p)
+        exp = load_spec(p, user=user)
         if exp.id in out:
             raise HarnessError(f"{p}: id {exp.id!r} is already defined by another spec in {d}")
         out[exp.id] = exp
     return out
 
 
+def _is_catalogue(path: Path) -> bool:
+    return path.resolve().parent == experiments_dir().resolve()
+
+
+def add_user_specs(catalogue: dict[str, Experiment], specs: typing.Iterable[Experiment]) -> dict[str, Experiment]:
+    """The catalogue and the user's recipes beside it; an id of the catalogue's is refused."""
+    out = dict(catalogue)
+    for exp in specs:
+        if exp.id in out and exp.user_spec and out[exp.id].user_spec == exp.user_spec:
+            continue  # the same file named twice
+        if exp.id in out:
+            theirs = out[exp.id].user_spec or f"the documented recipe in {experiments_dir()}"
+            raise UsageError(f"{exp.user_spec}: id {exp.id!r} is already taken by {theirs}; give your recipe an id of its own")
+        out[exp.id] = exp
+    return out
+
+
+def with_folder(catalogue: dict[str, Experiment], directory: str | Path) -> dict[str, Experiment]:
+    """`run-all --experiments DIR`: that folder's specs beside the catalogue."""
+    d = Path(directory)
+    if d.is_dir() and d.resolve() == experiments_dir().resolve():
+        return catalogue
+    return add_user_specs(catalogue, load_catalogue(d, user=True).values())
+
+
+def is_spec_path(target: str) -> bool:
+    """`harness run` takes ids and paths: a path ends in .toml or has a "/" in it."""
+    return target.lower().endswith(".toml") or "/" in target
+
+
+def select_targets(catalogue: dict[str, Experiment], targets: typing.Iterable[str]) -> list[Experiment]:
+    """Ids of the catalogue and paths of the user's specs, in the order given."""
+    chosen, users = [], []
+    for t in targets:
+        if not is_spec_path(t):
+            chosen.append(t)
+            continue
+        p = Path(t)
+        if not p.is_file():
+            raise UsageError(f"{t}: no such spec file")
+        if _is_catalogue(p):
+            chosen.append(load_spec(p).id)
+            continue
+        exp = load_spec(p, user=True)
+        users.append(exp)
+        chosen.append(exp.id)
+    full = add_user_specs(catalogue, users)
+    return select(full, chosen)
+
+
 def select(catalogue: dict[str, Experiment], ids: typing.Iterable[str]) -> list[Experiment]:
     chosen = []
     for i in ids:
         if i not in catalogue:
-            raise UsageError(f"unknown experiment {i!r} (known: {', '.join(catalogue)})")
+            raise UsageError(f"unknown experiment {i!r} (known: {', '.join(catalogue)}; or give a spec's path, e.g. ./my-net.toml)")
         chosen.append(catalogue[i])
     return chosen

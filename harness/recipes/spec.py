@@ -8,6 +8,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..models.user_code import UserCode
+
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("cross_entropy", "nll")
 SCHEDULES = ("constant", "sgdr")
@@ -29,8 +31,10 @@ class Source:
 
 @dataclass
 class ModelSpec:
+    # a registered network, "package.module:Factory", or with `file` the factory's name in that file
     name: str
     args: dict = field(default_factory=dict)
+    file: str = ""  # a .py file of the user's, relative to the spec
     # "torch<=0.4": BatchNorm weights drawn uniformly from [0, 1], as PyTorch did until 0.4
     # (conv and linear initialisation is the same then and now)
     init: str = "current"
@@ -124,21 +128,32 @@ class Published:
         return min(self.test_accuracy) - half, max(self.test_accuracy) + half
 
 
+NOT_FROM_TOML = {"toml": False}  # field metadata: set by the loader, never by a spec
+
+
 @dataclass
 class Experiment:
     id: str
     title: str
-    source: Source
     model: ModelSpec
     data: DataSpec
     train: TrainSpec
-    published: Published
+    source: Source | None = None  # required of the documented catalogue, optional in a user's recipe
+    published: Published = field(default_factory=Published)
     eval: EvalSpec = field(default_factory=EvalSpec)
     assumed: list[str] = field(default_factory=list)
+    user_spec: str = field(default="", metadata=NOT_FROM_TOML)  # a user's recipe: the path it was read from
+    code: UserCode | None = field(default=None, metadata=NOT_FROM_TOML)  # a network from the user's code
 
     def training_dict(self) -> dict:
-        """What determines training and measurement (not titles or published numbers): the config-hash input."""
-        return {"model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+        """What determines training and measurement (not titles or published numbers): the config-hash input.
+        A user's network adds its code's hash: an edited network is a new configuration."""
+        model = dataclasses.asdict(self.model)
+        if not model["file"]:
+            del model["file"]  # the documented recipes' hashes stay what they were
+        if self.code is not None:
+            model["code_sha256"] = self.code.sha256
+        return {"model": model, "data": dataclasses.asdict(self.data),
                 "train": dataclasses.asdict(self.train), "eval": dataclasses.asdict(self.eval)}
 
     def to_dict(self) -> dict:

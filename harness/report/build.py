@@ -135,7 +135,7 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
         else:
             v = verdict.get(r.key, "-" if r in compared else "not compared")
         table.append({
-            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
+            "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped, "user": r.user,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
             "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
             "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
@@ -179,11 +179,11 @@ def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> s
     return env.get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, best=ctx["basis"]["best"], front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
-        ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id),
+        ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id), user_keys=[t["key"] for t in ctx["table"] if t["user"]],
         **{k: v for k, v in ctx.items() if k not in ("preds", "cms", "histories", "curves", "classes", "front")})
 
 
-SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "compared", "source", "params", "published_mean",
+SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
                 "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
 BUDGET_COLS = ["minutes", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "runner_selected", "p", "verdict"]
@@ -196,7 +196,7 @@ def sibling(path: Path, part: str) -> Path:
 
 def _write_csvs(target: Path, table: list[dict], tests: list[dict], budgets: list[dict]) -> None:
     summary = pd.DataFrame([{k: t[k] for k in SUMMARY_COLS} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
-        columns={"key": "row", "mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s",
+        columns={"key": "row", "user": "user_recipe", "mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s",
                  "published_mean": "published_acc_mean"})
     _write_text(target, summary.to_csv(index=False), "--csv")
     _write_text(sibling(target, "tests"), pd.DataFrame([{k: t.get(k) for k in TEST_COLS} for t in tests], columns=TEST_COLS).to_csv(index=False), "--csv")

@@ -20,8 +20,10 @@ from ..tracking import TAG
 
 EXEC = f"tags.{TAG}execution"
 FP = f"tags.{TAG}data_fingerprint"
+CODE = f"tags.{TAG}model_code_sha256"  # a user's network: each version of its code is a key of its own
 # params that describe the data a run saw rather than the recipe (they are in the key by themselves)
-_NOT_SPEC = ("params.data.n_train", "params.data.n_val", "params.data.n_test", "params.data.val_on", "params.data.n_train_available")
+_NOT_SPEC = ("params.data.n_train", "params.data.n_val", "params.data.n_test", "params.data.val_on", "params.data.n_train_available",
+             "params.model.code_sha256")  # a user's code: the key's own `code` field
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Key:
     images_capped: bool
     precision: str
     spec: str  # digest of the recipe's training parameters as recorded
+    code: str = ""  # SHA-256 of a user's network code ("" for the documented networks)
 
     @property
     def capped(self) -> bool:
@@ -49,10 +52,12 @@ class Key:
             return f"{self.epochs}/{self.recipe_epochs} epochs" if self.capped and self.epochs != self.recipe_epochs else f"{self.epochs} epochs"
         if field == "n_train":
             return f"{self.n_train} images"
+        if field == "code":
+            return f"code {self.code[:8]}"
         return f"spec {self.spec[:8]}"
 
 
-FIELDS = ("data", "precision", "epochs", "n_train", "spec")
+FIELDS = ("data", "precision", "epochs", "n_train", "spec", "code")
 
 
 def _int(v) -> int | None:
@@ -88,7 +93,7 @@ def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
         images_capped = cap is not None and n_train is not None and n_train >= cap
     return Key(str(run[f"tags.{TAG}experiment_id"]), _str(run.get(FP), "unknown"), _int(run.get("params.epochs")),
                _int(run.get("params.recipe_epochs")), n_train, images_capped, _str(run.get("params.precision"), "fp32"),
-               hashlib.sha256(json.dumps(spec_items).encode()).hexdigest()[:16])
+               hashlib.sha256(json.dumps(spec_items).encode()).hexdigest()[:16], _str(run.get(CODE), ""))
 
 
 def infer_available(runs: pd.DataFrame) -> pd.DataFrame:

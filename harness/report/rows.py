@@ -27,6 +27,7 @@ class Row:
     params: int | None = None
     stats: dict = field(default_factory=dict)
     label: str = ""
+    user: bool = False  # a recipe of the user's own (tag harness.user_recipe), beside the documented ones
     ckey: Key | None = None
     superseded: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -86,6 +87,7 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
         params = _num(g["params.params"].iloc[0]) if "params.params" in g else None
         r = Row(k.experiment_id, k.capped, g, pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None,
                 label=names[k], ckey=k, superseded=superseded)
+        r.user = f"tags.{TAG}user_recipe" in g and g[f"tags.{TAG}user_recipe"].astype(str).eq("true").any()
         acc = r.acc
         modes = g["_execution"].value_counts()
         r.stats = {

@@ -79,4 +79,6 @@ def log_final(tracker: Tracker, run_id: str, model, exp: Experiment, data: Cifar
     if not tracker.has_model(run_id):
         model.eval()
         example = prep.test_x[:2].float().cpu().numpy()
-        tracker.log_model(run_id, model.cpu(), example, [f"torch=={torch.__version__.split('+')[0]}"])
+        # a user's network travels with the model (MLflow's code_paths): it loads without their folder
+        code_paths = [exp.code.ship] if exp.code is not None and exp.code.ship else None
+        tracker.log_model(run_id, model.cpu(), example, [f"torch=={torch.__version__.split('+')[0]}"], code_paths)

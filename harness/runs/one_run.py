@@ -19,7 +19,8 @@ from ..training.environment import choose_conv, choose_threads, configure_backen
 from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
 from .job import Job, Outcome, Progress
-from ..models import apply_init, count_params, create_model
+from ..models import apply_init, count_params
+from ..recipes.network import build_model
 from .progress import epoch_line, progress_bar
 from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
@@ -94,7 +95,7 @@ def build(job: Job):
     exp = job.exp
     torch.manual_seed(job.seed)  # weight init, dropout
     np.random.seed(job.seed)
-    model = apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(job.device)
+    model = apply_init(build_model(exp), exp.model.init).to(job.device)
     job.threads = min(choose_threads(model, exp.train.batch_size, job.device, job.opts.threads), job.opts.max_threads or 1 << 30)
     job.conv = choose_conv(model, exp.train.batch_size, job.device)
     configure_backend(job.device, job.threads, job.conv)

@@ -28,17 +28,22 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
     cap = job.overrides.get("max_train_images", "none")
     commit = git_commit()
     tags = {
-        f"{TAG}experiment_id": exp.id, f"{TAG}config_hash": job.chash, f"{TAG}seed": seed, f"{TAG}source": exp.source.seed,
+        f"{TAG}experiment_id": exp.id, f"{TAG}config_hash": job.chash, f"{TAG}seed": seed,
+        f"{TAG}source": exp.source.seed if exp.source else "your own recipe",
         f"{TAG}capped": str(capped).lower(), f"{TAG}git_commit": commit, f"{TAG}version": __version__,
         f"{TAG}torch_version": torch.__version__, f"{TAG}device": device_name(job.device),
         f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
         f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
         f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,
         EXECUTION: "stacked" if together > 1 else "one-by-one",
-        "mlflow.note.content": f"{exp.title}. Source: {exp.source.site} ({exp.source.seed}).",
+        "mlflow.note.content": f"{exp.title}. " + (f"Source: {exp.source.site} ({exp.source.seed})." if exp.source else f"A user's recipe ({exp.user_spec})."),
         # MLflow's own fields, so the UI's Source and git columns are filled
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
+    if exp.user_spec:  # a recipe of the user's own, beside the documented ones
+        tags.update({f"{TAG}user_recipe": "true", f"{TAG}spec_path": exp.user_spec})
+    if exp.code is not None:
+        tags.update({f"{TAG}model_code": exp.code.label, f"{TAG}model_code_file": exp.code.file, f"{TAG}model_code_sha256": exp.code.sha256})
     params = flatten(exp.training_dict())
     params.update({
         "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,

@@ -256,10 +256,11 @@ class Tracker:
         return ready
 
     @_guarded
-    def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
-        # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
+    def log_model(self, run_id: str, model, input_example, pip_requirements: list[str], code_paths: list[str] | None = None) -> None:
+        # pickle format: loads back as the same nn.Module class (pt2 would need tracing);
+        # code_paths: a user's network module, copied into the model and put on sys.path at load
         with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
                                      input_example=input_example, pip_requirements=pip_requirements)
         # start_run's context exit marks the run FINISHED: the caller sets the real end status
 

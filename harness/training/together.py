@@ -93,10 +93,11 @@ def stacking_rates(exp: Experiment, n: int, steps: int, device: torch.device = t
 
 
 def _create(exp: Experiment, seed: int, device: torch.device) -> nn.Module:
-    from ..models import apply_init, create_model
+    from ..models import apply_init
+    from ..recipes.network import build_model
 
     torch.manual_seed(seed)
-    return apply_init(create_model(exp.model.name, **exp.model.args), exp.model.init).to(device)
+    return apply_init(build_model(exp), exp.model.init).to(device)
 
 
 def _sync(device: torch.device) -> None:

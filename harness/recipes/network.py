@@ -1,0 +1,42 @@
+"""A recipe's network, whoever wrote it: a registered one of the write-ups (harness/models) or the
+user's own code (`[model] name = "package.module:Factory"`, or `file` and `name`). Every stage
+that needs the network builds it here, so both kinds train, stack, bench and log the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import HarnessError
+from ..models import MAX_WEIGHTS, check_forward, create_model
+from ..models import user_code
+from ..models.user_code import UserCode
+from .spec import Experiment, ModelSpec
+
+
+def is_user_network(model: ModelSpec) -> bool:
+    return bool(model.file) or ":" in model.name
+
+
+def resolve_code(model: ModelSpec, spec_dir: Path) -> UserCode | None:
+    """The user's code a spec names (imported and hashed now), or None for a registered network."""
+    if not is_user_network(model):
+        return None
+    return user_code.resolve(model.name, model.file, spec_dir)
+
+
+def build_model(exp: Experiment) -> nn.Module:
+    """The recipe's network with its arguments, not yet initialised the old way (apply_init)."""
+    if exp.code is None:
+        if is_user_network(exp.model):
+            raise HarnessError(f"{exp.id}: the network's code was not resolved when the spec was read")
+        return create_model(exp.model.name, **exp.model.args)
+    return user_code.build(exp.code, exp.model.args, MAX_WEIGHTS)
+
+
+def check_network(exp: Experiment) -> nn.Module:
+    """Built and run forward once on a CIFAR-shaped batch: 10 finite logits per image."""
+    model = build_model(exp)
+    check_forward(exp.model.name if exp.code is None else exp.code.label, model)
+    return model

@@ -1,0 +1,319 @@
+"""A user's own network and recipe, in a folder of their own, beside the documented catalogue:
+trained under the same protocol into the same store, reported with a verdict beside documented
+recipes, its logged model loadable without that folder, an edited network a new configuration,
+every mistake one line; `harness new` then `harness run` trains at once. Each command runs as a
+user would run it: a `harness` subprocess in a folder that is not the repository."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+CAP = ["--epochs", "1", "--max-train-images", "120", "--no-progress", "--no-system-metrics"]
+
+NETS = '''
+import torch
+import torch.nn as nn
+
+
+class MyNet(nn.Module):
+    """A small network of the user's own."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Linear(width * 16, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+'''
+
+PKG_NETS = '''
+import torch.nn as nn
+
+from .blocks import block
+
+
+class Wide(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.body = nn.Sequential(block(3, channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def wide(channels: int = 12) -> nn.Module:
+    return Wide(channels)
+'''
+
+PKG_BLOCKS = '''
+import torch.nn as nn
+
+
+def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+'''
+
+
+def recipe(spec_id: str, model: str) -> str:
+    """The tutorial's protocol (SGD, batch 4, no augmentation) with the user's network."""
+    return textwrap.dedent(f'''\
+        id = "{spec_id}"
+        title = "my network"
+
+        [model]
+        {model}
+
+        [data]
+        normalization = "half"
+
+        [train]
+        loss = "cross_entropy"
+        batch_size = 4
+
+        [train.optimizer]
+        name = "sgd"
+        momentum = 0.9
+
+        [[train.phases]]
+        epochs = 2
+        lr = 0.001
+        ''')
+
+
+def harness(*args, cwd: Path, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    err = r.stderr.strip()
+    assert r.returncode == code, (r.returncode, r.stdout[-2000:], err[-2000:])
+    assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def mine(tmp_path) -> Path:
+    """The user's folder: a network file, a package, and a spec for each."""
+    d = tmp_path / "mine"
+    (d / "mypkg").mkdir(parents=True)
+    (d / "nets.py").write_text(NETS)
+    (d / "mypkg" / "__init__.py").write_text("")
+    (d / "mypkg" / "layers.py").write_text(PKG_NETS)
+    (d / "mypkg" / "blocks.py").write_text(PKG_BLOCKS)
+    (d / "mine-file.toml").write_text(recipe("mine-file", 'file = "nets.py"\nname = "MyNet"\nargs = { width = 6 }'))
+    (d / "mine-mod.toml").write_text(recipe("mine-mod", 'name = "mypkg.layers:wide"'))
+    return d
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """Where the user types the commands: no experiments/ here (the package's catalogue is used)."""
+    w = tmp_path / "work"
+    w.mkdir()
+    return w
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("userdata"), n_train=200, n_test=60)
+
+
+def runs(work: Path) -> list[dict]:
+    code = ("import json, mlflow; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
+            "df = mlflow.search_runs(experiment_names=['cifar10-harness']); "
+            "print(json.dumps([{k: (None if v != v else v) for k, v in r.items() if k.startswith(('tags.', 'run_id', 'status', 'params.model'))} "
+            "for r in df.to_dict('records')]))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_users_networks_train_beside_documented_recipes_report_with_verdicts_and_travel(mine, work, data, tmp_path):
+    # both forms beside two documented recipes, two seeds each, two worker processes (the user's module travels to them)
+    r = harness("run-all", "--experiments", mine, "--only", "mine-*", "--only", "tutorial-base", "--only", "skl-cnn", "--repeats", "2",
+                "--jobs", "2", "--data-dir", data, *CAP, cwd=work)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = runs(work)
+    assert sorted((x["tags.harness.experiment_id"], x["tags.harness.seed"]) for x in got) == \
+        sorted((e, s) for e in ("mine-file", "mine-mod", "skl-cnn", "tutorial-base") for s in ("0", "1"))
+    assert all(x["status"] == "FINISHED" for x in got)
+    by_id = {x["tags.harness.experiment_id"]: x for x in got}
+    nets_sha = hashlib.sha256((mine / "nets.py").read_bytes()).hexdigest()
+    assert by_id["mine-file"]["tags.harness.user_recipe"] == "true" and by_id["mine-file"]["tags.harness.model_code_sha256"] == nets_sha
+    assert by_id["mine-mod"]["tags.harness.model_code"] == "mypkg.layers:wide"
+    assert by_id["tutorial-base"].get("tags.harness.user_recipe") is None
+
+    # the report: the user's rows beside the documented ones, marked, each with a verdict against the best
+    rep = harness("report", "--out", tmp_path / "r.html", "--csv", tmp_path / "r.csv", cwd=work)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    rows = {row["id"]: row for row in csv.DictReader((tmp_path / "r.csv").open())}
+    assert set(rows) == {"mine-file", "mine-mod", "skl-cnn", "tutorial-base"}
+    assert [rows[i]["user_recipe"] for i in ("mine-file", "mine-mod", "skl-cnn", "tutorial-base")] == ["True", "True", "False", "False"]
+    # two seeds a side: each row has a verdict, about two runs (3+ seeds a side would test the recipes)
+    assert all(rows[i]["verdict"] in ("best run (seeds untested)", "two runs differ; recipes untested", "two runs within noise; recipes untested")
+               and rows[i]["n"] == "2" for i in rows), {i: (r["verdict"], r["n"]) for i, r in rows.items()}
+    html = (tmp_path / "r.html").read_text()
+    assert html.count('class="tag user-tag"') >= 2 and "mine-file" in html and "mine-mod" in html
+    print("\n" + "\n".join(f"{i}: {rows[i]['test_acc_mean'][:6]}% over {rows[i]['n']} seeds, {rows[i]['verdict']}" for i in sorted(rows)))
+
+    # the logged models load in a fresh process, in another folder, without the user's folder on the path
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    load = ("import sys, mlflow, torch; mlflow.set_tracking_uri(sys.argv[1]); "
+            "assert not any('mine' in p for p in sys.path); "
+            "[print(type(m).__module__, tuple(m(torch.zeros(2, 3, 32, 32)).shape)) for m in "
+            "(mlflow.pytorch.load_model(f'runs:/{rid}/model') for rid in sys.argv[2:])]")
+    ids = [by_id["mine-file"]["run_id"], by_id["mine-mod"]["run_id"]]
+    out = subprocess.run([sys.executable, "-c", load, f"sqlite:///{work}/mlflow.db", *ids], cwd=elsewhere, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-3:-1] == ["nets (2, 10)", "mypkg.layers (2, 10)"], out.stdout
+
+    # an edited network is a new configuration: trained again, not taken for the finished one
+    (mine / "nets.py").write_text(NETS.replace("nn.ReLU()", "nn.GELU()"))
+    again = harness("run", mine / "mine-file.toml", "--data-dir", data, *CAP, cwd=work)
+    assert again.returncode == 0 and re.search(r"^mine-file\s+0\s+finished", again.stdout, re.M), again.stdout[-2000:] + again.stderr[-2000:]
+    hashes = {x["tags.harness.config_hash"] for x in runs(work) if x["tags.harness.experiment_id"] == "mine-file" and x["tags.harness.seed"] == "0"}
+    assert len(hashes) == 2
+    # and the report does not pool the two versions as seeds: a row for each, named by its code
+    rep = harness("report", "--out", tmp_path / "r2.html", "--csv", tmp_path / "r2.csv", cwd=work)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "r2.csv").open()))
+    mine_rows = sorted((r["n"], r["key"] if "key" in r else r["id"]) for r in rows if r["id"] == "mine-file")
+    assert [n for n, _ in mine_rows] == ["1", "2"], rows
+    assert "mine-file · code " in (tmp_path / "r2.html").read_text()  # the row of the edited code, labelled by what differs
+
+
+@pytest.mark.slow
+def test_harness_new_then_run_trains_at_once(work, data):
+    r = harness("new", "my-net", "--like", "tutorial-base", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "my-net.toml").exists() and "class TutorialNet(nn.Module)" in (work / "my_net.py").read_text()
+    assert "harness" not in (work / "my_net.py").read_text().replace("copied from harness", "")  # plain PyTorch
+    spec = (work / "my-net.toml").read_text()
+    assert 'id = "my-net"' in spec and "[source]" not in spec and 'file = "my_net.py"' in spec
+    t = harness("run", "my-net.toml", "--data-dir", data, *CAP, cwd=work)
+    assert t.returncode == 0 and re.search(r"^my-net\s+0\s+finished", t.stdout, re.M), t.stdout[-2000:] + t.stderr[-2000:]
+    assert [x["tags.harness.user_recipe"] for x in runs(work)] == ["true"]
+    one_line(harness("new", "my-net", "--like", "tutorial-base", cwd=work), 2, "my-net.toml exists")
+
+
+def test_every_documented_recipe_can_start_a_users_own(tmp_path):
+    """`harness new --like ID` writes a spec that loads and a network that builds, for every ID."""
+    from harness.recipes.catalogue import load_catalogue, load_spec
+    from harness.recipes.scaffold import write_new
+
+    for exp in load_catalogue(REPO / "experiments").values():
+        spec, code = write_new(f"n-{exp.id}", exp, tmp_path, force=False)
+        mine = load_spec(spec, user=True)
+        assert mine.user_spec and mine.code is not None and mine.code.file == str(code.resolve())
+        assert (mine.train, mine.data, mine.eval, mine.model.args, mine.model.init) == (exp.train, exp.data, exp.eval, exp.model.args, exp.model.init)
+
+
+def test_documented_recipes_keep_their_configuration():
+    """A documented recipe's hashed configuration holds nothing new: stores of earlier runs still match."""
+    from harness.recipes.catalogue import load_catalogue
+
+    for exp in load_catalogue(REPO / "experiments").values():
+        assert set(exp.training_dict()["model"]) == {"name", "args", "init"} and exp.code is None and not exp.user_spec
+
+
+BAD_NETS = {
+    "syntax": ("def MyNet(:\n", "MyNet", ["nets.py does not import", "SyntaxError"]),
+    "import": ("import nosuchlib_xyz\n", "MyNet", ["nets.py does not import", "ModuleNotFoundError: No module named 'nosuchlib_xyz'"]),
+    "raises": ("x = 1\nraise RuntimeError('boom at import')\n", "MyNet", ["nets.py does not import", "RuntimeError: boom at import (line 2)"]),
+    "name": (NETS, "Nope", ["has no 'Nope'", "MyNet"]),
+    "shape": ("import torch.nn as nn\ndef MyNet():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 7))\n", "MyNet", ["shape (2, 7)", "expected (2, 10)"]),
+    "nan": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def forward(self, x):\n        return torch.full((x.shape[0], 10), float('nan'))\n",
+            "MyNet", ["non-finite"]),
+    "large": ("import torch.nn as nn\ndef MyNet():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 100_000))\n", "MyNet",
+              ["307,300,000 weights", "more than"]),
+    "not-module": ("def MyNet():\n    return 3\n", "MyNet", ["returns int, not a torch.nn.Module"]),
+    "fails": ("def MyNet():\n    raise ValueError('no such width')\n", "MyNet", ["MyNet() fails", "ValueError: no such width (line 2)"]),
+    "crash-forward": ("import torch.nn as nn\nclass MyNet(nn.Module):\n    def forward(self, x):\n        return x.view(5, -1, 7)\n", "MyNet",
+                      ["does not run on 32x32 images"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NETS))
+def test_a_broken_network_is_one_line_naming_the_spec_and_nothing_is_recorded(case, tmp_path, work):
+    src, name, words = BAD_NETS[case]
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "nets.py").write_text(src)
+    (d / "bad.toml").write_text(recipe("bad", f'file = "nets.py"\nname = "{name}"'))
+    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), *words)
+    assert not (work / "mlflow.db").exists()
+
+
+BAD_SPECS = {
+    "module-missing": ('name = "nosuchpkg_q.nets:Net"', 1, ["model", "module 'nosuchpkg_q.nets' does not import", "ModuleNotFoundError"]),
+    "file-missing": ('file = "gone.py"\nname = "Net"', 1, ["model.file", "gone.py not found"]),
+    "unknown-arg": ('file = "nets.py"\nname = "MyNet"\nargs = { depth = 3 }', 1, ["model.args", "unexpected keyword argument 'depth'", "(width: int = 8)"]),
+    "arg-type": ('file = "nets.py"\nname = "MyNet"\nargs = { width = "wide" }', 1, ["model.args.width", "expects int", "'wide'"]),
+    "not-a-module-path": ('name = "mypkg/nets.py:Net"', 1, ["model.name", "package.module:Factory"]),
+    "colon-and-file": ('file = "nets.py"\nname = "nets:MyNet"', 1, ["model.name", "only the factory's name"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_a_bad_model_table_is_one_line_naming_the_spec(case, tmp_path, work):
+    model, code, words = BAD_SPECS[case]
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "nets.py").write_text(NETS)
+    (d / "bad.toml").write_text(recipe("bad", model))
+    one_line(harness("run", d / "bad.toml", cwd=work), code, str(d / "bad.toml"), *words)
+
+
+def test_an_id_of_the_catalogue_is_refused_for_a_users_recipe(tmp_path, work, mine):
+    (mine / "tutorial-base.toml").write_text(recipe("tutorial-base", 'file = "nets.py"\nname = "MyNet"'))
+    one_line(harness("run", mine / "tutorial-base.toml", cwd=work), 2, "tutorial-base.toml", "'tutorial-base' is already taken", "id of its own")
+    one_line(harness("run-all", "--experiments", mine, cwd=work), 2, "'tutorial-base' is already taken")
+    one_line(harness("run", tmp_path / "nowhere.toml", cwd=work), 2, "nowhere.toml: no such spec file")
+
+
+def test_published_and_source_are_optional_for_a_users_recipe_only(tmp_path, mine):
+    from harness.errors import HarnessError
+    from harness.recipes.catalogue import load_spec
+
+    exp = load_spec(mine / "mine-file.toml", user=True)
+    assert exp.source is None and exp.published.test_accuracy == [] and exp.assumed == []
+    with pytest.raises(HarnessError, match=r"mine-file.toml: source: missing key"):
+        load_spec(mine / "mine-file.toml")  # a documented recipe names its write-up
+    # every other field is checked as the catalogue's
+    (mine / "mine-file.toml").write_text(recipe("mine-file", 'file = "nets.py"\nname = "MyNet"').replace('name = "sgd"', 'name = "lion"'))
+    with pytest.raises(HarnessError, match=r"train.optimizer.name: unknown value 'lion'"):
+        load_spec(mine / "mine-file.toml", user=True)
+
+
+def test_list_shows_a_users_recipes_beside_the_catalogue(mine, work):
+    r = harness("list", "--experiments", mine, "--format", "json", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {x["id"]: x for x in json.loads(r.stdout)}
+    assert {"mine-file", "mine-mod", "tutorial-base"} <= set(rows)
+    assert rows["mine-file"]["source"] == f"yours: {mine / 'mine-file.toml'}" and rows["mine-file"]["published_accuracy"] == []
+    assert rows["tutorial-base"]["source"].endswith(".txt")
