@@ -133,7 +133,7 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
         if r.key == basis["best"]:
             v = "best" if basis["measured"] else "best run (seeds untested)"
         else:
-            v = verdict.get(r.key, "-" if r in compared else "not compared")
+            v = verdict.get(r.key, ("only row compared" if len(compared) == 1 else "-") if r in compared else "not compared")
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],

@@ -103,8 +103,8 @@ def best_basis(rows: list[Row], tests: list[dict]) -> dict:
     if not ranked:
         return {"best": None, "measured": False, "text": "", "settle": ""}
     best = ranked[0]
-    if len(ranked) == 1:
-        return {"best": best.key, "measured": False, "text": "the only row compared", "settle": ""}
+    if len(ranked) == 1:  # nothing to be ahead of: no best
+        return {"best": None, "measured": False, "text": f"Only one row compared ({best.key}): nothing to rank, no best", "settle": ""}
     if seeds_measured(*ranked) and all(t["verdict"] == REAL for t in tests):
         return {"best": best.key, "measured": True, "text": f"ahead of every other row beyond seed noise ({MIN_SEEDS}+ seeds each, Welch, Holm)",
                 "settle": ""}
