@@ -53,7 +53,7 @@ def _write_text(path: Path, text: str, what: str) -> None:
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
                  data: str | None = None) -> Path:
     """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
-    prefix) whose rows the tests and the budget table compare (default: the one with most runs)."""
+    prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first)."""
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
