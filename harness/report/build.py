@@ -58,8 +58,9 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
     df = load_runs(tracker)
-    finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna()]
-    others = df[df["status"] != "FINISHED"]
+    # a run counts once it logged its final metrics (test accuracy and training time, logged together)
+    finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna() & df["metrics.train_time_s"].notna()]
+    others = df.drop(finished.index)
     if finished.empty:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
     rows = build_rows(finished)
@@ -156,7 +157,8 @@ def _superseded(rows: list, link) -> list[dict]:
 def _unfinished(others: pd.DataFrame, link) -> list[dict]:
     return [{"id": x.get(f"tags.{TAG}experiment_id"), "run_id": x["run_id"], "status": x["status"], "link": link(x["run_id"]),
              "reason": x.get(f"tags.{TAG}failure_reason") if isinstance(x.get(f"tags.{TAG}failure_reason"), str) else
-             ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else "")}
+             ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else
+              "marked finished without its final metrics (test accuracy, training time): not counted" if x["status"] == "FINISHED" else "")}
             for _, x in others.iterrows()]
 
 
