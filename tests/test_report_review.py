@@ -102,3 +102,14 @@ def test_a_finished_run_without_final_metrics_is_not_counted(tracker, tmp_path):
     tracker.terminate(rid, "FINISHED")
     rep = report(tracker, tmp_path)
     assert "tutorial-c16" not in rep["csv"].index and rid in table(rep["html"], "unfinished")
+
+
+def test_a_best_within_seed_noise_of_another_row_is_not_called_best(tracker, tmp_path):
+    """Three seeds a side, means 61 and 60.7 with spreads of a point: the top row leads, nothing more."""
+    for s, (a, b) in enumerate(((60.0, 59.0), (61.0, 62.0), (62.0, 61.0))):
+        write_run(tracker, "tutorial-base", s, a, [a, a], 20)
+        write_run(tracker, "tutorial-c16", s, b, [b, b], 20)
+    rep = report(tracker, tmp_path)
+    assert rep["tests"].loc[0, "verdict"] == "within noise"
+    assert rep["csv"].loc["tutorial-base", "verdict"] == "highest mean (within seed noise)"
+    assert '<span class="tag best">' not in table(rep["html"], "summary")

@@ -132,7 +132,8 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
     for r in rows:
         s = r.stats
         if r.key == basis["best"]:
-            v = "best" if basis["measured"] else "best run (seeds untested)"
+            # "best" only where it is ahead of every other row beyond seed noise
+            v = "best" if basis.get("beyond") else "highest mean (within seed noise)" if basis["measured"] else "best run (seeds untested)"
         else:
             v = verdict.get(r.key, ("only row compared" if len(compared) == 1 else "-") if r in compared else "not compared")
         table.append({
