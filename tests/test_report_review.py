@@ -113,3 +113,16 @@ def test_a_best_within_seed_noise_of_another_row_is_not_called_best(tracker, tmp
     assert rep["tests"].loc[0, "verdict"] == "within noise"
     assert rep["csv"].loc["tutorial-base", "verdict"] == "highest mean (within seed noise)"
     assert '<span class="tag best">' not in table(rep["html"], "summary")
+
+
+def test_the_budget_table_tests_no_gap_between_a_validation_split_and_the_test_set(tracker, tmp_path):
+    """medium-three-conv scores its best epoch on its own validation split, fastai-simplenet its last
+    epoch on the test set: different images, so no Welch verdict between the two, whatever the seeds."""
+    for s in range(3):
+        write_run(tracker, "fastai-simplenet", s, 70.0 + s, [60.0, 60.0, 60.0, 70.0 + s], 12)
+        write_run(tracker, "medium-three-conv", s, 65.0 + s, [50.0 + e + s for e in range(30)], 10)
+    b = report(tracker, tmp_path)["budgets"]
+    assert b.loc[5, "best"] == "medium-three-conv" and b.loc[5, "runner_up"] == "fastai-simplenet"
+    assert b.loc[5, "selected"] != b.loc[5, "runner_selected"]
+    assert "beyond seed noise" not in b.loc[5, "verdict"] and "different images" in b.loc[5, "verdict"] and b.loc[5, "p"] == ""
+    assert "different images" in table(report(tracker, tmp_path)["html"], "budgets")
