@@ -126,3 +126,15 @@ def test_the_budget_table_tests_no_gap_between_a_validation_split_and_the_test_s
     assert b.loc[5, "selected"] != b.loc[5, "runner_selected"]
     assert "beyond seed noise" not in b.loc[5, "verdict"] and "different images" in b.loc[5, "verdict"] and b.loc[5, "p"] == ""
     assert "different images" in table(report(tracker, tmp_path)["html"], "budgets")
+
+
+def test_a_store_whose_runs_recorded_no_data_set_compares_nothing_and_says_so(tracker, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    for exp_id, acc in (("tutorial-base", 60.0), ("tutorial-c16", 65.0)):
+        rid = write_run(tracker, exp_id, 0, acc, [acc, acc], 20)
+        MlflowClient(tracker.uri).delete_tag(rid, "harness.data_fingerprint")
+    rep = report(tracker, tmp_path)
+    assert rep["tests"].empty and not rep["csv"]["compared"].astype(bool).any()
+    [row] = html_rows(rep["html"], "data-sets")
+    assert "compared" not in row and "not recorded" in row
