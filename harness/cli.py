@@ -271,7 +271,7 @@ def new_cmd(name, like, folder, force):
 @click.option("--mlflow-ui-url", default="http://127.0.0.1:5000", show_default=True, help="Base URL for links to runs.")
 @click.option("--data", "data", type=str, default=None, metavar="FINGERPRINT",
               help="Data set whose rows the significance tests and budget table compare (a fingerprint or its first characters, "
-                   "as the report lists them; default: the one with the most finished runs).")
+                   "as the report lists them; default: the one with the most rows to compare, then the most finished runs).")
 @friendly
 def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data):
     """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv and FILE-budgets.csv)."""

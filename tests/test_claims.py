@@ -182,3 +182,14 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_leaves_it_alone(store, syn
     [run] = runs(store)
     assert run.info.status == "RUNNING" and run.data.tags[OWNER] == ELSEWHERE  # the new owner's, untouched
     assert "epoch_time_s" not in run.data.metrics
+
+
+def test_a_killed_run_under_the_old_hash_of_the_same_configuration_is_resumed(tracker):
+    """Killed before an upgrade changed its configuration's hash (`--epochs 5` on a 2-epoch
+    recipe, hashed with the flag then): the same command resumes it rather than starting over."""
+    from harness.runs.claims import Request
+
+    rid = other_run(tracker, "old-hash", 0.0, status="KILLED")
+    [got] = claimer(tracker, settle=0.0).claim_many([Request("new-hash", "x", {}, False, True, aliases=("old-hash",))])
+    assert isinstance(got, Claimed) and got.run_id == rid and got.resumed
+    assert tracker.find_runs("new-hash") == []

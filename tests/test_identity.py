@@ -57,3 +57,34 @@ def test_a_run_hashed_before_the_fix_is_not_trained_again(synthetic_root, store)
     r = cli("run", "tutorial-base", "--epochs", 5, "--data-dir", synthetic_root, "--tracking-uri", store, "--no-progress")
     assert r.exit_code == 0 and "identical finished run exists" in r.output, r.output
     assert [x.info.run_id for x in finished(store)] == [rid]
+
+
+def test_an_old_run_is_matched_by_what_it_trained_not_by_the_flags_given(synthetic_root, store):
+    """Before effective overrides, `--epochs 5 --max-train-images 100000` on tutorial-base (2
+    epochs, 600 images) was hashed with those flags. After upgrading, any command that trains the
+    same (no flag, `--epochs 9`) finds it; a real cap recorded then (`--epochs 1`) is not the recipe."""
+    from harness.data.cifar_files import load_cifar10, resolve_data_dir
+    from harness.recipes.catalogue import load_catalogue
+    from harness.recipes.spec import config_hash
+    from harness.tracking import Tracker
+
+    exp = load_catalogue()["tutorial-base"]
+    fp = load_cifar10(resolve_data_dir(str(synthetic_root), download=False)).fingerprint
+    t = Tracker(store)
+
+    def old_run(seed, epochs, images):
+        given = {"epochs": epochs, **({"max_train_images": images} if images else {})}
+        tags = {"harness.config_hash": config_hash(exp, given, seed, fp), "harness.experiment_id": "tutorial-base", "harness.seed": seed,
+                "harness.data_fingerprint": fp}
+        rid = t.start_run("tutorial-base", tags, {"override.epochs": epochs, "override.max_train_images": images or "none", "precision": "fp32"})
+        t.terminate(rid, "FINISHED")
+        return rid
+
+    done = old_run(0, 5, 100000)
+    for same in ([], ["--epochs", 9], ["--max-train-images", 5000]):
+        r = cli("run", "tutorial-base", *same, "--data-dir", synthetic_root, "--tracking-uri", store, "--no-progress")
+        assert r.exit_code == 0 and "identical finished run exists" in r.output, (same, r.output)
+    old_run(1, 1, None)  # seed 1, cut to 1 epoch: the recipe itself is still to train
+    r = cli("run", "tutorial-base", "--seed", 1, "--data-dir", synthetic_root, "--tracking-uri", store, "--no-progress")
+    assert r.exit_code == 0 and "identical" not in r.output, r.output
+    assert done in [x.info.run_id for x in finished(store)] and len(finished(store)) == 3

@@ -220,7 +220,7 @@ def test_budget_table_selects_epochs_on_held_out_data_only(default):
     assert float(b.loc[1, "runner_acc"]) == pytest.approx(62.0) and b.loc[1, "verdict"] == "beats it beyond seed noise"
     # 5 min: medium-three-conv's 30 epochs fit; held out: its best validation epoch (79), one seed: untested
     assert b.loc[5, "best"] == "medium-three-conv" and float(b.loc[5, "acc"]) == pytest.approx(79.0)
-    assert b.loc[5, "selected"] == "best held-out validation epoch" and b.loc[5, "verdict"].startswith("untested: 1 seed")
+    assert b.loc[5, "selected"] == "best held-out validation epoch" and b.loc[5, "verdict"] == "untested: measured on different images (one on its validation split, one on the test set)"
     html_b = html_rows(default["html"], "budgets")
     assert "fastai-simplenet" in html_b[0] and "71.00" in html_b[0] and "validates on the test set" in html_b[0]
     assert "medium-three-conv" in html_b[1] and "79.00" in html_b[1] and "best held-out validation epoch" in html_b[1]

@@ -14,7 +14,7 @@ from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, 
 from ..training.environment import choose_conv, choose_threads, configure_backend, resolve_device
 from ..errors import Interrupted, one_line
 from ..runs.group_run import train_group
-from ..runs.job import Job, Outcome, RunOptions, capped_phases, effective_overrides
+from ..runs.job import Job, Outcome, RunOptions, capped_phases, effective_overrides, legacy_aliases
 from ..recipes.network import build_model
 from ..runs.one_run import train_run
 from ..recipes.spec import Experiment, config_hash
@@ -30,10 +30,14 @@ def make_job(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions,
     train_images = train_split_size(exp, data)
     overrides = effective_overrides(opts, exp.train.epochs, train_images)
     chash = config_hash(exp, overrides, seed, data.fingerprint)
-    legacy = config_hash(exp, opts.overrides(), seed, data.fingerprint)  # runs recorded before effective overrides
+    # runs recorded before effective overrides: this command's own old hash, and the old hashes of
+    # finished runs of this seed and data set that trained the same (`--epochs 5` then, no flag now)
+    recorded = tracker.finished_runs_tagged({f"{TAG}experiment_id": exp.id, f"{TAG}seed": seed, f"{TAG}data_fingerprint": data.fingerprint})
+    found = legacy_aliases(recorded, overrides, exp.train.epochs, train_images, lambda o: config_hash(exp, o, seed, data.fingerprint))
+    legacy = tuple(dict.fromkeys(h for h in (config_hash(exp, opts.overrides(), seed, data.fingerprint), *found) if h != chash))
     epochs = capped_phases(exp.train.phases, opts.epochs) if opts.epochs is not None else exp.train.epochs
     return Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 else f"{exp.id}-s{seed}", epochs, echo,
-               overrides=overrides, train_images=train_images, legacy_hashes=(legacy,) if legacy != chash else ())
+               overrides=overrides, train_images=train_images, legacy_hashes=legacy)
 
 
 def config_lock(job: Job) -> ConfigLock:

@@ -58,7 +58,8 @@ def held_out(row: Row) -> bool:
 def budget_table(rows: list[Row], curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], budgets_min=BUDGETS_MIN) -> list[dict]:
     """For each budget: the row with the highest mean (over seeds) accuracy a user stopping there
     would get, the runner-up, and whether the gap is beyond seed noise (Welch over seeds,
-    MIN_SEEDS+ each)."""
+    MIN_SEEDS+ each, and both scored on the same images: a held-out validation split and the test
+    set are not)."""
     out = []
     for minutes in budgets_min:
         scored = []
@@ -77,7 +78,9 @@ def budget_table(rows: list[Row], curves: dict[str, list[tuple[np.ndarray, np.nd
         if len(scored) > 1:
             (_, _, sa, _), (b, key_b, sb, sel_b) = scored[0], scored[1]
             entry.update(runner_up=key_b, runner_acc=b, runner_n=len(sb), runner_selected=sel_b)
-            if min(len(sa), len(sb)) < MIN_SEEDS:
+            if scored[0][3] != sel_b:  # a validation split against the test set: accuracies on different images
+                entry["verdict"] = "untested: measured on different images (one on its validation split, one on the test set)"
+            elif min(len(sa), len(sb)) < MIN_SEEDS:
                 entry["verdict"] = f"untested: {min(len(sa), len(sb))} seed(s) on a side, {MIN_SEEDS} needed (--repeats {MIN_SEEDS})"
             else:
                 entry["p"] = welch_p(sa, sb)

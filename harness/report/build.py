@@ -53,13 +53,14 @@ def _write_text(path: Path, text: str, what: str) -> None:
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
                  data: str | None = None) -> Path:
     """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
-    prefix) whose rows the tests and the budget table compare (default: the one with most runs)."""
+    prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first)."""
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
     df = load_runs(tracker)
-    finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna()]
-    others = df[df["status"] != "FINISHED"]
+    # a run counts once it logged its final metrics (test accuracy and training time, logged together)
+    finished = df[(df["status"] == "FINISHED") & df["metrics.test_acc"].notna() & df["metrics.train_time_s"].notna()]
+    others = df.drop(finished.index)
     if finished.empty:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
     rows = build_rows(finished)
@@ -131,9 +132,10 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
     for r in rows:
         s = r.stats
         if r.key == basis["best"]:
-            v = "best" if basis["measured"] else "best run (seeds untested)"
+            # "best" only where it is ahead of every other row beyond seed noise
+            v = "best" if basis.get("beyond") else "highest mean (within seed noise)" if basis["measured"] else "best run (seeds untested)"
         else:
-            v = verdict.get(r.key, "-" if r in compared else "not compared")
+            v = verdict.get(r.key, ("only row compared" if len(compared) == 1 else "-") if r in compared else "not compared")
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped, "user": r.user,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
@@ -156,7 +158,8 @@ def _superseded(rows: list, link) -> list[dict]:
 def _unfinished(others: pd.DataFrame, link) -> list[dict]:
     return [{"id": x.get(f"tags.{TAG}experiment_id"), "run_id": x["run_id"], "status": x["status"], "link": link(x["run_id"]),
              "reason": x.get(f"tags.{TAG}failure_reason") if isinstance(x.get(f"tags.{TAG}failure_reason"), str) else
-             ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else "")}
+             ("still running, or killed without notice: `harness run` resumes it" if x["status"] == "RUNNING" else
+              "marked finished without its final metrics (test accuracy, training time): not counted" if x["status"] == "FINISHED" else "")}
             for _, x in others.iterrows()]
 
 

@@ -1,7 +1,8 @@
 """What the store holds (data sets, precisions, caps, execution modes) and which rows the report
-compares: significance tests and the budget table use the rows of one data set (the one with the
-most finished runs, or `--data FINGERPRINT`), and of those the uncapped ones; every row left out
-is listed with the reason."""
+compares: significance tests and the budget table use the rows of one data set (by default the
+one with the most rows to compare, then the most finished runs; or `--data FINGERPRINT`), and of
+those the uncapped ones, or where all are capped, those capped alike. Runs whose data set was not
+recorded are never compared. Every row left out is listed with the reason."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from ..tracking import TAG
 from .rows import Row
 
 
+UNKNOWN = "unknown"  # keys.run_key's data set of a run that recorded no fingerprint
+
+
 def data_sets(rows: list[Row]) -> list[dict]:
     """Each data set of the store: fingerprint, folders it was read from, counted runs and
-    experiments, test images; most counted runs first (ties: the most recent)."""
+    experiments, test images, rows a comparison on it would hold; the default choice first (the
+    most rows to compare, then the most counted runs, then the most recent; never an unrecorded one)."""
     out: dict[str, dict] = {}
     for r in rows:
         d = out.setdefault(r.data, {"fingerprint": r.data, "runs": 0, "experiments": set(), "dirs": set(), "n_test": set(), "latest": 0})
@@ -25,7 +30,9 @@ def data_sets(rows: list[Row]) -> list[dict]:
         d["dirs"].update(str(x) for x in r.runs.get(f"tags.{TAG}data_dir", pd.Series(dtype=object)).dropna())
         d["n_test"].update(str(x) for x in r.runs.get("params.data.n_test", pd.Series(dtype=object)).dropna())
         d["latest"] = max(d["latest"], int(r.runs["start_time"].max().timestamp()) if "start_time" in r.runs else 0)
-    listed = sorted(out.values(), key=lambda d: (-d["runs"], -d["latest"], d["fingerprint"]))
+    for d in out.values():
+        d["comparable"] = len(compared_rows(rows, d["fingerprint"])[0])
+    listed = sorted(out.values(), key=lambda d: (d["fingerprint"] == UNKNOWN, -d["comparable"], -d["runs"], -d["latest"], d["fingerprint"]))
     for d in listed:
         d["experiments"] = len(d["experiments"])
         d["dirs"] = ", ".join(sorted(d["dirs"])) or "?"
@@ -35,7 +42,7 @@ def data_sets(rows: list[Row]) -> list[dict]:
 
 def choose_data(sets: list[dict], asked: str | None) -> str:
     """The fingerprint to compare on: `asked` (a fingerprint or a unique prefix of one), else
-    the data set with the most finished runs (ties: the most recent)."""
+    the first of data_sets (the most rows to compare, then the most finished runs)."""
     if not asked:
         return sets[0]["fingerprint"]
     match = [d["fingerprint"] for d in sets if d["fingerprint"].startswith(asked.strip().lower())]
@@ -46,19 +53,49 @@ def choose_data(sets: list[dict], asked: str | None) -> str:
     return match[0]
 
 
+def _cap(r: Row) -> tuple[int | None, int | None]:
+    """(epochs it was cut to, training images it was cut to); None where not cut."""
+    k = r.ckey
+    epochs = k.epochs if k.epochs is not None and k.recipe_epochs is not None and k.epochs < k.recipe_epochs else None
+    return epochs, (k.n_train if k.images_capped else None)
+
+
+def _fits(r: Row, cap: tuple[int | None, int | None]) -> bool:
+    """Whether `r` trained what `--epochs E --max-train-images I` (cap) gives its recipe: cut to
+    the same values, or not cut where its recipe is within them already."""
+    (e, i), (ce, ci), k = _cap(r), cap, r.ckey
+    epochs_ok = e == ce or (e is None and ce is not None and k.epochs is not None and k.epochs <= ce)
+    images_ok = i == ci or (i is None and ci is not None and k.n_train is not None and k.n_train <= ci)
+    return epochs_ok and images_ok
+
+
+def _cap_text(cap: tuple[int | None, int | None]) -> str:
+    return ", ".join([f"{cap[0]} epochs"] * (cap[0] is not None) + [f"{cap[1]} training images"] * (cap[1] is not None)) or "uncapped"
+
+
 def compared_rows(rows: list[Row], data: str) -> tuple[list[Row], list[dict]]:
-    """(the rows the tests and the budget table compare, [{row, reason}] for the others)."""
-    on_data = [r for r in rows if r.data == data]
-    uncapped = [r for r in on_data if not r.capped]
-    chosen = uncapped or on_data
+    """(the rows the tests and the budget table compare, [{row, reason}] for the others): the
+    uncapped rows of data set `data`; where all of them are capped, those capped alike (the cap
+    most of them fit). A data set that was not recorded compares nothing."""
+    on_data = [r for r in rows if r.data == data and data != UNKNOWN]
+    chosen, cap = [r for r in on_data if not r.capped], None
+    if not chosen and on_data:
+        caps = sorted({_cap(r) for r in on_data}, key=lambda c: (c[0] is None, c[0] or 0, c[1] is None, c[1] or 0))
+        cap = max(caps, key=lambda c: sum(_fits(r, c) for r in on_data))
+        chosen = [r for r in on_data if _fits(r, cap)]
     left = []
     for r in rows:
-        if r.data != data:
-            left.append({"row": r.key, "runs": r.stats["n"], "run_ids": list(r.runs["run_id"]),
-                         "reason": f"trained on another data set ({r.data[:8]}; compare it with --data {r.data[:8]})"})
-        elif r not in chosen:
-            left.append({"row": r.key, "runs": r.stats["n"], "run_ids": list(r.runs["run_id"]),
-                         "reason": "capped (trained less than its recipe) while uncapped rows exist"})
+        if r.data == UNKNOWN:
+            reason = "its data set was not recorded (no data fingerprint tag): which images it saw is unknown"
+        elif r.data != data:
+            reason = f"trained on another data set ({r.data[:8]}; compare it with --data {r.data[:8]})"
+        elif r in chosen:
+            continue
+        elif cap is None:
+            reason = "capped (trained less than its recipe) while uncapped rows exist"
+        else:
+            reason = f"capped otherwise ({_cap_text(_cap(r))}) than the rows compared ({_cap_text(cap)})"
+        left.append({"row": r.key, "runs": r.stats["n"], "run_ids": list(r.runs["run_id"]), "reason": reason})
     return chosen, left
 
 

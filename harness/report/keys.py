@@ -123,7 +123,9 @@ def execution(run: pd.Series) -> str:
 def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the latest finished run of each seed, the seeds' earlier runs: superseded), both sorted by seed."""
     runs = runs.copy()
-    runs["_seed"] = pd.to_numeric(runs.get(f"tags.{TAG}seed", pd.Series(index=runs.index, dtype=object)), errors="coerce").fillna(-1)
+    none = pd.Series(index=runs.index, dtype=object)
+    seed = pd.to_numeric(runs.get(f"tags.{TAG}seed", none), errors="coerce")
+    runs["_seed"] = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce")).fillna(-1)  # the param where the tag was lost
     runs["_when"] = runs["end_time"].fillna(runs["start_time"]) if "end_time" in runs else runs["start_time"]
     runs = runs.sort_values(["_seed", "_when", "start_time"])
     latest = runs.groupby("_seed", sort=True).tail(1)

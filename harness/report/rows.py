@@ -63,7 +63,8 @@ def load_runs(tracker: Tracker) -> pd.DataFrame:
     df = tracker.search_runs_df()
     if df.empty:
         raise HarnessError(f"no runs in experiment {tracker.experiment_name!r} of {tracker.uri}; run `harness run-all` first")
-    for col in (f"tags.{TAG}experiment_id", f"tags.{TAG}capped", f"tags.{TAG}failure_reason", "metrics.test_acc"):
+    for col in (f"tags.{TAG}experiment_id", f"tags.{TAG}capped", f"tags.{TAG}failure_reason", "metrics.test_acc", "metrics.train_time_s",
+                "metrics.images_per_s"):
         if col not in df:
             df[col] = np.nan
     df = df[df[f"tags.{TAG}experiment_id"].notna()].copy()

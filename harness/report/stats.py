@@ -103,13 +103,14 @@ def best_basis(rows: list[Row], tests: list[dict]) -> dict:
     if not ranked:
         return {"best": None, "measured": False, "text": "", "settle": ""}
     best = ranked[0]
-    if len(ranked) == 1:
-        return {"best": best.key, "measured": False, "text": "the only row compared", "settle": ""}
+    if len(ranked) == 1:  # nothing to be ahead of: no best
+        return {"best": None, "measured": False, "text": f"Only one row compared ({best.key}): nothing to rank, no best", "settle": ""}
     if seeds_measured(*ranked) and all(t["verdict"] == REAL for t in tests):
-        return {"best": best.key, "measured": True, "text": f"ahead of every other row beyond seed noise ({MIN_SEEDS}+ seeds each, Welch, Holm)",
-                "settle": ""}
+        return {"best": best.key, "measured": True, "beyond": True,
+                "text": f"ahead of every other row beyond seed noise ({MIN_SEEDS}+ seeds each, Welch, Holm)", "settle": ""}
     if seeds_measured(*ranked):
-        return {"best": best.key, "measured": True, "text": "highest mean, but not beyond seed noise against every other row", "settle": ""}
+        return {"best": best.key, "measured": True, "beyond": False, "text": "highest mean, but not beyond seed noise against every other row",
+                "settle": ""}
     few = sorted({r.stats["n"] for r in ranked if r.stats["n"] < MIN_SEEDS})
     return {"best": best.key, "measured": False,
             "text": f"the best run, not a ranking of recipes: some rows have {' or '.join(map(str, few))} seed(s), and "

@@ -147,9 +147,10 @@ class Claimer:
         return [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
 
     def _propose(self, req: Request) -> _Proposal | Declined:
-        runs = self.tracker.find_runs(req.chash)
-        # a finished run of the same configuration recorded under an older hash counts as done
-        done = [r for r in runs + [r for a in req.aliases for r in self.tracker.find_runs(a)] if r.status == "FINISHED"]
+        # runs of the same configuration recorded under an older hash count too: a finished one as
+        # done, a killed one resumed (rather than trained again from scratch)
+        runs = self.tracker.find_runs(req.chash) + [r for a in req.aliases for r in self.tracker.find_runs(a)]
+        done = [r for r in runs if r.status == "FINISHED"]
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         live = [r for r in runs if self.alive(r, req.lock_held)]

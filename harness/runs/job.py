@@ -9,7 +9,7 @@ import torch
 
 from ..data.cifar_files import Cifar10
 from ..recipes.spec import Experiment, Phase
-from ..tracking import Tracker
+from ..tracking import TAG, Tracker
 
 
 @dataclass
@@ -54,6 +54,28 @@ def effective_overrides(opts: RunOptions, recipe_epochs: int, train_images: int)
     if opts.precision != "fp32":
         o["precision"] = opts.precision
     return o
+
+
+def legacy_aliases(recorded: list[tuple[dict, dict]], overrides: dict, recipe_epochs: int, train_images: int, hash_of) -> tuple[str, ...]:
+    """The config hashes of finished runs recorded before effective_overrides that trained what
+    `overrides` trains (`recorded`: their (tags, params), of this experiment, seed and data set;
+    `hash_of(overrides)`: the hash such a run would carry). An old run hashed its overrides as
+    given (`--epochs 5` on a 2-epoch recipe); its params say which, so a later command that trains
+    the same (no flag, or `--epochs 9`) finds it."""
+    out = []
+    for tags, params in recorded:
+        given = {}
+        for name in ("epochs", "max_train_images"):
+            v = params.get(f"override.{name}", "none")
+            if v not in ("none", None):
+                given[name] = int(v)
+        if params.get("precision", "fp32") != "fp32":
+            given["precision"] = params["precision"]
+        opts = RunOptions(epochs=given.get("epochs"), max_train_images=given.get("max_train_images"), precision=given.get("precision", "fp32"))
+        h = tags.get(f"{TAG}config_hash")
+        if h and h == hash_of(given) and effective_overrides(opts, recipe_epochs, train_images) == overrides and h not in out:
+            out.append(h)
+    return tuple(out)
 
 
 @dataclass

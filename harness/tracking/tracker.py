@@ -102,6 +102,12 @@ class Tracker:
         return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time, r.info.end_time) for r in runs]
 
     @_guarded
+    def finished_runs_tagged(self, tags: dict) -> list[tuple[dict, dict]]:
+        """(tags, params) of the finished runs that carry every one of `tags`."""
+        where = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
+        return [(dict(r.data.tags), dict(r.data.params)) for r in self.client.search_runs([self.experiment_id], filter_string=where, max_results=1000)]
+
+    @_guarded
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
