@@ -134,7 +134,10 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     from .training.environment import resolve_device
     from .runs.job import RunOptions
     from .executors.local import run_many, summary_table
+    from .executors.signals import sigterm_is_ctrl_c
     from .tracking import Tracker
+
+    sigterm_is_ctrl_c()  # Slurm, Kubernetes and `timeout` stop a job with SIGTERM: a run ends resumable
 
     if seed + repeats - 1 > MAX_SEED:
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
