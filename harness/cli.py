@@ -171,8 +171,11 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
         where = "`mlflow ui` here, then " if tracker.uri == "sqlite:///mlflow.db" else f"`mlflow ui --backend-store-uri {tracker.uri}`, then "
     click.echo(f"\nruns: {where}{tracker.ui_url()}   report: `harness report`")
     failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")
+    stopped = [o for o in outcomes if o.status == "resumable"]
+    if failed or stopped:
+        _fail("; ".join(([f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}"] if failed else [])
+                        + ([f"{len(stopped)} run(s) stopped and resumable (run the same command again): "
+                            f"{', '.join(o.experiment_id for o in stopped)}"] if stopped else [])))
 
 
 def _jobs(asked, device, runs: int, together: str) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..data.cifar_files import Cifar10, load_cifar10
+from ..runs import lifecycle
 from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
 from ..errors import HarnessError, Interrupted, UsageError, one_line
 from ..runs.job import Outcome, RunOptions
@@ -141,7 +142,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 i, run_id = pending.pop(ref)
-                outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id)
+                outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id, claimer.owner)
                 heartbeat.drop(run_id)
                 locks[i].release()
                 echo(outcome_line(outcomes[i]))
@@ -149,23 +150,23 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
             for ref, (i, run_id) in pending.items():
                 ray.cancel(ref, force=True)
                 heartbeat.drop(run_id)
-                tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C on the Ray driver); run again to resume")
+                lifecycle.stop(tracker, run_id, claimer.owner, "interrupted (Ctrl-C on the Ray driver); run again to resume")
                 locks[i].release()
             raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
     return [o for o in outcomes if o is not None]
 
 
-def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:
+def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str, owner: str) -> Outcome:
     """The task's outcome; a task that could not end its run (its node died more often than
     retried, or it failed before training) leaves the run resumable and says why."""
     try:
         outcome = ray.get(ref)
     except Exception as e:
         reason = f"its Ray task failed: {one_line(e)}"
-        tracker.terminate(run_id, "KILLED", f"{reason}; run again to resume")
-        return Outcome(exp_id, seed, "failed", run_id, reason=reason)
+        lifecycle.stop(tracker, run_id, owner, f"{reason}; run again to resume")
+        return Outcome(exp_id, seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
     # "skipped": taken over by another process while the task stalled; the run is its now
-    if outcome.status != "skipped" and tracker.run_status(run_id) == "RUNNING":
-        tracker.terminate(run_id, "KILLED", f"{outcome.reason}; run again to resume")
+    if outcome.status != "skipped":
+        lifecycle.stop(tracker, run_id, owner, f"{outcome.reason}; run again to resume")
     return outcome
 

@@ -2,6 +2,7 @@
 
 - job.py: the plain data of runs (options, one resolved job, progress, outcome).
 - progress.py: tqdm bars on a terminal, one line per epoch elsewhere.
+- lifecycle.py: a run's states and status writes (claimed, recorded, training, finished, resumable, failed), owner-checked.
 - claims.py: who trains what, among every process that shares the store.
 - checkpoints.py: a run's training state between epochs, so a killed run resumes.
 - run_record.py: what a new run records about itself (tags, params, config, datasets).

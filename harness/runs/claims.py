@@ -31,10 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..tracking import TAG, RunRecord, Tracker
-
-OWNER = f"{TAG}owner"
-HEARTBEAT = f"{TAG}heartbeat"
-RECORDED = f"{TAG}recorded"
+from .lifecycle import HEARTBEAT, OWNER, RECORDED, TakenOver, supersede  # noqa: F401 (OWNER, RECORDED, TakenOver: re-exported)
 
 
 class ConfigLock:
@@ -176,7 +173,7 @@ class Claimer:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
         for rid in p.superseded:
-            self.tracker.terminate(rid, "KILLED", "abandoned: superseded by a --force run")
+            supersede(self.tracker, rid)
         return Claimed(p.run_id, resumed=False, recorded=False)
 
 
@@ -204,7 +201,8 @@ class Heartbeat:
     instead, and its trainer stops at the next epoch's end rather than train it a second time."""
 
     def __init__(self, tracker: Tracker, interval_s: float, owner: str | None = None, clock=time.time):
-        self.tracker, self.interval_s, self.owner, self.clock = tracker, interval_s, owner, clock
+        # a beat is repeated anyway: it never waits out a store outage (the trainer's writes do)
+        self.tracker, self.interval_s, self.owner, self.clock = tracker.impatient(), interval_s, owner, clock
         self.runs: set[str] = set()
         self.lost: dict[str, str] = {}  # run id -> its new owner
         self._stop = threading.Event()
@@ -246,6 +244,3 @@ class Heartbeat:
                 return
         self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}"})
 
-
-class TakenOver(Exception):
-    """The run was claimed by another process while this one trained it."""

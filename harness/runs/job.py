@@ -3,7 +3,7 @@ through the epochs and its outcome (no behaviour, so every room below the runner
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,7 +45,7 @@ class RunOptions:
 class Outcome:
     experiment_id: str
     seed: int
-    status: str  # finished | skipped | failed | killed
+    status: str  # finished | skipped | failed | resumable (stopped by a fault a rerun resumes)
     run_id: str | None = None
     test_acc: float | None = None
     train_time_s: float | None = None
@@ -80,3 +80,4 @@ class Progress:
     best_val: float = float("inf")
     train_time: float = 0.0
     best_weights: dict | None = None  # the best-validation weights, for recipes that keep them
+    history: dict = field(default_factory=dict)  # epoch -> its metrics and series, kept in the checkpoint
