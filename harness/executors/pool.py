@@ -147,7 +147,7 @@ class _Pool:
             self.interrupted.append(f"run {exp.id} (seed {seed}): its worker process died ({how}) while stopping; it is resumable")
             return
         if self.deaths[i] >= MAX_WORKER_DEATHS:
-            o = Outcome(exp.id, seed, "failed", reason=f"its worker process died {self.deaths[i]} times (last {how}); "
+            o = Outcome(exp.id, seed, "resumable", reason=f"its worker process died {self.deaths[i]} times (last {how}); "
                                                       "the run is left resumable: run the same command again")
             self.outcomes[i] = o
             self.echo(outcome_line(o))

@@ -68,8 +68,10 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
                         raise
                     except Exception as e:  # this network's run ends; the others finish
                         done[i] = ended_outcome(job, run_ids[i], owner, True, e)
-    except Interrupted:
-        raise
+    except Interrupted as e:  # one network's finish completed as the Ctrl-C came: the rest stop resumable
+        stopped = [jobs[i].run_name for i, rid in enumerate(run_ids) if i not in done and _stop(tracker, rid, owner)]
+        raise Interrupted("; ".join([str(e)] + ([f"runs {', '.join(stopped)} of its group are marked KILLED; run the same command "
+                                                  "again to resume them"] if stopped else []))) from None
     except KeyboardInterrupt as e:
         for i, rid in enumerate(run_ids):
             if i not in done:
@@ -84,6 +86,13 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
             if i not in done:
                 done[i] = ended_outcome(jobs[i], rid, owner, recorded[i] or resumed[i], e)
     return [done[i] for i in range(n)]
+
+
+def _stop(tracker, run_id: str, owner: str | None) -> bool:
+    try:
+        return lifecycle.stop(tracker, run_id, owner, "interrupted (Ctrl-C); run again to resume")
+    except Exception:  # left RUNNING, its heartbeat stops: resumed next time all the same
+        return False
 
 
 def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None]) -> list[Progress]:

@@ -117,6 +117,8 @@ def settle(tracker: Tracker, run_id: str, owner: str | None, started: bool, e: B
     if not started:
         tracker.delete_run(run_id)
         return None
+    if tracker.run_status(run_id) == "FINISHED":  # complete before the fault took effect (a Ctrl-C
+        return FINISHED  # landing while the task returns): a FINISHED run is never ended again
     state = ending(e)
     end(tracker, run_id, owner, state, reason)
     return state

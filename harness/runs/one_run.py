@@ -69,7 +69,8 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             tracker.delete_run(run_id)
             raise Interrupted(f"run {job.run_name} was interrupted before it started; nothing of it was recorded") from None
         try:
-            lifecycle.settle(tracker, run_id, owner, started, e, "interrupted (Ctrl-C); run again to resume")
+            if lifecycle.settle(tracker, run_id, owner, started, e, "interrupted (Ctrl-C); run again to resume") == lifecycle.FINISHED:
+                raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED") from None
         except TakenOver:
             raise Interrupted(f"run {job.run_name} ({run_id}) was taken over by another process; it trains there") from None
         except Exception as w:  # left RUNNING, its heartbeat stops: it is resumed next time all the same
@@ -229,7 +230,7 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
     protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
     job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
     if interrupted:
-        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED; nothing else was started")
+        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED")
     return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)
 
 
