@@ -108,3 +108,22 @@ def test_sigterm_ends_runs_resumable_and_starts_nothing_more(synthetic_root, sto
     for k in killed:
         assert f"resuming run {k.info.run_id}" in out2, out2
     check_each_finished_once(store, {(i, "0") for i in ids}, 3)
+
+
+def test_two_ctrl_c_on_jobs_stop_the_workers_runs_resumable_not_failed(synthetic_root, store):
+    """A terminal's Ctrl-C reaches the command's process group; pressed twice, the second is not
+    a worker's death: no run is reported failed, and the rerun resumes what was stopped."""
+    ids = ["medium-three-conv", "fastai-simplenet", "tutorial-base"]
+    args = ["run", *ids, "--jobs", "2", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", *SMALL]
+    p = harness(*args)
+    wait_for(lambda: checkpointed(store), p)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(p.pid, signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130 and "Traceback" not in out, out
+    assert "worker process ended" not in out and "FAILED" not in out and "died" not in out, out
+    r = harness(*args)
+    out2 = r.communicate(timeout=600)[0]
+    assert r.returncode == 0, out2
+    check_each_finished_once(store, {(i, "0") for i in ids}, 3)

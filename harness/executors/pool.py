@@ -13,7 +13,7 @@ worker, which takes the run over and resumes it from its checkpoint; the others 
 Workers run in their own process group, so Ctrl-C or SIGTERM reaches this supervisor only:
 it starts nothing more, passes one Ctrl-C to each busy worker (its run ends KILLED, resumable,
 or FINISHED if it was completing), waits for them and says what was stopped and what never
-started.
+started. A worker never gets a second Ctrl-C (that would cut its KILLED write short).
 """
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, op
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
     ignore_stops()  # (started with both ignored already: see run_pool's start)
     tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
-    conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        i, exp, seed = task
-        conn.send((i, _work(exp, seed, data, tracker, opts)))
+    try:
+        conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            i, exp, seed = task
+            conn.send((i, _work(exp, seed, data, tracker, opts)))
+    except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
+        return
 
 
 def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions) -> Outcome | Interrupted:
@@ -203,23 +206,26 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
 
 def _stop(pool: _Pool) -> str:
     """Ctrl-C or SIGTERM: nothing more starts; each busy worker gets one Ctrl-C and is waited
-    for (a second Ctrl-C here passes a second one on: the user insists). What it left, in a line."""
+    for. A second Ctrl-C here only says what it waits for; a third kills the workers outright
+    (their runs stay RUNNING, their owners dead: a rerun resumes them). What it left, in a line."""
     never, pool.stopping = len(pool.queue), True
     pool.queue.clear()
     for s in pool.busy():
         _signal(s, signal.SIGINT)
-    deadline = _now() + SETTLE_S
+    deadline, pressed = _now() + SETTLE_S, 0
     while pool.busy() and _now() < deadline:
         try:
             pool.step(timeout=1.0)
         except KeyboardInterrupt:
-            for s in pool.busy():
-                _signal(s, signal.SIGINT)
+            pressed += 1
+            if pressed >= 2:
+                break
+            pool.echo(f"stopping: waiting for {len(pool.busy())} run(s) to be marked KILLED; Ctrl-C again to kill them now (they stay resumable)")
     left = pool.busy()
-    for s in left:  # stuck past the limit: its run stays RUNNING, and its owner dead, a rerun resumes it
+    for s in left:  # stuck past the limit, or the user insists
         s.proc.kill()
-    said = pool.interrupted + [f"run {pool.todo[s.task][0].id} (seed {pool.todo[s.task][1]}) did not stop within {SETTLE_S:.0f}s and was "
-                               "killed; it is resumable" for s in left]
+    said = pool.interrupted + [f"run {pool.todo[s.task][0].id} (seed {pool.todo[s.task][1]}) was killed before it could be marked KILLED; "
+                               "it is resumable" for s in left]
     pool.interrupted = []
     if never:
         said.append(f"{never} queued run(s) were never started")

@@ -25,6 +25,7 @@ from ..errors import HarnessError, Interrupted, UsageError, one_line
 from ..runs.job import Outcome, RunOptions
 from ..runs.one_run import train_run
 from .local import claim_jobs, make_job, outcome_line
+from .signals import sigterm_is_ctrl_c
 from ..recipes.spec import Experiment
 from ..tracking import TAG, Tracker
 from ..tracking.store import absolute_uri
@@ -154,6 +155,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                  echo=print) -> list[Outcome]:
     ray = require_ray()
     connect(ray, ray_opts.address)
+    sigterm_is_ctrl_c()  # again: ray.init installs its own SIGTERM handler (sys.exit), which would strand the runs
     check_feasible(ray, ray_opts.cpus_per_run, ray_opts.gpus_per_run)
     from ray.util.queue import Queue
 
@@ -211,7 +213,7 @@ def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcom
     refs = list(pending)
     for ref in refs:
         ray.cancel(ref, force=False)
-    done, late = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
+    _, late = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
     for ref in late:
         ray.cancel(ref, force=True)
     if late:
