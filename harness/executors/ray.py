@@ -127,7 +127,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pending, locks = {}, []
     claimer = Claimer(tracker, policy)
-    with Heartbeat(tracker, policy.stale_after_s / 4, claimer.owner) as heartbeat:
+    with Heartbeat(tracker, policy.beat_s, claimer.owner) as heartbeat:
         try:
             locks, claims, skipped = claim_jobs(jobs, claimer)
             for i, o in skipped.items():
@@ -137,7 +137,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 job = jobs[i]
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
-                                data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
+                                data.fingerprint, env, policy.beat_s, claimer.owner)
                 pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
