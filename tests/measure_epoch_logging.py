@@ -28,7 +28,7 @@ MAX_TRAIN_IMAGES = 4000
 
 
 def main(recipe: str, data_dir: str) -> None:
-    from harness.data.cifar_files import load_cifar10
+    from harness.data.cifar_files import load_cifar10, resolve_data_dir
     from harness.models import create_model
     from harness.recipes.catalogue import load_catalogue
     from harness.runs.checkpoints import run_state
@@ -43,7 +43,7 @@ def main(recipe: str, data_dir: str) -> None:
         from tests.conftest import make_synthetic
 
         data_dir = str(make_synthetic(Path(f"/tmp/measure-synthetic-{os.getpid()}"), n_train=MAX_TRAIN_IMAGES + 500))
-    data = load_cifar10(data_dir)
+    data = load_cifar10(resolve_data_dir(data_dir, download=False))
     prep = prepare_data(exp, data, 0, MAX_TRAIN_IMAGES, torch.device("cpu"))
     model = create_model(exp.model.name, **exp.model.args)
     opt = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
