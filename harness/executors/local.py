@@ -78,7 +78,7 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         return skipped[0]
     try:
         claim = claimed[0]
-        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4, claimer.owner)
+        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)
     finally:
         lock.release()
 
@@ -91,7 +91,7 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
     locks, claims, outcomes = claim_jobs(jobs, claimer)
     try:
         mine = sorted(claims)
-        beat = claimer.policy.stale_after_s / 4
+        beat = claimer.policy.beat_s
         try:
             cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
             # measured only now, for the runs there are to train (a rerun that skips them pays nothing)

@@ -170,7 +170,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     pending, locks, claims = {}, [], {}
     claimer = Claimer(tracker, policy)
     lines = Queue(maxsize=10_000, actor_options={"num_cpus": 0}) if opts.progress else None
-    with Heartbeat(tracker, policy.stale_after_s / 4, claimer.owner) as heartbeat:
+    with Heartbeat(tracker, policy.beat_s, claimer.owner) as heartbeat:
         try:
             locks, claims, skipped = claim_jobs(jobs, claimer)
             for i, o in skipped.items():
@@ -180,7 +180,7 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 job = jobs[i]
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
-                                data.fingerprint, env, policy.stale_after_s / 4, claimer.owner, lines)
+                                data.fingerprint, env, policy.beat_s, claimer.owner, lines)
                 pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -64,8 +64,8 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
                     torch.set_rng_state(stack.rng_state(i))  # a train-mode test pass draws as the sequential run would
                     try:
                         done[i] = finish(job, run_ids[i], preps[i], models[i], loss_fn, states[i], progress[i], built[i][3], outbox, owner)
-                    except (KeyboardInterrupt, TakenOver):
-                        raise
+                    except TakenOver as e:  # this run is another process's now; the others finish
+                        done[i] = Outcome(job.exp.id, job.seed, "skipped", run_ids[i], reason=str(e))
                     except Exception as e:  # this network's run ends; the others finish
                         done[i] = ended_outcome(job, run_ids[i], owner, True, e)
     except Interrupted as e:  # one network's finish completed as the Ctrl-C came: the rest stop resumable

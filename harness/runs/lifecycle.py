@@ -42,7 +42,7 @@ def permanent(e: BaseException) -> bool:
     fault, memory, a signal or a stopped process is not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
-    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable)) or store_fault(e):
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver)) or store_fault(e):
         return False
     if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
         return False

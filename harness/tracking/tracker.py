@@ -293,6 +293,9 @@ class Tracker:
     def has_model(self, run_id: str, name: str = "model") -> bool:
         """Whether the run has a complete (READY) logged model `name`. Incomplete ones, left by
         a process killed while logging, are deleted so that the next attempt leaves one model."""
+        return self._complete_model(run_id, name)
+
+    def _complete_model(self, run_id: str, name: str = "model") -> bool:
         found = _retry_locked(self.client.search_logged_models)(
             experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
         ready = False
@@ -303,8 +306,12 @@ class Tracker:
                 _retry_locked(self.client.delete_logged_model)(m.model_id)
         return ready
 
-    @_riding
+    @_riding_held
     def log_model(self, run_id: str, model, input_example, pip_requirements: list[str]) -> None:
+        """Log the model unless a complete one exists; an attempt cut short by an outage leaves an
+        incomplete one, which the next attempt removes (has_model), so repeating it is safe."""
+        if self._complete_model(run_id):
+            return
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing)
         with mlflow.start_run(run_id=run_id):
             mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
