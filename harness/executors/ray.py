@@ -194,6 +194,8 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                     echo(outcome_line(outcomes[i]))
         except KeyboardInterrupt:
             said = _stop(ray, pending, tracker, claims, claimer.owner, outcomes, echo)
+            if lines is not None:  # the tasks' last lines (a run's "marked KILLED" among them)
+                _show_lines(lines, echo)
             raise Interrupted(said) from None
         finally:
             for lock in locks:
