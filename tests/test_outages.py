@@ -15,8 +15,8 @@ from tests.servers import REPO, server_env
 ARGS = ["--epochs", "4", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
 
 
-def start_run(server, experiment: str, synthetic_root, recipe: str = "medium-vgg-bn", args=ARGS) -> subprocess.Popen:
-    env = dict(server_env(server), HARNESS_OUTAGE_WINDOW_S="300")
+def start_run(server, experiment: str, synthetic_root, recipe: str = "medium-vgg-bn", args=ARGS, window_s: int = 300) -> subprocess.Popen:
+    env = dict(server_env(server), HARNESS_OUTAGE_WINDOW_S=str(window_s))
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", recipe, "--experiment-name", experiment, "--data-dir",
                              str(synthetic_root), *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -161,7 +161,8 @@ class Claimer:
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         state = {r.run_id: self.liveness(r) for r in runs}
-        live = [r for r in runs if state[r.run_id] == ALIVE]
+        # several live ones: claimers racing for a new configuration, the first created wins (as in _confirm)
+        live = sorted((r for r in runs if state[r.run_id] == ALIVE), key=lambda r: (r.start_time, r.run_id))
         if live:
             return Declined(f"being trained by {live[0].tags.get(OWNER, 'another process')}", live[0].run_id)
         unsure = [r for r in runs if state[r.run_id] == WATCHING]

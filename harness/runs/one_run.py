@@ -94,7 +94,7 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
         return Outcome(job.exp.id, job.seed, "skipped", run_id, reason=str(t))
     except Exception as w:
         ended = RESUMABLE if started else None
-        reason = f"{reason} (its end could not be recorded: {one_line(w)})"
+        reason = f"{reason} (its end could not be recorded either: {type(w).__name__})"
     if ended is None:
         return Outcome(job.exp.id, job.seed, "failed", reason=reason)
     if ended == FAILED:

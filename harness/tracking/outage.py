@@ -12,6 +12,7 @@ params are set to the same values, metrics carry their own timestamp, artifacts 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -116,3 +117,19 @@ class Outage:
                 self.longest = max(self.longest, down)
                 self.since = None
                 log.warning("tracking store reachable again after %.0f s; queued writes are landing in order", down)
+
+
+def riding(per_attempt):
+    """A decorator for methods of an object with an `outage` (a Tracker): the call is retried
+    through an outage, each attempt wrapped by `per_attempt`."""
+
+    def decorate(fn):
+        inner = per_attempt(fn)
+
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            return self.outage.call(inner, self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import logging
 import tempfile
@@ -26,7 +25,7 @@ from ..errors import HarnessError, UsageError
 from .guards import guarded as _guarded
 from .guards import held as _held
 from .guards import retry_locked as _retry_locked
-from .outage import Outage, window_s
+from .outage import Outage, riding, window_s
 from .store import DEFAULT_EXPERIMENT, artifact_location, check_reachable, describe, init_lock, prepare, redact, resolve_uri
 
 # the pickle format is chosen deliberately (see log_model); its warning on every run is noise
@@ -46,28 +45,11 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 
-def _riding(fn):
-    """A call made while a run trains: retried through a store outage (outage.py) for the
-    Tracker's window; each attempt as `guarded` (Ctrl-C held, SQLite's lock retried)."""
-    inner = _guarded(fn)
-
-    @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
-        return self.outage.call(inner, self, *args, **kwargs)
-
-    return wrapper
-
-
-def _riding_held(fn):
-    """As _riding, for a method of several calls, each retried on SQLite's lock (`held`): the
-    whole method is repeated after an outage, which is safe because its writes are idempotent."""
-    inner = _held(fn)
-
-    @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
-        return self.outage.call(inner, self, *args, **kwargs)
-
-    return wrapper
+# a call made while a run trains is retried through a store outage (outage.py) for the Tracker's
+# window; each attempt `guarded` (Ctrl-C held, SQLite's lock retried), or for a method of several
+# calls `held` with each call retried on the lock (repeating it whole is safe: its writes are idempotent)
+_riding = riding(_guarded)
+_riding_held = riding(_held)
 
 
 def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
