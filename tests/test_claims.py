@@ -154,6 +154,7 @@ def test_claimers_racing_for_a_new_configuration_train_it_once(tracker, n):
 
     def go(i):
         c = claimer(Tracker(tracker.uri), settle=0.5)
+        beating(c.owner, True)  # each thread stands for a live process: its claims stay alive
         barrier.wait()
         results[i] = c.claim(f"race{n}", "x", {}, force=False, lock_held=False)
 
@@ -177,6 +178,7 @@ def test_claimers_racing_to_take_over_one_abandoned_run_train_it_once(tracker):
 
     def go(i):
         c = claimer(Tracker(tracker.uri), settle=0.5)
+        beating(c.owner, True)  # each thread stands for a live process: its claims stay alive
         barrier.wait()
         results[i] = c.claim("c5", "x", {}, force=False, lock_held=False)
 
@@ -209,7 +211,7 @@ def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
     finished = other_run(tracker, "m-done", time.time(), status="FINISHED")
     abandoned = other_run(tracker, "m-old", time.time() - 1000, owner=dead_owner_here())
     got = c.claim_many([Request(h, h, {}, False, True) for h in ("m-new1", "m-done", "m-old", "m-new2")])
-    assert waits == [0.2]  # one wait for the four, not one each
+    assert waits == [0.2, 0.2]  # one wait for the four (and one more to recheck the takeover), not one each
     assert [type(g).__name__ for g in got] == ["Claimed", "Declined", "Claimed", "Claimed"]
     assert got[1].run_id == finished and got[2].run_id == abandoned and got[2].resumed
 

@@ -147,9 +147,22 @@ class Claimer:
                     proposals[i] = self._propose(requests[i])
             if any(isinstance(p, _Proposal) for p in proposals):
                 self.sleep(self.policy.settle_s)
-            return [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
+            results = [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
+            return self._recheck_takeovers(proposals, results)
         finally:
             beating(self.owner, False)
+
+    def _recheck_takeovers(self, proposals: list, results: list) -> list:
+        """A taker whose owner write was slowed past the settling wait (a loaded store) lands after
+        another read its own back: one more wait and read, and only the last writer keeps it."""
+        won = [i for i, (p, r) in enumerate(zip(proposals, results)) if isinstance(p, _Proposal) and p.takeover and isinstance(r, Claimed)]
+        if won:
+            self.sleep(self.policy.settle_s)
+            for i in won:
+                now = self.tracker.run_tags(results[i].run_id).get(OWNER)
+                if now != self.owner:
+                    results[i] = Declined(f"taken over by {now}", results[i].run_id)
+        return results
 
     def _poll_s(self, run_id: str, chash: str) -> float:
         run = next((r for r in self.tracker.find_runs(chash) if r.run_id == run_id), None)
