@@ -143,7 +143,10 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     from .runs.job import RunOptions
     from .executors.local import run_many, summary_table
     from .executors.schedule import longest_first
+    from .executors.signals import sigterm_is_ctrl_c
     from .tracking import Tracker
+
+    sigterm_is_ctrl_c()  # Slurm, Kubernetes and `timeout` stop a job with SIGTERM: a run ends resumable
 
     if seed + repeats - 1 > MAX_SEED:
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
@@ -178,8 +181,11 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
         where = "`mlflow ui` here, then " if tracker.uri == "sqlite:///mlflow.db" else f"`mlflow ui --backend-store-uri {tracker.uri}`, then "
     click.echo(f"\nruns: {where}{tracker.ui_url()}   report: `harness report`")
     failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        _fail(f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}")
+    stopped = [o for o in outcomes if o.status == "resumable"]
+    if failed or stopped:
+        _fail("; ".join(([f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}"] if failed else [])
+                        + ([f"{len(stopped)} run(s) stopped and resumable (run the same command again): "
+                            f"{', '.join(o.experiment_id for o in stopped)}"] if stopped else [])))
 
 
 def _jobs(asked, device, runs: int, together: str) -> int:

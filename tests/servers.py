@@ -78,8 +78,8 @@ def tracking_server(auth_cache_ttl_s: int = 0):
     if os.geteuid() == 0:
         shutil.chown(pg, "postgres")
     subprocess.run(as_postgres(PG_BIN / "initdb", "-D", pg, "-U", "postgres", "--auth=trust", "-E", "UTF8"), check=True, capture_output=True)
-    subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-o", f"-h 127.0.0.1 -p {pg_port} -k {pg}", "-l", pg / "log", "-w", "start"),
-                   check=True, capture_output=True)
+    pg_start = as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-o", f"-h 127.0.0.1 -p {pg_port} -k {pg}", "-l", pg / "log", "-w", "start")
+    subprocess.run(pg_start, check=True, capture_output=True)
     server_proc = None
     try:
         for db in ("mlflow", "mlflowauth"):
@@ -93,13 +93,33 @@ def tracking_server(auth_cache_ttl_s: int = 0):
             f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n")
         env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests")
         log = root / "server.log"
-        server_proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], cwd=root, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", 180, server_proc, log)
-        yield {"url": url, "root": root}
+
+        def start_server():
+            nonlocal server_proc
+            server_proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+                 "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+                 "--workers", "1"], cwd=root, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+            wait_http(url + "/health", 180, server_proc, log)
+
+        def kill_server():
+            """The server dies as a crash or an OOM kill leaves it (its workers too)."""
+            nonlocal server_proc
+            if server_proc is not None:
+                os.killpg(server_proc.pid, signal.SIGKILL)
+                server_proc.wait(timeout=60)
+                server_proc = None
+
+        def stop_postgres():
+            subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", pg, "-m", "fast", "-w", "stop"), check=True, capture_output=True)
+
+        def start_postgres():
+            subprocess.run(pg_start, check=True, capture_output=True)
+
+        start_server()
+        yield {"url": url, "root": root, "start_server": start_server, "kill_server": kill_server,
+               "stop_postgres": stop_postgres, "start_postgres": start_postgres}
     finally:
         if server_proc is not None:
             os.killpg(server_proc.pid, signal.SIGTERM)  # our own server and its workers, nothing else

@@ -1,17 +1,23 @@
-"""Claims through the store itself, as processes on different machines see them: a live run is
-left alone, an abandoned one is taken over by exactly one claimer, and claimers that race for
-a new configuration settle it so that exactly one trains. (Same-machine locks: test_shared_store.)"""
+"""Claims through the store itself: a live run is left alone, an abandoned one is taken over by
+exactly one claimer, and claimers that race for a new configuration settle it so that exactly
+one trains. Liveness does not depend on clocks: on this machine the owner's process decides, on
+another an observer takes a run over only after seeing its heartbeat unchanged for the stale
+limit on its own monotonic clock (injected here). (Same-machine processes: test_shared_store.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 
+import psutil
 import pytest
 
-from harness.runs.claims import HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined
+from harness.runs.claims import BEAT_INTERVAL, HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined, beating, machine_id
 from harness.tracking import Tracker
 
-ELSEWHERE = "other-host/abcd1234|4242|deadbeef"  # an owner on another machine
+ELSEWHERE = "other-host/abcd1234/1|4242|1000.000|deadbeef"  # an owner on another machine
 
 
 @pytest.fixture
@@ -19,60 +25,127 @@ def tracker(store):
     return Tracker(store)
 
 
-def claimer(tracker, settle=0.3, stale=120.0, clock=None, owner=None):
-    import time
+class FakeTime:
+    """The observer's monotonic clock and sleep; `on_sleep` runs as time passes (a remote writer's beats)."""
 
-    return Claimer(tracker, ClaimPolicy(stale_after_s=stale, settle_s=settle), owner=owner, clock=clock or time.time)
+    def __init__(self, on_sleep=None):
+        self.now, self.waits, self.on_sleep = 1000.0, [], on_sleep
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, s):
+        self.waits.append(s)
+        self.now += s
+        if self.on_sleep:
+            self.on_sleep(self.now)
 
 
-def other_run(tracker, chash, beat: float, status="RUNNING"):
-    rec = tracker.create_run("x", {"harness.config_hash": chash, OWNER: ELSEWHERE, HEARTBEAT: f"{beat:.3f}"})
+def claimer(tracker, settle=0.3, stale=120.0, clock=None, owner=None, fake: FakeTime | None = None):
+    fake = fake or FakeTime()
+    return Claimer(tracker, ClaimPolicy(stale_after_s=stale, settle_s=settle), owner=owner, clock=clock or time.time,
+                   sleep=lambda s: fake.sleep(s) if s != settle else time.sleep(s), monotonic=fake.monotonic)
+
+
+def other_run(tracker, chash, beat: float, status="RUNNING", owner=ELSEWHERE):
+    rec = tracker.create_run("x", {"harness.config_hash": chash, OWNER: owner, HEARTBEAT: f"{beat:.3f}"})
     if status != "RUNNING":
         tracker.terminate(rec.run_id, status)
     return rec.run_id
 
 
-def test_a_run_with_a_fresh_heartbeat_elsewhere_is_left_alone(tracker):
-    import time
+def dead_owner_here() -> str:
+    """An owner on this machine whose process has ended."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = psutil.Process(p.pid).create_time()
+    p.wait()
+    return f"{machine_id()}|{p.pid}|{start:.3f}|cafecafe"
 
-    rid = other_run(tracker, "c1", time.time() - 10)
-    got = claimer(tracker).claim("c1", "x", {}, force=False, lock_held=True)
-    assert isinstance(got, Declined) and got.run_id == rid and ELSEWHERE in got.reason
+
+def test_a_run_whose_heartbeat_changes_elsewhere_is_left_alone(tracker):
+    rid = other_run(tracker, "c1", 5.0)
+    beats = iter(range(6, 10_000))
+    fake = FakeTime(on_sleep=lambda now: tracker.set_tags(rid, {HEARTBEAT: f"{next(beats)}.000"}) if now > 1010 else None)
+    got = claimer(tracker, fake=fake).claim("c1", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Declined) and got.run_id == rid and ELSEWHERE in got.reason and not got.watching
+    assert sum(fake.waits) < 30  # decided once the beat changed, not after the stale limit
     assert len(tracker.find_runs("c1")) == 1
 
 
-def test_a_run_whose_heartbeat_stopped_is_taken_over_and_resumed(tracker):
-    import time
-
-    rid = other_run(tracker, "c2", time.time() - 500)
-    c = claimer(tracker, stale=120)
+def test_a_run_whose_heartbeat_stopped_is_taken_over_after_the_limit_on_the_observers_clock(tracker):
+    rid = other_run(tracker, "c2", time.time())  # a fresh-looking value: its age is never judged
+    fake = FakeTime()
+    c = claimer(tracker, stale=120, fake=fake)
     got = c.claim("c2", "x", {}, force=False, lock_held=True)
     assert isinstance(got, Claimed) and got.run_id == rid and got.resumed
-    assert tracker.run_tags(rid)[OWNER] == c.owner
-    # now it is alive again, under its new owner: a third process (that cannot hold the owner's
-    # lock) leaves it alone
-    assert isinstance(claimer(tracker).claim("c2", "x", {}, force=False, lock_held=False), Declined)
+    assert 120 <= sum(fake.waits) < 130
+    tags = tracker.run_tags(rid)
+    assert tags[OWNER] == c.owner and tags[BEAT_INTERVAL] == "10"  # the writer says how often it beats
+    # now it is alive again, under its new owner (a live process on this machine): another
+    # claimer leaves it alone at once
+    beating(c.owner, True)
+    try:
+        other = FakeTime()
+        assert isinstance(claimer(tracker, fake=other).claim("c2", "x", {}, force=False, lock_held=False), Declined)
+        assert other.waits == []
+    finally:
+        beating(c.owner, False)
+
+
+def test_skewed_clocks_neither_take_over_a_live_run_nor_keep_a_dead_one(tracker):
+    """The writer's clock is hours behind (its beats look ancient) or ahead (they look fresh
+    forever): only whether the value changes counts."""
+    behind = other_run(tracker, "skew1", time.time() - 36_000)
+    fake = FakeTime(on_sleep=lambda now: tracker.set_tags(behind, {HEARTBEAT: f"{time.time() - 36_000 + now:.3f}"}))
+    got = claimer(tracker, fake=fake).claim("skew1", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Declined) and got.run_id == behind
+    ahead = other_run(tracker, "skew2", time.time() + 36_000)  # and then it died
+    fake = FakeTime()
+    got = claimer(tracker, fake=fake).claim("skew2", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Claimed) and got.run_id == ahead and sum(fake.waits) >= 120
+
+
+def test_the_writers_beat_interval_sets_the_limit_whatever_the_observers_setting(tracker):
+    """The writer beats every 60 s (its HARNESS_STALE_AFTER_S is 240); an observer set to 20 s
+    still waits four of its beats before calling it dead."""
+    rid = other_run(tracker, "slow", 1.0)
+    tracker.set_tags(rid, {BEAT_INTERVAL: "60"})
+    beats = iter(range(2, 10_000))
+    fake = FakeTime(on_sleep=lambda now: tracker.set_tags(rid, {HEARTBEAT: f"{next(beats)}"}) if int(now) % 60 == 0 else None)
+    got = claimer(tracker, stale=20, fake=fake).claim("slow", "x", {}, force=False, lock_held=True)
+    assert isinstance(got, Declined) and not got.watching
 
 
 def test_a_killed_run_is_resumable_at_once_but_not_twice(tracker):
-    import time
-
     rid = other_run(tracker, "c3", time.time(), status="KILLED")  # stopped by Ctrl-C a moment ago
-    first = claimer(tracker).claim("c3", "x", {}, force=False, lock_held=True)
+    c = claimer(tracker)
+    first = c.claim("c3", "x", {}, force=False, lock_held=True)
     assert isinstance(first, Claimed) and first.run_id == rid
-    # still KILLED until its new owner reopens it, but claimed: nobody else takes it
-    second = claimer(tracker).claim("c3", "x", {}, force=False, lock_held=False)
-    assert isinstance(second, Declined)
+    # still KILLED until its new owner (alive, beating) reopens it, but claimed: nobody else takes it
+    beating(c.owner, True)
+    try:
+        second = claimer(tracker).claim("c3", "x", {}, force=False, lock_held=False)
+        assert isinstance(second, Declined)
+    finally:
+        beating(c.owner, False)
 
 
-def test_an_owner_on_this_machine_is_gone_when_its_lock_is_free(tracker):
-    import time
-
-    mine = claimer(tracker)
-    rid = tracker.create_run("x", {"harness.config_hash": "c4", OWNER: mine.owner, HEARTBEAT: f"{time.time():.3f}"}).run_id
-    assert isinstance(claimer(tracker).claim("c4", "x", {}, force=False, lock_held=False), Declined)
-    got = claimer(tracker).claim("c4", "x", {}, force=False, lock_held=True)  # we hold the flock: its owner died
-    assert isinstance(got, Claimed) and got.run_id == rid
+def test_an_owner_on_this_machine_is_judged_by_its_process_whatever_the_lock(tracker):
+    """However its lock folder is spelt: a live owner's run is left alone (even by a process that
+    holds "its" lock), a dead owner's is taken over at once, without waiting for the stale limit."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{machine_id()}|{p.pid}|{psutil.Process(p.pid).create_time():.3f}|0123abcd"
+        rid = tracker.create_run("x", {"harness.config_hash": "c4", OWNER: owner, HEARTBEAT: "1.000"}).run_id
+        fake = FakeTime()
+        got = claimer(tracker, fake=fake).claim("c4", "x", {}, force=False, lock_held=True)
+        assert isinstance(got, Declined) and fake.waits == []
+    finally:
+        p.kill()
+        p.wait()
+    fake = FakeTime()
+    got = claimer(tracker, fake=fake).claim("c4", "x", {}, force=False, lock_held=False)
+    assert isinstance(got, Claimed) and got.run_id == rid and fake.waits == []
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -81,6 +154,7 @@ def test_claimers_racing_for_a_new_configuration_train_it_once(tracker, n):
 
     def go(i):
         c = claimer(Tracker(tracker.uri), settle=0.5)
+        beating(c.owner, True)  # each thread stands for a live process: its claims stay alive
         barrier.wait()
         results[i] = c.claim(f"race{n}", "x", {}, force=False, lock_held=False)
 
@@ -99,11 +173,12 @@ def test_claimers_racing_for_a_new_configuration_train_it_once(tracker, n):
 def test_claimers_racing_to_take_over_one_abandoned_run_train_it_once(tracker):
     import time
 
-    rid = other_run(tracker, "c5", time.time() - 1000)
+    rid = other_run(tracker, "c5", time.time() - 1000, owner=dead_owner_here())
     barrier, results = threading.Barrier(3), [None] * 3
 
     def go(i):
         c = claimer(Tracker(tracker.uri), settle=0.5)
+        beating(c.owner, True)  # each thread stands for a live process: its claims stay alive
         barrier.wait()
         results[i] = c.claim("c5", "x", {}, force=False, lock_held=False)
 
@@ -134,9 +209,9 @@ def test_a_driver_claims_a_whole_suite_with_one_settling_wait(tracker):
     waits = []
     c = Claimer(tracker, ClaimPolicy(stale_after_s=120, settle_s=0.2), sleep=lambda s: waits.append(s) or time.sleep(s))
     finished = other_run(tracker, "m-done", time.time(), status="FINISHED")
-    abandoned = other_run(tracker, "m-old", time.time() - 1000)
+    abandoned = other_run(tracker, "m-old", time.time() - 1000, owner=dead_owner_here())
     got = c.claim_many([Request(h, h, {}, False, True) for h in ("m-new1", "m-done", "m-old", "m-new2")])
-    assert waits == [0.2]  # one wait for the four, not one each
+    assert waits == [0.2, 0.2]  # one wait for the four (and one more to recheck the takeover), not one each
     assert [type(g).__name__ for g in got] == ["Claimed", "Declined", "Claimed", "Claimed"]
     assert got[1].run_id == finished and got[2].run_id == abandoned and got[2].resumed
 

@@ -217,3 +217,38 @@ def test_a_group_whose_run_was_taken_over_leaves_it_and_trains_the_others(synthe
     taken, kept = got[("tutorial-base", "1")][0], got[("tutorial-base", "0")][0]
     assert taken.info.status == "RUNNING" and taken.data.tags[OWNER] == elsewhere and "epoch_time_s" not in taken.data.metrics
     assert kept.info.status == "FINISHED" and "test_acc" in kept.data.metrics
+
+
+def test_ctrl_c_during_a_groups_finish_leaves_no_run_running(synthetic_root, monkeypatch, store):
+    """The first network's final logging is complete when Ctrl-C lands (it is held until then):
+    that run is FINISHED, the other network's run is KILLED, not left RUNNING, and the line says so."""
+    import os
+    import signal
+
+    import harness.runs.finish as finish
+
+    real = finish.write_artifacts
+
+    def ctrl_c_while_writing(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(finish, "write_artifacts", ctrl_c_while_writing)
+    r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *GROUP)
+    assert r.exit_code == 130, r.output
+    got = runs_by_seed(store)
+    assert sorted(run.info.status for run, _ in got.values()) == ["FINISHED", "KILLED"], r.output
+    assert "recorded FINISHED" in r.output and "tutorial-base-s1 of its group are marked KILLED" in r.output, r.output
+
+
+def test_ctrl_c_during_the_speed_probe_says_what_became_of_the_claimed_runs(synthetic_root, monkeypatch, store):
+    import harness.executors.local as local
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "_slower_stacked", interrupted)
+    r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *GROUP[:-1], "auto")
+    assert r.exit_code == 130 and "measuring whether to stack" in r.output and "2 claimed run(s) were deleted" in r.output, r.output
+    assert "no run of tutorial-base had been created" not in r.output
+    assert runs_by_seed(store) == {}  # nothing left RUNNING (the claims were new: deleted)

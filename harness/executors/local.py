@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ..runs import lifecycle
 from ..runs.checkpoints import lock_root, run_state, store_identity
 from ..data.cifar_files import Cifar10
 from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
@@ -86,7 +87,7 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         return skipped[0]
     try:
         claim = claimed[0]
-        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.stale_after_s / 4, claimer.owner)
+        return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)
     finally:
         lock.release()
 
@@ -99,10 +100,14 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
     locks, claims, outcomes = claim_jobs(jobs, claimer)
     try:
         mine = sorted(claims)
-        cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
-        beat = claimer.policy.stale_after_s / 4
-        # measured only now, for the runs there are to train (a rerun that skips them pays nothing)
-        why = "nothing to stack" if len(mine) < 2 else _slower_stacked(exp, opts, len(mine))
+        beat = claimer.policy.beat_s
+        try:
+            cks = [run_state(tracker, claims[i].run_id).load(jobs[i].device) if claims[i].resumed else None for i in mine]
+            # measured only now, for the runs there are to train (a rerun that skips them pays nothing)
+            why = "nothing to stack" if len(mine) < 2 else _slower_stacked(exp, opts, len(mine))
+        except KeyboardInterrupt as e:  # the claimed runs exist: say so, and leave nothing RUNNING
+            raise Interrupted(f"interrupted while measuring whether to stack {exp.id}'s seeds, before any trained; "
+                              + _release(tracker, claimer.owner, [claims[i] for i in mine], e)) from None
         if why is None and len({ck["epoch"] if ck else None for ck in cks}) > 1:
             why = "their checkpoints are at different epochs"
         if mine:
@@ -115,17 +120,37 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
             with Heartbeat(tracker, beat, claimer.owner) as waiting:
                 for i in mine:
                     waiting.hold(claims[i].run_id)
-                for i in mine:
+                for k, i in enumerate(mine):
                     rid = claims[i].run_id
                     if rid in waiting.lost:
                         outcomes[i] = Outcome(exp.id, jobs[i].seed, "skipped", rid, reason=f"taken over by {waiting.lost[rid]} while waiting")
                         continue
                     waiting.drop(rid)
-                    outcomes[i] = train_run(jobs[i], rid, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
+                    try:
+                        outcomes[i] = train_run(jobs[i], rid, claims[i].resumed, claims[i].recorded, beat, claimer.owner)
+                    except KeyboardInterrupt as e:  # the seeds still waiting are released too, not left RUNNING
+                        rest = [claims[j] for j in mine[k + 1:] if claims[j].run_id not in waiting.lost]
+                        raise Interrupted("; ".join([str(e) or f"run of {exp.id} (seed {jobs[i].seed}) interrupted"]
+                                                    + ([f"its later seeds: {_release(tracker, claimer.owner, rest, e)}"] if rest else []))) from None
         return [outcomes[i] for i in range(len(jobs))]
     finally:
         for lock in locks:
             lock.release()
+
+
+def _release(tracker: Tracker, owner: str, claims: list[Claimed], e: BaseException) -> str:
+    """Give up claimed runs that did not train: new ones are deleted, resumed ones left
+    resumable (lifecycle.settle). What became of them, in words."""
+    deleted = kept = 0
+    for c in claims:
+        try:
+            ended = lifecycle.settle(tracker, c.run_id, owner, c.resumed or c.recorded, e, "interrupted (Ctrl-C) before it trained; run again")
+        except lifecycle.TakenOver:
+            continue
+        deleted += ended is None
+        kept += ended is not None
+    return (f"{deleted} claimed new run(s) were deleted and {kept} earlier one(s) left resumable; none of them trained"
+            if kept else f"{deleted} claimed run(s) were deleted; none of them trained")
 
 
 # stacking must beat one network alone by this much in the probe to be used (the probe is short)
@@ -157,36 +182,43 @@ def _slower_stacked(exp: Experiment, opts: RunOptions, n: int) -> str | None:
 
 
 def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, echo=print) -> list[Outcome]:
-    outcomes = []
+    outcomes: list[Outcome] = []
     claimer = Claimer(tracker, ClaimPolicy.for_store(tracker.uri))  # one owner: this process
-    for exp in experiments:
-        if stackable(exp, opts):
-            try:
-                group = run_seeds_together(exp, data, tracker, opts, echo, claimer)
-            except Interrupted:
-                raise
-            except KeyboardInterrupt:
-                raise Interrupted(f"no run of {exp.id} had been created yet; nothing of it was recorded") from None
-            except Exception as e:  # raised before the runs existed
-                group = [Outcome(exp.id, s, "failed", reason=one_line(e)) for s in range(opts.seed, opts.seed + opts.repeats)]
-            for o in group:
+    total, current = len(experiments) * opts.repeats, 0
+    try:
+        for exp in experiments:
+            if stackable(exp, opts):
+                current = opts.repeats
+                try:
+                    group = run_seeds_together(exp, data, tracker, opts, echo, claimer)
+                except Interrupted:
+                    raise
+                except KeyboardInterrupt:
+                    raise Interrupted(f"no run of {exp.id} had been created yet; nothing of it was recorded") from None
+                except Exception as e:  # raised before the runs existed
+                    group = [Outcome(exp.id, s, "failed", reason=one_line(e)) for s in range(opts.seed, opts.seed + opts.repeats)]
+                for o in group:
+                    _say(o, echo)
+                outcomes.extend(group)
+                continue
+            for seed in range(opts.seed, opts.seed + opts.repeats):
+                current = 1
+                try:
+                    o = run_one(exp, data, tracker, opts, seed, echo, claimer)
+                except Interrupted:
+                    raise
+                except KeyboardInterrupt:
+                    raise Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded") from None
+                except SystemExit:
+                    raise
+                except Exception as e:  # raised before a run existed: report it, go on with the rest
+                    o = Outcome(exp.id, seed, "failed", reason=one_line(e))
                 _say(o, echo)
-            outcomes.extend(group)
-            continue
-        for seed in range(opts.seed, opts.seed + opts.repeats):
-            try:
-                o = run_one(exp, data, tracker, opts, seed, echo, claimer)
-            except Interrupted:
-                raise
-            except KeyboardInterrupt:
-                raise Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded"
-                                  + (f" ({len(outcomes)} earlier run(s) are complete)" if outcomes else "")) from None
-            except SystemExit:
-                raise
-            except Exception as e:  # raised before a run existed: report it, go on with the rest
-                o = Outcome(exp.id, seed, "failed", reason=one_line(e))
-            _say(o, echo)
-            outcomes.append(o)
+                outcomes.append(o)
+    except Interrupted as e:  # what was stopped (the message), what is done and what never started
+        raise Interrupted("; ".join([str(e)] + ([f"{len(outcomes)} earlier run(s) had ended"] if outcomes else [])
+                                    + ([f"{total - len(outcomes) - current} later run(s) were never started"]
+                                       if total > len(outcomes) + current else []))) from None
     return outcomes
 
 

@@ -6,87 +6,253 @@ Why: the batch-4/20 recipes train on one intra-op thread (environment.choose_thr
 leaves the other cores idle; N of those runs side by side use them. Each worker gets at most
 cores/N intra-op threads, so compute-bound runs do not oversubscribe the machine.
 
-Ctrl-C on a terminal reaches every worker (one process group): a worker that is training marks
-its run KILLED, as a single process does; idle workers ignore it and queued runs never start.
+The workers are supervised here rather than by concurrent.futures: a worker that dies (the
+out-of-memory killer's SIGKILL) breaks a ProcessPoolExecutor, failing every queued run and
+SIGTERMing the healthy workers mid-run. Here it is replaced and its run handed to the new
+worker, which takes the run over and resumes it from its checkpoint; the others go on.
+Workers run in their own process group, so Ctrl-C or SIGTERM reaches this supervisor only:
+it starts nothing more, passes one Ctrl-C to each busy worker (its run ends KILLED, resumable,
+or FINISHED if it was completing), waits for them and says what was stopped and what never
+started. A worker never gets a second Ctrl-C (that would cut its KILLED write short).
 """
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
+import os
 import signal
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
 
 from ..data.cifar_files import Cifar10, load_cifar10
-from ..training.environment import all_cores
-from ..errors import Interrupted, one_line
-from ..runs.job import Outcome, RunOptions
-from .local import outcome_line, run_one
+from ..errors import HarnessError, Interrupted, one_line
 from ..recipes.spec import Experiment
+from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
+from ..tracking.guards import sigint_deferred
 from ..tracking.store import absolute_uri
+from ..training.environment import all_cores
+from .local import outcome_line, run_one
+from .signals import ignore_stops, interruptible
+
+MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for a rerun to resume
+SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
 
 
-def _quiet_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between runs; a run turns it back on
-
-
-@functools.lru_cache(maxsize=2)
-def _context(uri: str, experiment_name: str, data_root: str) -> tuple[Tracker, Cifar10]:
-    """The worker's store connection and data, made once per worker process."""
-    return Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
-
-
-def _work(uri: str, experiment_name: str, data_root: str, exp: Experiment, opts: RunOptions, seed: int) -> Outcome:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
+    """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
+    os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
+    ignore_stops()  # (started with both ignored already: see run_pool's start)
+    tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
     try:
-        tracker, data = _context(uri, experiment_name, data_root)
-        try:
+        conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            i, exp, seed = task
+            conn.send((i, _work(exp, seed, data, tracker, opts)))
+    except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
+        return
+
+
+def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions) -> Outcome | Interrupted:
+    try:
+        with interruptible():
             return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True))
-        except Interrupted:
-            raise
-        except KeyboardInterrupt:
-            raise Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded") from None
-        except Exception as e:  # raised before a run existed
-            return Outcome(exp.id, seed, "failed", reason=one_line(e))
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except Interrupted as e:
+        return e
+    except KeyboardInterrupt:
+        return Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded")
+    except Exception as e:  # raised before a run existed
+        return Outcome(exp.id, seed, "failed", reason=one_line(e))
+
+
+@dataclass
+class _Slot:
+    proc: multiprocessing.Process
+    conn: Connection
+    task: int | None = None
+    ready: bool = False
+
+
+@dataclass
+class _Pool:
+    """The supervisor's view: workers, the queue of run indices, and what came back."""
+
+    start: object  # () -> _Slot
+    todo: list[tuple[Experiment, int]]
+    echo: object
+    jobs: int
+    queue: deque = field(default_factory=deque)
+    slots: list[_Slot] = field(default_factory=list)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    interrupted: list[str] = field(default_factory=list)
+    deaths: dict[int, int] = field(default_factory=dict)
+    idle_deaths: int = 0
+    stopping: bool = False
+
+    def busy(self) -> list[_Slot]:
+        return [s for s in self.slots if s.task is not None]
+
+    def dispatch(self) -> None:
+        while self.queue and len(self.slots) < min(self.jobs, len(self.queue) + len(self.busy())):
+            self.slots.append(self.start())
+        for s in self.slots:
+            if s.ready and s.task is None and self.queue:
+                s.task = self.queue.popleft()
+                exp, seed = self.todo[s.task]
+                s.conn.send((s.task, exp, seed))
+
+    def step(self, timeout: float | None = None) -> None:
+        """Wait for a result or a worker's death, and handle it."""
+        ready = set(wait([s.conn for s in self.slots] + [s.proc.sentinel for s in self.slots], timeout))
+        with sigint_deferred():  # a result taken off its pipe is recorded before a Ctrl-C lands
+            for s in list(self.slots):
+                if s.conn in ready or (s.proc.sentinel in ready and s.conn.poll()):
+                    self._result(s)
+                elif s.proc.sentinel in ready:
+                    self._died(s)
+
+    def _result(self, s: _Slot) -> None:
+        try:
+            message = s.conn.recv()
+        except (EOFError, OSError):
+            return self._died(s)
+        if message is None:
+            s.ready = True
+            return
+        i, result = message
+        s.task = None
+        if isinstance(result, Interrupted):
+            self.interrupted.append(str(result))
+            return
+        self.outcomes[i] = result
+        if result.status != "finished":  # a finished run's worker has said its line
+            self.echo(outcome_line(result))
+
+    def _died(self, s: _Slot) -> None:
+        self.slots.remove(s)
+        s.conn.close()
+        s.proc.join(timeout=5)  # its pipe can close before it is reaped
+        i, how = s.task, _exit(s.proc.exitcode)
+        if i is None:  # between runs (while starting, say): replaced by dispatch, a few times
+            self.idle_deaths += 1
+            if self.idle_deaths >= MAX_WORKER_DEATHS * self.jobs and self.queue:
+                raise HarnessError(f"worker processes keep dying before they train anything (last {how}); "
+                                   f"{len(self.queue)} run(s) were not started")
+            return
+        exp, seed = self.todo[i]
+        self.deaths[i] = self.deaths.get(i, 0) + 1
+        if self.stopping:
+            self.interrupted.append(f"run {exp.id} (seed {seed}): its worker process died ({how}) while stopping; it is resumable")
+            return
+        if self.deaths[i] >= MAX_WORKER_DEATHS:
+            o = Outcome(exp.id, seed, "resumable", reason=f"its worker process died {self.deaths[i]} times (last {how}); "
+                                                      "the run is left resumable: run the same command again")
+            self.outcomes[i] = o
+            self.echo(outcome_line(o))
+            return
+        self.echo(f"{exp.id} (seed {seed}): its worker process died ({how}); a new worker resumes the run")
+        self.queue.appendleft(i)
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print) -> list[Outcome]:
     todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     per_run = replace(opts, bars=False, max_threads=max(1, all_cores() // jobs))
-    outcomes: list[Outcome | None] = [None] * len(todo)
-    interrupted: list[str] = []
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker) as pool:
-        futures = {pool.submit(_work, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), exp, per_run, seed): i
-                   for i, (exp, seed) in enumerate(todo)}
+    ctx = multiprocessing.get_context("spawn")
+    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)
+
+    def start() -> _Slot:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(theirs, *args), name="harness-worker")
+        # started with Ctrl-C and SIGTERM ignored (inherited through exec): a signal while it
+        # imports cannot kill it with a traceback; it ignores them until it trains a run
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                outcomes[i] = _outcome(fut, *todo[i], interrupted, echo)
-        except KeyboardInterrupt:
-            for fut in futures:
-                fut.cancel()
-            for fut in futures:  # the runs in flight settle themselves (KILLED, or FINISHED if done)
-                if not fut.cancelled():
-                    _outcome(fut, *todo[futures[fut]], interrupted, echo)
-            raise Interrupted("; ".join(interrupted) or "interrupted before any run started; nothing was recorded") from None
-    if interrupted:
-        raise Interrupted("; ".join(interrupted))
-    return [o for o in outcomes if o is not None]
+            proc.start()
+        finally:
+            signal.signal(signal.SIGINT, old[0])
+            signal.signal(signal.SIGTERM, old[1])
+        theirs.close()
+        return _Slot(proc, mine)
 
-
-def _outcome(fut, exp: Experiment, seed: int, interrupted: list[str], echo) -> Outcome | None:
+    pool = _Pool(start, todo, echo, jobs, deque(range(len(todo))))
     try:
-        o = fut.result()
-    except Interrupted as e:
-        interrupted.append(str(e))
-        return None
-    except BaseException as e:  # a worker that died (killed, out of memory) takes its run with it
-        o = Outcome(exp.id, seed, "failed", reason=f"its worker process ended: {one_line(e)}")
-    if o.status != "finished":  # a finished run's worker has said its line
-        echo(outcome_line(o))
-    return o
+        try:
+            while pool.queue or pool.busy():
+                pool.dispatch()
+                pool.step()
+        except KeyboardInterrupt:
+            raise Interrupted(_stop(pool)) from None
+    finally:
+        _shut(pool)
+    if pool.interrupted:
+        raise Interrupted("; ".join(pool.interrupted))
+    return [pool.outcomes[i] for i in sorted(pool.outcomes)]
+
+
+def _stop(pool: _Pool) -> str:
+    """Ctrl-C or SIGTERM: nothing more starts; each busy worker gets one Ctrl-C and is waited
+    for. A second Ctrl-C here only says what it waits for; a third kills the workers outright
+    (their runs stay RUNNING, their owners dead: a rerun resumes them). What it left, in a line."""
+    never, pool.stopping = len(pool.queue), True
+    pool.queue.clear()
+    for s in pool.busy():
+        _signal(s, signal.SIGINT)
+    deadline, pressed = _now() + SETTLE_S, 0
+    while pool.busy() and _now() < deadline:
+        try:
+            pool.step(timeout=1.0)
+        except KeyboardInterrupt:
+            pressed += 1
+            if pressed >= 2:
+                break
+            pool.echo(f"stopping: waiting for {len(pool.busy())} run(s) to be marked KILLED; Ctrl-C again to kill them now (they stay resumable)")
+    left = pool.busy()
+    for s in left:  # stuck past the limit, or the user insists
+        s.proc.kill()
+    said = pool.interrupted + [f"run {pool.todo[s.task][0].id} (seed {pool.todo[s.task][1]}) was killed before it could be marked KILLED; "
+                               "it is resumable" for s in left]
+    pool.interrupted = []
+    if never:
+        said.append(f"{never} queued run(s) were never started")
+    return "; ".join(said) or "no run was in progress; nothing was recorded"
+
+
+def _signal(s: _Slot, sig: int) -> None:
+    try:
+        os.kill(s.proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _shut(pool: _Pool) -> None:
+    """Idle workers are told to stop; any left after a few seconds are killed."""
+    for s in pool.slots:
+        try:
+            s.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for s in pool.slots:
+        s.proc.join(timeout=10)
+        if s.proc.is_alive():
+            s.proc.kill()
+            s.proc.join(timeout=5)
+        s.conn.close()

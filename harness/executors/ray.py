@@ -19,11 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..data.cifar_files import Cifar10, load_cifar10
+from ..runs import lifecycle
 from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
 from ..errors import HarnessError, Interrupted, UsageError, one_line
 from ..runs.job import Outcome, RunOptions
 from ..runs.one_run import train_run
 from .local import claim_jobs, make_job, outcome_line
+from .signals import sigterm_is_ctrl_c
 from ..recipes.spec import Experiment
 from ..tracking import TAG, Tracker
 from ..tracking.store import absolute_uri
@@ -57,6 +59,7 @@ class TaskSpec:
     env: dict
     beat_s: float
     owner: str  # the driver's: the claim every task of this driver trains under
+    lines: object = None  # a ray.util.queue.Queue to the driver: the task's epoch lines, prefixed by run
 
 
 def require_ray():
@@ -96,11 +99,47 @@ def run_task(spec: TaskSpec) -> Outcome:
         return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"on {node}: {e}")
     if data.fingerprint != spec.fingerprint:
         return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"the data in {spec.data_root} on {node} differ from the driver's")
-    job = make_job(spec.exp, data, tracker, spec.opts, spec.seed, echo=lambda *a, **k: None)
+    job = make_job(spec.exp, data, tracker, spec.opts, spec.seed, echo=_to_driver(spec.lines))
     tracker.set_tags(spec.run_id, {f"{TAG}node": node})
     recorded = RECORDED in tracker.run_tags(spec.run_id)
     # always "resumed": the run exists (the driver made it) and a retried task continues it
     return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s, owner=spec.owner)
+
+
+def _to_driver(lines):
+    """An echo that hands each line to the driver's queue (a line lost to a full or gone queue
+    is only progress: training goes on)."""
+
+    def echo(*parts, **_):
+        if lines is not None:
+            try:
+                lines.put_nowait(" ".join(map(str, parts)))
+            except Exception:
+                pass
+
+    return echo
+
+
+def _show_lines(lines, echo) -> None:
+    """Print what the tasks said since the last call."""
+    try:
+        n = lines.qsize()
+        for line in lines.get_nowait_batch(n) if n else []:
+            echo(line)
+    except Exception:  # progress only: a hiccup of the queue's actor costs a few lines
+        pass
+
+
+def check_feasible(ray, cpus: float, gpus: float) -> None:
+    """A request no node of the cluster can meet would wait forever: one line at once instead,
+    naming what the largest node offers."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    best = max(nodes, key=lambda r: (r.get("GPU", 0) >= gpus, r.get("CPU", 0), r.get("GPU", 0)), default={})
+    raise UsageError(f"no node of the Ray cluster can take a run asking for {cpus:g} CPU(s) and {gpus:g} GPU(s): its largest node "
+                     f"offers {best.get('CPU', 0):g} CPU(s) and {best.get('GPU', 0):g} GPU(s) ({len(nodes)} node(s) alive); "
+                     "lower --cpus-per-run / --gpus-per-run")
 
 
 def _node_name() -> str:
@@ -116,17 +155,22 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                  echo=print) -> list[Outcome]:
     ray = require_ray()
     connect(ray, ray_opts.address, code_env(experiments))
+    sigterm_is_ctrl_c()  # again: ray.init installs its own SIGTERM handler (sys.exit), which would strand the runs
+    check_feasible(ray, ray_opts.cpus_per_run, ray_opts.gpus_per_run)
+    from ray.util.queue import Queue
+
     policy = ClaimPolicy.for_store(tracker.uri)
-    # in a task: no bars, no more intra-op threads than the task's CPUs
-    task_opts = replace(opts, progress=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
+    # in a task: epoch lines (to the driver) rather than bars, no more intra-op threads than the task's CPUs
+    task_opts = replace(opts, bars=False, max_threads=max(1, int(ray_opts.cpus_per_run)))
     remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
                                           max_retries=ray_opts.max_retries, retry_exceptions=False)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    pending, locks = {}, []
+    pending, locks, claims = {}, [], {}
     claimer = Claimer(tracker, policy)
-    with Heartbeat(tracker, policy.stale_after_s / 4, claimer.owner) as heartbeat:
+    lines = Queue(maxsize=10_000, actor_options={"num_cpus": 0}) if opts.progress else None
+    with Heartbeat(tracker, policy.beat_s, claimer.owner) as heartbeat:
         try:
             locks, claims, skipped = claim_jobs(jobs, claimer)
             for i, o in skipped.items():
@@ -136,22 +180,26 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 job = jobs[i]
                 heartbeat.hold(claim.run_id)
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
-                                data.fingerprint, env, policy.stale_after_s / 4, claimer.owner)
+                                data.fingerprint, env, policy.beat_s, claimer.owner, lines)
                 pending[remote.remote(spec)] = (i, claim.run_id)
             while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                i, run_id = pending.pop(ref)
-                outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id)
-                heartbeat.drop(run_id)
-                locks[i].release()
-                echo(outcome_line(outcomes[i]))
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if lines is not None:
+                    _show_lines(lines, echo)
+                for ref in ready:
+                    i, run_id = pending.pop(ref)
+                    outcomes[i] = _settle(ray, ref, tracker, jobs[i].exp.id, jobs[i].seed, run_id, claimer.owner)
+                    heartbeat.drop(run_id)
+                    locks[i].release()
+                    echo(outcome_line(outcomes[i]))
         except KeyboardInterrupt:
-            for ref, (i, run_id) in pending.items():
-                ray.cancel(ref, force=True)
-                heartbeat.drop(run_id)
-                tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C on the Ray driver); run again to resume")
-                locks[i].release()
-            raise Interrupted(f"{len(pending)} run(s) in flight are marked KILLED; run the same command again to resume them") from None
+            said = _stop(ray, pending, tracker, claims, claimer.owner, outcomes, echo)
+            if lines is not None:  # the tasks' last lines (a run's "marked KILLED" among them)
+                _show_lines(lines, echo)
+            raise Interrupted(said) from None
+        finally:
+            for lock in locks:
+                lock.release()
     return [o for o in outcomes if o is not None]
 
 
@@ -162,17 +210,60 @@ def code_env(experiments: list[Experiment]) -> dict:
     return {"py_modules": ship} if ship else {}
 
 
-def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str) -> Outcome:
+CANCEL_WAIT_S = 30.0  # for tasks to end their runs themselves after a Ctrl-C, before they are killed
+
+
+def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcomes: list, echo) -> str:
+    """Ctrl-C or SIGTERM on the driver: queued tasks never start; running ones get a Ctrl-C and
+    end their runs themselves (KILLED, or FINISHED when completing), and those that do not within
+    CANCEL_WAIT_S are killed. Only runs still RUNNING and owned by this driver are then marked
+    KILLED (a run that finished but was not yet collected stays FINISHED); a new run that no task
+    started is deleted. What it left, in a line."""
+    refs = list(pending)
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    _, late = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
+    for ref in late:
+        ray.cancel(ref, force=True)
+    if late:
+        ray.wait(late, num_returns=len(late), timeout=10.0)
+    finished, killed, never = 0, 0, 0
+    for ref in refs:
+        i, run_id = pending[ref]
+        try:
+            o = ray.get(ref, timeout=0)
+        except Exception:
+            o = None
+        if o is not None:
+            outcomes[i] = o
+            echo(outcome_line(o))
+        status, tags = tracker.run_status(run_id), tracker.run_tags(run_id)
+        if status == "RUNNING" and tags.get(lifecycle.OWNER) == owner:  # its task could not end it: the driver does
+            if f"{TAG}node" not in tags and not claims[i].resumed:  # claimed here, never started: nothing to keep
+                tracker.delete_run(run_id)
+                never += 1
+                continue
+            lifecycle.stop(tracker, run_id, owner, "interrupted (Ctrl-C or SIGTERM on the Ray driver); run again to resume")
+            status = tracker.run_status(run_id)
+        finished += status == "FINISHED"  # done before the stop took effect, collected or not: left FINISHED
+        killed += status == "KILLED"
+    said = [f"{killed} run(s) in flight are marked KILLED; run the same command again to resume them"] if killed else []
+    said += [f"{finished} run(s) had finished and are recorded FINISHED"] if finished else []
+    said += [f"{never} queued run(s) were never started"] if never else []
+    return "; ".join(said) or "no run was in flight; nothing was recorded"
+
+
+def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str, owner: str) -> Outcome:
     """The task's outcome; a task that could not end its run (its node died more often than
     retried, or it failed before training) leaves the run resumable and says why."""
     try:
         outcome = ray.get(ref)
     except Exception as e:
         reason = f"its Ray task failed: {one_line(e)}"
-        tracker.terminate(run_id, "KILLED", f"{reason}; run again to resume")
-        return Outcome(exp_id, seed, "failed", run_id, reason=reason)
+        lifecycle.stop(tracker, run_id, owner, f"{reason}; run again to resume")
+        return Outcome(exp_id, seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
     # "skipped": taken over by another process while the task stalled; the run is its now
-    if outcome.status != "skipped" and tracker.run_status(run_id) == "RUNNING":
-        tracker.terminate(run_id, "KILLED", f"{outcome.reason}; run again to resume")
+    if outcome.status != "skipped":
+        lifecycle.stop(tracker, run_id, owner, f"{outcome.reason}; run again to resume")
     return outcome
 

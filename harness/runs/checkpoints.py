@@ -9,7 +9,10 @@ Two homes, chosen by the store:
   atomically. $HARNESS_STATE_DIR overrides the folder.
 - a tracking server is shared by many machines: `SharedRunState` keeps it as an artifact of the
   run itself (`harness-state/`), so a run whose machine died resumes on any other. Two slots are
-  written in turn and a tag names the complete one, so a kill mid-upload loses nothing.
+  written in turn and a tag names the complete one, so a kill mid-upload loses nothing; a resumed
+  run's first save goes to the slot the tag does not name. With an Outbox the upload happens off
+  the training thread, in order with the epoch's metrics; a checkpoint still queued when a newer
+  one is saved is replaced by it (one upload, not a backlog, after an outage).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
+from ..tracking.outage import StoreUnavailable
 from ..tracking.store import redact, sqlite_path
 
 STATE_DIR = "harness-state"
@@ -62,7 +67,7 @@ def shared_store(store_uri: str) -> bool:
 class LocalRunState:
     """The epoch checkpoint of one run in a folder of its own."""
 
-    def __init__(self, run_id: str, root: Path | None = None):
+    def __init__(self, run_id: str, root: Path | None = None, outbox=None):
         self.dir = (root or state_root()) / run_id
         self.last = self.dir / "state.pt"
 
@@ -82,37 +87,65 @@ class LocalRunState:
 class SharedRunState:
     """The epoch checkpoint of one run as artifacts of the run, in the tracking server's store."""
 
-    def __init__(self, tracker: Tracker, run_id: str, known: str | None = None):
-        self.tracker, self.run_id = tracker, run_id
-        self.current = known  # "<slot>:<epoch>" of the complete checkpoint, from the run's tag
+    def __init__(self, tracker: Tracker, run_id: str, outbox=None):
+        self.tracker, self.run_id, self.outbox = tracker, run_id, outbox
+        self.current: str | None = None  # "<slot>:<epoch>" of the complete checkpoint, as the run's tag says
+        self._known = False  # whether `current` has been read from the tag
+        self._pending: tuple[Path, int] | None = None  # a checkpoint queued and not yet uploading
+        self._lock = threading.Lock()
 
     def save(self, state: dict) -> None:
-        slot = "b.pt" if self.current and self.current.startswith("a.pt") else "a.pt"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / slot
-            torch.save(state, path)
-            self.tracker.upload_file(self.run_id, path, STATE_DIR)
-        self.current = f"{slot}:{state['epoch']}"
-        self.tracker.set_tags(self.run_id, {STATE_TAG: self.current})  # only now is the new slot the one to read
+        # written now (the weights change in the next epoch), uploaded now or from the outbox
+        path = Path(tempfile.mkdtemp(prefix="harness-ck-")) / "state.pt"
+        torch.save(state, path)
+        if self.outbox is None:
+            return self._upload(path, state["epoch"])
+        with self._lock:
+            older, self._pending = self._pending, (path, state["epoch"])
+        if older is not None:  # still queued: its upload will carry this newer one instead
+            shutil.rmtree(older[0].parent, ignore_errors=True)
+        else:
+            self.outbox.submit(self._upload_pending)
+
+    def _upload_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._upload(*pending)
+
+    def _upload(self, path: Path, epoch: int) -> None:
+        try:
+            if not self._known:  # a resumed run: the tag names the complete slot, which must stay intact
+                self.current, self._known = self.tracker.run_tags(self.run_id).get(STATE_TAG), True
+            slot = "b.pt" if self.current and self.current.startswith("a.pt") else "a.pt"
+            target = path.with_name(slot)
+            os.replace(path, target)
+            self.tracker.upload_file(self.run_id, target, STATE_DIR)
+            self.current = f"{slot}:{epoch}"
+            self.tracker.set_tags(self.run_id, {STATE_TAG: self.current})  # only now is the new slot the one to read
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
 
     def load(self, device: torch.device) -> dict | None:
-        current = self.current or self.tracker.run_tags(self.run_id).get(STATE_TAG)
+        current = self.current if self._known else self.tracker.run_tags(self.run_id).get(STATE_TAG)
+        self.current, self._known = current, True
         if not current:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.tracker.fetch_file(self.run_id, f"{STATE_DIR}/{current.split(':')[0]}", tmp)
             except Exception as e:
-                raise HarnessError(f"checkpoint {current} of run {self.run_id} could not be downloaded ({type(e).__name__})") from None
+                raise StoreUnavailable(f"checkpoint {current} of run {self.run_id} could not be downloaded ({type(e).__name__})") from None
             return _load(Path(path), device)
 
     def clear(self) -> None:
         self.tracker.delete_artifacts(self.run_id, STATE_DIR)
 
 
-def run_state(tracker: Tracker, run_id: str) -> LocalRunState | SharedRunState:
+def run_state(tracker: Tracker, run_id: str, outbox=None) -> LocalRunState | SharedRunState:
+    """The run's checkpoint home; with `outbox`, a shared one uploads off the training thread."""
     if shared_store(tracker.uri) and not os.environ.get("HARNESS_STATE_DIR"):
-        return SharedRunState(tracker, run_id)
+        return SharedRunState(tracker, run_id, outbox)
     return LocalRunState(run_id, state_root(tracker.uri))
 
 

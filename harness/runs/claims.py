@@ -2,14 +2,14 @@
 that shares a tracking store, on this machine or any other.
 
 Two layers:
-- ConfigLock, an flock per configuration in the store's state root: exact and instant between
-  processes of one machine (from any folder), and dropped by the kernel when its holder dies,
-  even by SIGKILL.
-- The store itself, for processes on other machines: the MLflow run is the claim. Its owner
-  tag names the process that trains it and a heartbeat tag, refreshed every
-  `stale_after_s / 4` by a background thread, says it is alive. A RUNNING run whose heartbeat
-  is older than `stale_after_s` is abandoned and may be taken over (and resumed from its
-  checkpoint); one whose owner was on this machine is abandoned as soon as its lock is free.
+- ConfigLock, an flock per configuration in the store's state root: a quick way for processes
+  of one machine that share a state root to skip each other's configurations.
+- The store itself, for every process: the MLflow run is the claim. Its owner tag names the
+  process that trains it and a heartbeat tag, refreshed every `beat_s` by a background thread,
+  says it is alive. Whether its owner is alive is liveness.py's: on this machine its process
+  decides, at once; elsewhere the heartbeat, watched on this process's monotonic clock until it
+  changes (alive: declined) or stays unchanged for the stale limit (dead: taken over and resumed
+  from its checkpoint). A run left resumable (KILLED) is free at once.
 
 Races settle deterministically. Two processes that find no run both create one, wait
 `settle_s` (longer than a store write takes) and compare: the run created first (start time,
@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..tracking import TAG, RunRecord, Tracker
-
-OWNER = f"{TAG}owner"
-HEARTBEAT = f"{TAG}heartbeat"
-RECORDED = f"{TAG}recorded"
+from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, TakenOver, claimed_tags, supersede  # noqa: F401
+from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
 
 
 class ConfigLock:
@@ -67,27 +63,15 @@ class ConfigLock:
 # --------------------------------------------------------------------------- the store's claim
 
 
-def machine_id() -> str:
-    """This machine (hostname and boot), so an owner on it can be checked through its lock."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = "?"
-    return f"{socket.gethostname()}/{boot}"
-
-
-def new_owner() -> str:
-    return f"{machine_id()}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
-
-
-def owner_machine(owner: str) -> str:
-    return owner.split("|", 1)[0]
-
-
 @dataclass(frozen=True)
 class ClaimPolicy:
-    stale_after_s: float = 120.0  # no heartbeat for this long: the run's process is gone
+    stale_after_s: float = 120.0  # a heartbeat seen unchanged this long: the run's process is gone
     settle_s: float = 2.0  # > a store write's latency (and clock skew between machines)
+
+    @property
+    def beat_s(self) -> float:
+        """How often a claim's heartbeat is refreshed (an observer waits about this long to see a live run beat)."""
+        return min(self.stale_after_s / 4, 10.0)
 
     @classmethod
     def for_store(cls, uri: str) -> "ClaimPolicy":
@@ -108,43 +92,81 @@ class Declined:
     reason: str
     run_id: str | None = None
     finished: bool = False
+    watching: bool = False  # its owner's liveness is not known yet: look again
 
 
 class Claimer:
     """Claims configurations in one store on behalf of one owner (a process, or a Ray driver
-    for all its tasks). `lock_held`: this process holds the configuration's local lock, so an
-    owner on this machine is certainly gone."""
+    for all its tasks). `clock` writes heartbeat values (never compared with anything),
+    `monotonic` and `sleep` time the watching of other machines' heartbeats."""
 
-    def __init__(self, tracker: Tracker, policy: ClaimPolicy, owner: str | None = None, clock=time.time, sleep=time.sleep):
+    def __init__(self, tracker: Tracker, policy: ClaimPolicy, owner: str | None = None, clock=time.time, sleep=time.sleep,
+                 monotonic=time.monotonic):
         self.tracker, self.policy = tracker, policy
         self.owner = owner or new_owner()
         self.clock, self.sleep = clock, sleep
+        self.observer = Observer(policy.stale_after_s, monotonic)
 
-    def alive(self, run: RunRecord, lock_held: bool) -> bool:
-        """Whether `run` is being trained (or being taken over) by a live process right now."""
+    def liveness(self, run: RunRecord) -> str:
+        """ALIVE, DEAD, or WATCHING (another machine's owner whose heartbeat we have not yet
+        seen change or stay still for the stale limit)."""
         if run.status not in ("RUNNING", "KILLED"):
-            return False
+            return DEAD
+        if run.status == "KILLED" and run.tags.get(STATE, RESUMABLE) == RESUMABLE:
+            return DEAD  # left resumable, and nobody has claimed it since
         owner = run.tags.get(OWNER, "")
-        if lock_held and owner_machine(owner) == machine_id():
-            return False
-        try:
-            beat = float(run.tags.get(HEARTBEAT, "0"))
-        except ValueError:
-            return False
-        if run.status == "KILLED" and (run.end_time is None or beat * 1000 <= run.end_time):
-            return False  # stopped, and nobody has claimed it since
-        return self.clock() - beat < self.policy.stale_after_s
+        if owner == self.owner:
+            return DEAD  # our own claim: ours to take
+        here = process_alive(owner)
+        if here is not None:
+            return ALIVE if here else DEAD
+        return self.observer.liveness(run)
+
+    def alive(self, run: RunRecord, lock_held: bool = False) -> bool:
+        """Whether `run` may be being trained (or taken over) by a live process right now."""
+        return self.liveness(run) != DEAD
 
     def claim(self, chash: str, run_name: str, tags: dict, force: bool, lock_held: bool) -> Claimed | Declined:
         return self.claim_many([Request(chash, run_name, tags, force, lock_held)])[0]
 
     def claim_many(self, requests: list[Request]) -> list[Claimed | Declined]:
         """Claim several configurations with one settling wait between the writes and the checks
-        (a Ray driver claims a whole suite in about `settle_s`, not `settle_s` per run)."""
-        proposals = [self._propose(r) for r in requests]
-        if any(isinstance(p, _Proposal) for p in proposals):
+        (a Ray driver claims a whole suite in about `settle_s`, not `settle_s` per run). Runs
+        owned on other machines are watched until their owner's liveness is known. While it
+        claims, this owner counts as alive in this process (its heartbeat starts once the claims
+        are made)."""
+        beating(self.owner, True)
+        try:
+            proposals = [self._propose(r) for r in requests]
+            while True:
+                watching = [i for i, p in enumerate(proposals) if isinstance(p, Declined) and p.watching]
+                if not watching:
+                    break
+                self.sleep(min(self._poll_s(proposals[i].run_id, requests[i].chash) for i in watching))
+                for i in watching:
+                    proposals[i] = self._propose(requests[i])
+            if any(isinstance(p, _Proposal) for p in proposals):
+                self.sleep(self.policy.settle_s)
+            results = [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
+            return self._recheck_takeovers(proposals, results)
+        finally:
+            beating(self.owner, False)
+
+    def _recheck_takeovers(self, proposals: list, results: list) -> list:
+        """A taker whose owner write was slowed past the settling wait (a loaded store) lands after
+        another read its own back: one more wait and read, and only the last writer keeps it."""
+        won = [i for i, (p, r) in enumerate(zip(proposals, results)) if isinstance(p, _Proposal) and p.takeover and isinstance(r, Claimed)]
+        if won:
             self.sleep(self.policy.settle_s)
-        return [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
+            for i in won:
+                now = self.tracker.run_tags(results[i].run_id).get(OWNER)
+                if now != self.owner:
+                    results[i] = Declined(f"taken over by {now}", results[i].run_id)
+        return results
+
+    def _poll_s(self, run_id: str, chash: str) -> float:
+        run = next((r for r in self.tracker.find_runs(chash) if r.run_id == run_id), None)
+        return self.observer.poll_s(run) if run is not None else 0.05
 
     def _propose(self, req: Request) -> _Proposal | Declined:
         # runs of the same configuration recorded under an older hash count too: a finished one as
@@ -153,17 +175,23 @@ class Claimer:
         done = [r for r in runs if r.status == "FINISHED"]
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
-        live = [r for r in runs if self.alive(r, req.lock_held)]
+        state = {r.run_id: self.liveness(r) for r in runs}
+        # several live ones: claimers racing for a new configuration, the first created wins (as in _confirm)
+        live = sorted((r for r in runs if state[r.run_id] == ALIVE), key=lambda r: (r.start_time, r.run_id))
         if live:
             return Declined(f"being trained by {live[0].tags.get(OWNER, 'another process')}", live[0].run_id)
+        unsure = [r for r in runs if state[r.run_id] == WATCHING]
+        if unsure:
+            return Declined(f"being trained by {unsure[0].tags.get(OWNER, 'another process')} (watching its heartbeat)", unsure[0].run_id,
+                            watching=True)
         abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED")]
-        mark = {OWNER: self.owner, HEARTBEAT: f"{self.clock():.3f}"}
+        mark = claimed_tags(self.owner, f"{self.clock():.3f}", self.policy.beat_s)
         if abandoned and not req.force:
             run = max(abandoned, key=lambda r: r.start_time)
             self.tracker.set_tags(run.run_id, mark)
             return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
-        return _Proposal(req, mine.run_id, takeover=False, superseded=[r.run_id for r in abandoned])
+        return _Proposal(req, mine.run_id, takeover=False, superseded=[r.run_id for r in abandoned], known={r.run_id for r in runs})
 
     def _confirm(self, p: _Proposal) -> Claimed | Declined:
         if p.takeover:  # every taker wrote its name; the last write is what all of them read back
@@ -171,14 +199,15 @@ class Claimer:
             if tags.get(OWNER) != self.owner:
                 return Declined(f"taken over by {tags.get(OWNER)}", p.run_id)
             return Claimed(p.run_id, resumed=True, recorded=RECORDED in tags)
-        # every creator made a run; the one created first trains, the others delete theirs
-        rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or self.alive(r, False)]
+        # every creator made a run; the one created first trains, the others delete theirs (the
+        # runs there were before were all finished or dead: only those created since are rivals)
+        rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
         first = min(rivals, key=lambda r: (r.start_time, r.run_id))
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
         for rid in p.superseded:
-            self.tracker.terminate(rid, "KILLED", "abandoned: superseded by a --force run")
+            supersede(self.tracker, rid)
         return Claimed(p.run_id, resumed=False, recorded=False)
 
 
@@ -198,6 +227,7 @@ class _Proposal:
     run_id: str
     takeover: bool
     superseded: list = field(default_factory=list)
+    known: set = field(default_factory=set)  # the runs of the configuration when it was proposed
 
 
 class Heartbeat:
@@ -207,7 +237,8 @@ class Heartbeat:
     instead, and its trainer stops at the next epoch's end rather than train it a second time."""
 
     def __init__(self, tracker: Tracker, interval_s: float, owner: str | None = None, clock=time.time):
-        self.tracker, self.interval_s, self.owner, self.clock = tracker, interval_s, owner, clock
+        # a beat is repeated anyway: it never waits out a store outage (the trainer's writes do)
+        self.tracker, self.interval_s, self.owner, self.clock = tracker.impatient(), interval_s, owner, clock
         self.runs: set[str] = set()
         self.lost: dict[str, str] = {}  # run id -> its new owner
         self._stop = threading.Event()
@@ -215,10 +246,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
+        beating(self.owner, True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        beating(self.owner, False)
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -247,8 +280,5 @@ class Heartbeat:
                 self.lost[run_id] = now or "another process"
                 self.drop(run_id)
                 return
-        self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}"})
+        self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}", BEAT_INTERVAL: f"{self.interval_s:g}"})
 
-
-class TakenOver(Exception):
-    """The run was claimed by another process while this one trained it."""

@@ -15,11 +15,14 @@ import time
 
 import torch
 
+from . import lifecycle
 from .checkpoints import run_state
 from .claims import Heartbeat
-from ..errors import DivergedError, Interrupted, one_line
+from ..errors import DivergedError, Interrupted
 from .job import Job, Outcome, Progress
-from .one_run import build, checkpoint, epoch_metrics, finish, keep_best, record
+from .lifecycle import TakenOver
+from .one_run import build, checkpoint, ended_outcome, epoch_metrics, finish, keep_best, record, relog_missing
+from ..tracking.outbox import Outbox
 from .progress import epoch_line
 from ..training.recipe_data import prepare_data
 from ..training.together import Stack, optimizer_state_of, stacked_optimizer_state
@@ -31,12 +34,13 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     """Train the claimed runs of one recipe's seeds together. `checkpoints`: each run's last
     checkpoint (all None, or all of the same epoch); `owner`: the claims' owner, checked by the
     heartbeat (a run taken over meanwhile is left to its new owner, as one_run.train_run does).
-    As there, a run that fails before it was recorded is deleted rather than left behind."""
+    As there, a run that fails before it was recorded is deleted rather than left behind, and a
+    fault ends each run as lifecycle.py decides; one network's failing finish ends only its run."""
     tracker, n = jobs[0].tracker, len(jobs)
     done: dict[int, Outcome] = {}
     resumed = [ck is not None for ck in checkpoints]
     try:
-        with Heartbeat(tracker, beat_s, owner) as heartbeat, contextlib.ExitStack() as monitors:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors:
             for rid in run_ids:
                 heartbeat.hold(rid)
             preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]
@@ -46,45 +50,49 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
                 if not recorded[i]:
                     record(job, run_ids[i], preps[i], built[i][3], {"together": n})
                     recorded[i] = True
-                if checkpoints[i] is not None:
-                    tracker.reopen(run_ids[i])
+                lifecycle.start_training(tracker, run_ids[i], owner, resumed=checkpoints[i] is not None)
                 monitors.enter_context(tracker.system_metrics(run_ids[i], job.opts.system_metrics, job.opts.system_metrics_interval_s,
                                                               resume=checkpoints[i] is not None))
             stack = Stack(models, [b[4] for b in built])
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
             progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
-            states = [run_state(tracker, rid) for rid in run_ids]
-            _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat)
+            states = [run_state(tracker, rid, outbox) for rid in run_ids]
+            _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat, outbox, owner)
             for i, job in enumerate(jobs):
                 if i not in done:
                     stack.unstack_into(i, models[i])
                     torch.set_rng_state(stack.rng_state(i))  # a train-mode test pass draws as the sequential run would
-                    done[i] = finish(job, run_ids[i], preps[i], models[i], loss_fn, states[i], progress[i], built[i][3])
-    except Interrupted:
-        raise
-    except KeyboardInterrupt:
+                    try:
+                        done[i] = finish(job, run_ids[i], preps[i], models[i], loss_fn, states[i], progress[i], built[i][3], outbox, owner)
+                    except TakenOver as e:  # this run is another process's now; the others finish
+                        done[i] = Outcome(job.exp.id, job.seed, "skipped", run_ids[i], reason=str(e))
+                    except Exception as e:  # this network's run ends; the others finish
+                        done[i] = ended_outcome(job, run_ids[i], owner, True, e)
+    except Interrupted as e:  # one network's finish completed as the Ctrl-C came: the rest stop resumable
+        stopped = [jobs[i].run_name for i, rid in enumerate(run_ids) if i not in done and _stop(tracker, rid, owner)]
+        raise Interrupted("; ".join([str(e)] + ([f"runs {', '.join(stopped)} of its group are marked KILLED; run the same command "
+                                                  "again to resume them"] if stopped else []))) from None
+    except KeyboardInterrupt as e:
         for i, rid in enumerate(run_ids):
             if i not in done:
-                _settle(tracker, rid, recorded[i] or resumed[i], "KILLED", "interrupted (Ctrl-C); run again to resume")
+                try:
+                    lifecycle.settle(tracker, rid, owner, recorded[i] or resumed[i], e, "interrupted (Ctrl-C); run again to resume")
+                except TakenOver:
+                    pass
         raise Interrupted(f"runs {', '.join(j.run_name for j in jobs)} are marked KILLED (those not yet recorded are deleted); "
                           "run the same command again to resume them") from None
-    except Exception as e:
-        reason = one_line(e)
+    except Exception as e:  # TakenOver included: ended_outcome reports those as skipped
         for i, rid in enumerate(run_ids):
             if i not in done:
-                kept = _settle(tracker, rid, recorded[i] or resumed[i], "FAILED", reason)
-                done[i] = Outcome(jobs[i].exp.id, jobs[i].seed, "failed", rid if kept else None, reason=reason)
+                done[i] = ended_outcome(jobs[i], rid, owner, recorded[i] or resumed[i], e)
     return [done[i] for i in range(n)]
 
 
-def _settle(tracker, run_id: str, started: bool, status: str, reason: str) -> bool:
-    """End a run the group did not finish: `status` if it was recorded or resumed, else delete
-    it (nothing trained, nothing to see). Whether it was kept."""
-    if started:
-        tracker.terminate(run_id, status, reason)
-    else:
-        tracker.delete_run(run_id)
-    return started
+def _stop(tracker, run_id: str, owner: str | None) -> bool:
+    try:
+        return lifecycle.stop(tracker, run_id, owner, "interrupted (Ctrl-C); run again to resume")
+    except Exception:  # left RUNNING, its heartbeat stops: resumed next time all the same
+        return False
 
 
 def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None]) -> list[Progress]:
@@ -92,15 +100,15 @@ def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, check
         return [Progress() for _ in jobs]
     for i, ck in enumerate(checkpoints):
         stack.load_network(i, ck["model"], ck["rng_cpu"].cpu())
-        if ck["epoch"] not in jobs[i].tracker.logged_steps(run_ids[i], "epoch_time_s"):
-            jobs[i].tracker.log_metrics(run_ids[i], ck["metrics"], ck["epoch"], ck["series"])
+        relog_missing(jobs[i].tracker, run_ids[i], ck)
     optimizer.load_state_dict(stacked_optimizer_state([ck["optimizer"] for ck in checkpoints]))
     jobs[0].echo(f"{', '.join(j.run_name for j in jobs)}: resuming together after epoch {checkpoints[0]['epoch'] + 1}/{jobs[0].epochs}")
-    return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model")) for ck in checkpoints]
+    return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), history=dict(ck.get("history", {})))
+            for ck in checkpoints]
 
 
 def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn, states, progress: list[Progress], done: dict,
-                  heartbeat: Heartbeat) -> None:
+                  heartbeat: Heartbeat, outbox: Outbox, owner: str | None) -> None:
     job0, n = jobs[0], len(jobs)
     exp, steps, tracker = job0.exp, len(preps[0].train), job0.tracker
     t_start = time.perf_counter()
@@ -118,9 +126,7 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
                                   reason=f"taken over by {heartbeat.lost[run_ids[i]]} while this process stalled; stopped after epoch {epoch}")
                 continue
             if isinstance(stats[i], DivergedError):
-                tracker.terminate(run_ids[i], "FAILED", f"diverged: {stats[i]}")
-                states[i].clear()
-                done[i] = Outcome(job.exp.id, job.seed, "failed", run_ids[i], reason=f"diverged: {stats[i]}")
+                done[i] = ended_outcome(job, run_ids[i], owner, True, stats[i])
                 continue
             pr = progress[i]
             pr.train_time += stats[i].time_s
@@ -130,8 +136,9 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
             stack.generators[i].set_state(torch.get_rng_state())
             metrics, series = epoch_metrics(stats[i], val, epoch, steps)
             keep_best(exp, models[i], val, pr)
+            pr.history[epoch] = {"metrics": metrics, "series": series}
             states[i].save(checkpoint(job, models[i].state_dict(), optimizer_state_of(optimizer, i, n), stack.rng_state(i), epoch, pr, metrics, series))
-            tracker.log_metrics(run_ids[i], metrics, epoch, series)
+            outbox.submit(tracker.log_metrics, run_ids[i], metrics, epoch, series)
             if job.opts.progress:
                 job.echo(epoch_line(job, epoch, pr, metrics, t_start))
         if len(done) == n:  # every network diverged or was taken over

@@ -82,7 +82,7 @@ def legacy_aliases(recorded: list[tuple[dict, dict]], overrides: dict, recipe_ep
 class Outcome:
     experiment_id: str
     seed: int
-    status: str  # finished | skipped | failed | killed
+    status: str  # finished | skipped | failed | resumable (stopped by a fault a rerun resumes)
     run_id: str | None = None
     test_acc: float | None = None
     train_time_s: float | None = None
@@ -125,3 +125,4 @@ class Progress:
     train_time: float = 0.0
     best_weights: dict | None = None  # the best-validation weights, for recipes that keep them
     scaler: dict | None = None  # fp16's loss-scaler state (its scale and growth counter)
+    history: dict = field(default_factory=dict)  # epoch -> its metrics and series, kept in the checkpoint

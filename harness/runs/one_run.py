@@ -1,9 +1,12 @@
-"""One run's life, once it is claimed: record it (or pick up where a killed attempt stopped),
-train epoch by epoch with a checkpoint after each, then finish, fail or be marked killed.
+"""One run's training, once it is claimed: record it (or pick up where a killed attempt stopped),
+train epoch by epoch with a checkpoint after each, then finish; a fault ends it failed or
+resumable as lifecycle.py decides.
 
 The same code trains a run for the local executor and inside a Ray task. Who trains what is
 claims.py, where the state lives checkpoints.py, the loop training/loop.py, the final logging finish.py,
-MLflow calls tracking/.
+the run's status lifecycle.py, MLflow calls tracking/. An epoch's store writes (metrics, the
+shared checkpoint's upload) go through an Outbox, off the training thread and in order; every
+store call rides out an outage of up to the Tracker's window.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import time
 import numpy as np
 import torch
 
+from . import lifecycle
 from .checkpoints import run_state
-from .claims import RECORDED, Heartbeat, TakenOver
+from .claims import Heartbeat
+from .lifecycle import FAILED, RESUMABLE, TakenOver
 from ..training.environment import choose_conv, choose_threads, configure_backend
 from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
@@ -26,60 +31,78 @@ from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
 from ..tracking.guards import sigint_deferred
+from ..tracking.outbox import Outbox
 from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
 
 def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: float, owner: str | None = None) -> Outcome:
     """Train the claimed run `run_id` to its end. `resumed`: an earlier attempt's run, continued
     from its checkpoint; `recorded`: it already has its params and config; `owner`: the claim's
-    owner, checked by the heartbeat. A run that fails before it was recorded (nothing trained,
-    nothing to see) is deleted rather than left behind."""
+    owner, checked by the heartbeat and before every status write. A run that fails before it
+    was recorded (nothing trained, nothing to see) is deleted rather than left behind."""
     tracker = job.tracker
     bar = None
+    started = recorded or resumed
     try:
-        with Heartbeat(tracker, beat_s, owner) as heartbeat:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox:
             heartbeat.hold(run_id)
             prep = prepare_data(job.exp, job.data, job.seed, job.opts.max_train_images, job.device)
             model, optimizer, loss_fn, n_params = build(job)
             if not recorded:
                 record(job, run_id, prep, n_params)
-                recorded = True
-            if resumed:
-                tracker.reopen(run_id)
-            state = run_state(tracker, run_id)
+                recorded = started = True
+            lifecycle.start_training(tracker, run_id, owner, resumed)
+            state = run_state(tracker, run_id, outbox)
             with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
                 pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
                 bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
-                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat)
+                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat, outbox)
                 if bar is not None:
                     bar.close()
                     bar = None
-                return finish(job, run_id, prep, model, loss_fn, state, pr, n_params)
+                return finish(job, run_id, prep, model, loss_fn, state, pr, n_params, outbox, owner)
     except Interrupted:  # already settled: the run finished before the interrupt took effect
         raise
     except TakenOver as e:  # the run and its checkpoint are the new owner's now: touch neither
         return Outcome(job.exp.id, job.seed, "skipped", run_id, reason=str(e))
-    except KeyboardInterrupt:
-        if not recorded and not resumed:
+    except KeyboardInterrupt as e:
+        if not started:
             tracker.delete_run(run_id)
             raise Interrupted(f"run {job.run_name} was interrupted before it started; nothing of it was recorded") from None
         try:
-            tracker.terminate(run_id, "KILLED", "interrupted (Ctrl-C); run again to resume")
-        except Exception as e:  # left RUNNING, its heartbeat stops: it is resumed next time all the same
-            raise Interrupted(f"run {job.run_name} ({run_id}) could not be marked KILLED ({type(e).__name__}); run the same command again to resume it") from None
+            if lifecycle.settle(tracker, run_id, owner, started, e, "interrupted (Ctrl-C); run again to resume") == lifecycle.FINISHED:
+                raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED") from None
+        except TakenOver:
+            raise Interrupted(f"run {job.run_name} ({run_id}) was taken over by another process; it trains there") from None
+        except Exception as w:  # left RUNNING, its heartbeat stops: it is resumed next time all the same
+            raise Interrupted(f"run {job.run_name} ({run_id}) could not be marked KILLED ({type(w).__name__}); run the same command again to resume it") from None
         raise Interrupted(f"run {job.run_name} ({run_id}) is marked KILLED; run the same command again to resume it") from None
-    except Exception as e:  # any other fault fails this run, not the whole run-all
-        reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
-        if not recorded and not resumed:
-            tracker.delete_run(run_id)
-            return Outcome(job.exp.id, job.seed, "failed", reason=reason)
-        tracker.terminate(run_id, "FAILED", reason)
-        if isinstance(e, DivergedError):
-            run_state(tracker, run_id).clear()
-        return Outcome(job.exp.id, job.seed, "failed", run_id, reason=reason)
+    except Exception as e:  # any other fault ends this run (failed or resumable), not the whole run-all
+        return ended_outcome(job, run_id, owner, started, e)
     finally:
         if bar is not None:
             bar.close()
+
+
+def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Exception) -> Outcome:
+    """The outcome of a run that a fault ended: FAILED where a rerun would fail the same way,
+    else resumable (lifecycle.ending); a store that cannot even take that write leaves the run
+    RUNNING with a silent heartbeat, which claims take over all the same."""
+    reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
+    try:
+        ended = lifecycle.settle(job.tracker, run_id, owner, started, e, reason)
+    except TakenOver as t:
+        return Outcome(job.exp.id, job.seed, "skipped", run_id, reason=str(t))
+    except Exception as w:
+        ended = RESUMABLE if started else None
+        reason = f"{reason} (its end could not be recorded either: {type(w).__name__})"
+    if ended is None:
+        return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+    if ended == FAILED:
+        if isinstance(e, DivergedError):
+            run_state(job.tracker, run_id).clear()
+        return Outcome(job.exp.id, job.seed, "failed", run_id, reason=reason)
+    return Outcome(job.exp.id, job.seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
 
 
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
@@ -87,7 +110,7 @@ def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: d
     tags, params, files = run_record(job, prep, n_params, together=int((extra_params or {}).get("together", 1)))
     job.tracker.record(run_id, tags, params | (extra_params or {}), files)
     job.tracker.log_datasets(run_id, datasets(job, prep))
-    job.tracker.set_tags(run_id, {RECORDED: "true"})
+    lifecycle.mark_recorded(job.tracker, run_id)
 
 
 def build(job: Job):
@@ -116,13 +139,23 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     torch.set_rng_state(ck["rng_cpu"].cpu())
     if job.device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
-    if ck["epoch"] not in job.tracker.logged_steps(run_id, "epoch_time_s"):
-        job.tracker.log_metrics(run_id, ck["metrics"], ck["epoch"], ck["series"])
+    relog_missing(job.tracker, run_id, ck)
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
-    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), ck.get("scaler"))
+    return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), scaler=ck.get("scaler"),
+                    history=dict(ck.get("history", {})))
 
 
-def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat) -> None:
+def relog_missing(tracker, run_id: str, ck: dict) -> None:
+    """Log the epochs the checkpoint has and the store lacks: the epoch of a kill between the
+    checkpoint and its metrics, and any still queued (outbox) when the process ended."""
+    logged = set(tracker.logged_steps(run_id, "epoch_time_s"))
+    history = {int(e): v for e, v in ck.get("history", {}).items()} | {ck["epoch"]: {"metrics": ck["metrics"], "series": ck["series"]}}
+    for epoch in sorted(set(history) - logged):
+        tracker.log_metrics(run_id, history[epoch]["metrics"], epoch, history[epoch]["series"])
+
+
+def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat,
+                  outbox: Outbox) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
     scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs (and a resume)
@@ -152,8 +185,9 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         keep_best(exp, model, val, pr)
         pr.scaler = scaler.state_dict() if scaler is not None else None
+        pr.history[epoch] = {"metrics": metrics, "series": series}
         state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))
-        job.tracker.log_metrics(run_id, metrics, epoch, series)
+        outbox.submit(job.tracker.log_metrics, run_id, metrics, epoch, series)  # after the checkpoint: in order
         if job.opts.progress and (bar is None or bar.disable):
             job.echo(epoch_line(job, epoch, pr, metrics, t_start))
 
@@ -175,11 +209,14 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
     return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
             "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
             "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
-            "scaler": pr.scaler}
+            "scaler": pr.scaler,
+            "history": dict(pr.history)}
 
 
-def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int) -> Outcome:
+def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
+           owner: str | None) -> Outcome:
     exp = job.exp
+    outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)
     test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
@@ -191,7 +228,7 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
     try:
         with sigint_deferred():
             log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
-            job.tracker.terminate(run_id, "FINISHED")
+            lifecycle.finish(job.tracker, run_id, owner)
     except KeyboardInterrupt:
         if job.tracker.run_status(run_id) != "FINISHED":
             raise
@@ -200,7 +237,7 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
     protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
     job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
     if interrupted:
-        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED; nothing else was started")
+        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED")
     return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)
 
 

@@ -1,6 +1,8 @@
 """Every MLflow call of the harness lives in this package.
 
 - guards.py: Ctrl-C held over store writes, "database is locked" retried call by call.
+- outage.py: a store briefly unreachable during a run, ridden out for a window; its faults told apart.
+- outbox.py: Outbox, store writes off the training thread, in order.
 - store.py: which store a URI names, whether it is reachable, usable and writable, and
   creating a new SQLite store all-or-nothing; one-line reasons for store errors.
 - tracker.py: Tracker, the connection to one store and experiment (runs, metrics,
@@ -10,7 +12,8 @@
 import os
 
 # set before MLflow is imported anywhere in the process
-# fail fast on an unreachable server instead of MLflow's minutes of back-off
+# start-up fails fast on an unreachable server instead of MLflow's minutes of back-off; a run
+# in progress rides out an outage by retrying each call itself for a window (outage.py)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

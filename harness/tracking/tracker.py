@@ -8,6 +8,7 @@ process is retried rather than crashing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import tempfile
@@ -24,6 +25,7 @@ from ..errors import HarnessError, UsageError
 from .guards import guarded as _guarded
 from .guards import held as _held
 from .guards import retry_locked as _retry_locked
+from .outage import Outage, riding, window_s
 from .store import DEFAULT_EXPERIMENT, artifact_location, check_reachable, describe, init_lock, prepare, redact, resolve_uri
 
 # the pickle format is chosen deliberately (see log_model); its warning on every run is noise
@@ -41,6 +43,13 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow 3.17's UI ignores the experiment kind: it opens in the browser's last "GenAI" / "Model
 # training" mode, GenAI by default; this query parameter selects (and remembers) training
 UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+# a call made while a run trains is retried through a store outage (outage.py) for the Tracker's
+# window; each attempt `guarded` (Ctrl-C held, SQLite's lock retried), or for a method of several
+# calls `held` with each call retried on the lock (repeating it whole is safe: its writes are idempotent)
+_riding = riding(_guarded)
+_riding_held = riding(_held)
 
 
 def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
@@ -61,8 +70,11 @@ class RunRecord:
 class Tracker:
     """A connection to one tracking store and one MLflow experiment."""
 
-    def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True):
+    def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True,
+                 outage_window_s: float | None = None):
         self.uri = resolve_uri(uri)
+        # start-up (this constructor) fails fast; the calls a run makes later ride out an outage
+        self.outage = Outage(window_s() if outage_window_s is None else outage_window_s)
         self.experiment_name = experiment_name
         shown = redact(self.uri)
         check_reachable(self.uri, must_exist=not create)
@@ -94,28 +106,35 @@ class Tracker:
             raise HarnessError(f"no experiment {experiment_name!r} in {shown} (known: {', '.join(known) or 'none'})")
         self.experiment_id = exp.experiment_id
 
+    def impatient(self) -> "Tracker":
+        """This connection without riding out outages: for calls that are repeated anyway (a
+        heartbeat) and must not stall for the window."""
+        other = copy.copy(self)
+        other.outage = Outage(0)
+        return other
+
     # ------------------------------------------------------------------ queries
 
-    @_guarded
+    @_riding
     def find_runs(self, config_hash: str) -> list[RunRecord]:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG}config_hash` = '{config_hash}'", max_results=1000)
         return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), r.info.start_time, r.info.end_time) for r in runs]
 
-    @_guarded
+    @_riding
     def finished_runs_tagged(self, tags: dict) -> list[tuple[dict, dict]]:
         """(tags, params) of the finished runs that carry every one of `tags`."""
         where = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
         return [(dict(r.data.tags), dict(r.data.params)) for r in self.client.search_runs([self.experiment_id], filter_string=where, max_results=1000)]
 
-    @_guarded
+    @_riding
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
-    @_guarded
+    @_riding
     def logged_steps(self, run_id: str, key: str) -> list[int]:
         return [m.step for m in self.client.get_metric_history(run_id, key)]
 
-    @_guarded
+    @_riding
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
 
@@ -151,7 +170,7 @@ class Tracker:
         run = _retry_locked(self.client.create_run)(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), run.info.start_time)
 
-    @_held
+    @_riding_held
     def record(self, run_id: str, tags: dict, params: dict, files: dict[str, str] | None = None) -> None:
         """Tags, params and small text artifacts of a claimed run; repeating it (a kill half-way,
         then a resume) logs the same values again, which MLflow accepts."""
@@ -166,21 +185,21 @@ class Tracker:
         if tags:  # last, so a tag can mark the record complete
             _retry_locked(self.client.log_batch)(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_guarded
+    @_riding
     def run_tags(self, run_id: str) -> dict:
         return dict(self.client.get_run(run_id).data.tags)
 
-    @_guarded
+    @_riding
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
-    @_guarded
+    @_riding
     def upload_file(self, run_id: str, path: str | Path, artifact_dir: str) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
     def fetch_file(self, run_id: str, path: str, dst: str) -> str:
-        """Download one artifact; raises if it is not there."""
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=self.uri)
+        """Download one artifact; raises if it is not there (retried through an outage)."""
+        return self.outage.call(mlflow.artifacts.download_artifacts,run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=self.uri)
 
     def delete_artifacts(self, run_id: str, path: str) -> bool:
         """Remove the run's artifacts under `path` where the artifact store allows it."""
@@ -193,15 +212,15 @@ class Tracker:
         except Exception:  # a store without deletion keeps them: space, not correctness
             return False
 
-    @_guarded
+    @_riding
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    @_guarded
+    @_riding
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_held
+    @_riding_held
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, series: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """Scalar metrics at `step` plus optional (step, value) series, all in as few calls as MLflow allows."""
         ts = int(time.time() * 1000)
@@ -211,11 +230,11 @@ class Tracker:
         for i in range(0, len(items), 1000):  # MLflow's batch limit for metrics
             _retry_locked(self.client.log_batch)(run_id, metrics=items[i : i + 1000])
 
-    @_guarded
+    @_riding
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
-    @_guarded
+    @_riding
     def log_datasets(self, run_id: str, datasets: list[dict]) -> None:
         """MLflow dataset inputs (the runs table's Dataset column): each dict has name, digest,
         source (a folder or URL), profile (a dict) and context (training, validation, test)."""
@@ -226,7 +245,18 @@ class Tracker:
                              source=json.dumps({"url" if source_type == "http" else "uri": str(d["source"])}),
                              profile=json.dumps(d["profile"]))
             inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", d["context"])]))
-        self.client.log_inputs(run_id, datasets=inputs)
+        # runs starting at once into a new experiment race to register the same data set
+        # (MLflow's store: "UNIQUE constraint failed: datasets..."); once one has, the others
+        # find it and only link their inputs, so a retry succeeds
+        for attempt in range(6):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as e:
+                text = str(e).lower()
+                if attempt == 5 or not any(k in text for k in ("unique constraint", "duplicate key", "uniqueviolation", "integrityerror")):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, enabled: bool, interval_s: float, resume: bool):
@@ -247,10 +277,13 @@ class Tracker:
             if monitor is not None:
                 monitor.finish()
 
-    @_held
+    @_riding_held
     def has_model(self, run_id: str, name: str = "model") -> bool:
         """Whether the run has a complete (READY) logged model `name`. Incomplete ones, left by
         a process killed while logging, are deleted so that the next attempt leaves one model."""
+        return self._complete_model(run_id, name)
+
+    def _complete_model(self, run_id: str, name: str = "model") -> bool:
         found = _retry_locked(self.client.search_logged_models)(
             experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
         ready = False
@@ -261,8 +294,12 @@ class Tracker:
                 _retry_locked(self.client.delete_logged_model)(m.model_id)
         return ready
 
-    @_guarded
+    @_riding_held
     def log_model(self, run_id: str, model, input_example, pip_requirements: list[str], code_paths: list[str] | None = None) -> None:
+        """Log the model unless a complete one exists; an attempt cut short by an outage leaves an
+        incomplete one, which the next attempt removes (has_model), so repeating it is safe."""
+        if self._complete_model(run_id):
+            return
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing);
         # code_paths: a user's network module, copied into the model and put on sys.path at load
         with mlflow.start_run(run_id=run_id):
@@ -270,12 +307,16 @@ class Tracker:
                                      input_example=input_example, pip_requirements=pip_requirements)
         # start_run's context exit marks the run FINISHED: the caller sets the real end status
 
-    @_held
-    def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
-        """End the run with `status`; FAILED and KILLED say why, FINISHED clears an earlier reason."""
+    @_riding_held
+    def terminate(self, run_id: str, status: str, reason: str | None = None, tags: dict | None = None) -> None:
+        """End the run with `status` and `tags`; FAILED and KILLED say why, FINISHED clears an
+        earlier reason. Only runs/lifecycle.py calls this."""
+        tags = dict(tags or {})
         if reason:
-            _retry_locked(self.client.set_tag)(run_id, f"{TAG}failure_reason", reason[:5000])
-        elif status == "FINISHED" and f"{TAG}failure_reason" in _retry_locked(self.client.get_run)(run_id).data.tags:
+            tags[f"{TAG}failure_reason"] = reason[:5000]
+        if tags:
+            _retry_locked(self.client.log_batch)(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if not reason and status == "FINISHED" and f"{TAG}failure_reason" in _retry_locked(self.client.get_run)(run_id).data.tags:
             _retry_locked(self.client.delete_tag)(run_id, f"{TAG}failure_reason")
         _retry_locked(self.client.set_terminated)(run_id, status=status)
 

@@ -1,0 +1,129 @@
+"""A run's life in the store: its states, the transitions between them, and the ownership check
+before every status write. Every status change of a run goes through this module.
+
+    claimed -> recorded -> training -> finished
+                                    -> resumable   (KILLED: a rerun or another claimer resumes it)
+                                    -> failed      (FAILED: a rerun would fail the same way)
+
+The state is the tag `harness.state` beside MLflow's own status, written in the same step.
+Which end a fault leads to is `ending`, after Kubernetes Jobs' podFailurePolicy: only a failure
+that a rerun would repeat (divergence, an invalid spec or model) is FAILED; a store or network
+outage, memory, a signal or a lost worker leaves the run resumable, with its reason.
+
+Before a status write the run's owner tag is read back: a process whose run was taken over
+meanwhile (it stalled past the stale limit and another resumed it) raises TakenOver instead of
+ending the new owner's run.
+"""
+
+from __future__ import annotations
+
+from ..errors import DivergedError
+from ..tracking import TAG, Tracker
+from ..tracking.outage import StoreUnavailable, store_fault
+
+OWNER = f"{TAG}owner"
+HEARTBEAT = f"{TAG}heartbeat"
+BEAT_INTERVAL = f"{TAG}beat_s"  # the writer's beat interval, so an observer knows how long "unchanged" means
+RECORDED = f"{TAG}recorded"
+STATE = f"{TAG}state"
+REASON = f"{TAG}failure_reason"
+
+CLAIMED, RECORDED_STATE, TRAINING, FINISHED, RESUMABLE, FAILED = "claimed", "recorded", "training", "finished", "resumable", "failed"
+# MLflow's status for each end
+_STATUS = {FINISHED: "FINISHED", RESUMABLE: "KILLED", FAILED: "FAILED"}
+
+
+class TakenOver(Exception):
+    """The run was claimed by another process while this one trained it."""
+
+
+def permanent(e: BaseException) -> bool:
+    """Whether a rerun would fail the same way (the run ends FAILED). A store or network
+    fault, memory, a signal or a stopped process is not: the run stays resumable."""
+    if isinstance(e, DivergedError):
+        return True
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver)) or store_fault(e):
+        return False
+    if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
+        return False
+    return True  # an invalid spec or model (HarnessError, shapes that do not fit), a bug: the same again
+
+
+def ending(e: BaseException) -> str:
+    """FAILED or RESUMABLE for a fault that ended training."""
+    return FAILED if permanent(e) else RESUMABLE
+
+
+def owned_by(tracker: Tracker, run_id: str, owner: str | None) -> bool:
+    """Whether `owner` (None: whoever) still owns the run."""
+    if owner is None:
+        return True
+    return tracker.run_tags(run_id).get(OWNER, owner) == owner
+
+
+def check_owner(tracker: Tracker, run_id: str, owner: str | None) -> None:
+    if owner is not None:
+        now = tracker.run_tags(run_id).get(OWNER, owner)
+        if now != owner:
+            raise TakenOver(f"taken over by {now}")
+
+
+def claimed_tags(owner: str, beat: str, beat_s: float) -> dict:
+    """What a claim writes: who owns the run, its first beat and how often it beats."""
+    return {OWNER: owner, HEARTBEAT: beat, BEAT_INTERVAL: f"{beat_s:g}", STATE: CLAIMED}
+
+
+def mark_recorded(tracker: Tracker, run_id: str) -> None:
+    """The run's record is complete (params, config, data sets): the last write of `record`."""
+    tracker.set_tags(run_id, {RECORDED: "true", STATE: RECORDED_STATE})
+
+
+def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bool) -> None:
+    """claimed/recorded/resumable -> training: a resumed run is RUNNING again."""
+    check_owner(tracker, run_id, owner)
+    if resumed:
+        tracker.reopen(run_id)
+    tracker.set_tags(run_id, {STATE: TRAINING})
+
+
+def end(tracker: Tracker, run_id: str, owner: str | None, state: str, reason: str | None = None) -> None:
+    """training -> finished, resumable or failed, if this process still owns the run."""
+    check_owner(tracker, run_id, owner)
+    tracker.terminate(run_id, _STATUS[state], reason, {STATE: state})
+
+
+def finish(tracker: Tracker, run_id: str, owner: str | None) -> None:
+    end(tracker, run_id, owner, FINISHED)
+
+
+def fail(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> None:
+    end(tracker, run_id, owner, FAILED, reason)
+
+
+def stop(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> bool:
+    """Leave a run resumable (KILLED with its reason) if it is still RUNNING and this owner's;
+    a run that finished, failed or belongs to another process meanwhile is left alone.
+    Whether it was stopped."""
+    if tracker.run_status(run_id) != "RUNNING" or not owned_by(tracker, run_id, owner):
+        return False
+    tracker.terminate(run_id, "KILLED", reason, {STATE: RESUMABLE})
+    return True
+
+
+def settle(tracker: Tracker, run_id: str, owner: str | None, started: bool, e: BaseException, reason: str) -> str | None:
+    """End a run that training left because of `e`: FAILED or resumable (`ending`), or deleted
+    when nothing of it was recorded (nothing trained, nothing to see). The state it ended in,
+    None when deleted. Raises TakenOver when the run is another process's now."""
+    if not started:
+        tracker.delete_run(run_id)
+        return None
+    if tracker.run_status(run_id) == "FINISHED":  # complete before the fault took effect (a Ctrl-C
+        return FINISHED  # landing while the task returns): a FINISHED run is never ended again
+    state = ending(e)
+    end(tracker, run_id, owner, state, reason)
+    return state
+
+
+def supersede(tracker: Tracker, run_id: str) -> None:
+    """An abandoned run replaced by a --force run: resumable no more, but kept."""
+    tracker.terminate(run_id, "KILLED", "abandoned: superseded by a --force run", {STATE: RESUMABLE})

@@ -1,0 +1,125 @@
+"""Whether the owner of a claimed run is alive, decided without trusting how a URI is spelt,
+which user or state folder a process runs with, or any clock but the observer's own.
+
+- On this machine the owner's process decides: the owner tag names its pid and start time
+  (psutil), so a live owner is seen as live from any folder, user or spelling of the store, and a
+  dead one (even SIGKILLed) as dead at once; a reused pid has another start time. "This machine"
+  is the host, its boot and its PID namespace, so containers that share a hostname and boot id
+  are told apart (each judges the other by its heartbeat).
+- Across machines the heartbeat decides, as the observer sees it: a run is stale only after
+  this process has seen its heartbeat value unchanged for the stale limit on its own monotonic
+  clock. The value is never compared with a clock, so skewed clocks cannot make a live run look
+  stale. The writer records its beat interval, and the limit is at least four of its beats, so
+  two machines with different HARNESS_STALE_AFTER_S agree on who is live.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from ..tracking import RunRecord
+from .lifecycle import BEAT_INTERVAL, HEARTBEAT
+
+ALIVE, DEAD, WATCHING = "alive", "dead", "watching"
+
+# owners whose heartbeat runs in this process (a claim of this very process is judged by it, not
+# by its pid, which is alive whatever became of the claim)
+_beating: collections.Counter = collections.Counter()
+_beating_lock = threading.Lock()
+
+
+def machine_id() -> str:
+    """This machine: hostname, boot and PID namespace (the namespace in which an owner's pid means something)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    try:
+        pidns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        pidns = "?"
+    return f"{socket.gethostname()}/{boot}/{pidns}"
+
+
+def new_owner() -> str:
+    """machine|pid|process start time|a claimer's own id."""
+    pid = os.getpid()
+    return f"{machine_id()}|{pid}|{psutil.Process(pid).create_time():.3f}|{uuid.uuid4().hex[:8]}"
+
+
+def owner_machine(owner: str) -> str:
+    return owner.split("|", 1)[0]
+
+
+def beating(owner: str | None, on: bool) -> None:
+    """Register (or drop) `owner` as kept alive by a heartbeat in this process."""
+    if owner is None:
+        return
+    with _beating_lock:
+        _beating[owner] += 1 if on else -1
+        if _beating[owner] <= 0:
+            del _beating[owner]
+
+
+def process_alive(owner: str) -> bool | None:
+    """Whether the owner's process lives, where this machine can tell (None: another machine,
+    or an owner tag this version did not write)."""
+    parts = owner.split("|")
+    if len(parts) != 4 or parts[0] != machine_id():
+        return None
+    try:
+        pid, start = int(parts[1]), float(parts[2])
+    except ValueError:
+        return None
+    if pid == os.getpid():
+        with _beating_lock:
+            return _beating.get(owner, 0) > 0
+    try:
+        return abs(psutil.Process(pid).create_time() - start) < 0.01
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.Error:  # not ours to inspect: it exists
+        return True
+
+
+class Observer:
+    """Heartbeats as this process has seen them, on its own monotonic clock."""
+
+    def __init__(self, stale_after_s: float, monotonic=time.monotonic):
+        self.stale_after_s, self.monotonic = stale_after_s, monotonic
+        self.seen: dict[str, tuple[str, float, bool]] = {}  # run id -> (value, since, seen to change)
+
+    def limit(self, run: RunRecord) -> float:
+        """How long an unchanged heartbeat means a dead owner: our limit, and at least four of its beats."""
+        try:
+            beat_s = float(run.tags.get(BEAT_INTERVAL) or 0)
+        except ValueError:
+            beat_s = 0.0
+        return max(self.stale_after_s, 4 * beat_s)
+
+    def poll_s(self, run: RunRecord) -> float:
+        """How often to look again while deciding."""
+        return min(5.0, max(0.05, self.limit(run) / 8))
+
+    def liveness(self, run: RunRecord) -> str:
+        """ALIVE once its heartbeat changed while we watched (until it stays unchanged for the
+        limit), DEAD when unchanged for the limit, WATCHING before either is known."""
+        value, now = run.tags.get(HEARTBEAT, ""), self.monotonic()
+        prev = self.seen.get(run.run_id)
+        if prev is None:
+            self.seen[run.run_id] = (value, now, False)
+            return WATCHING
+        if prev[0] != value:
+            self.seen[run.run_id] = (value, now, True)
+            return ALIVE
+        if now - prev[1] >= self.limit(run):
+            return DEAD
+        return ALIVE if prev[2] else WATCHING

@@ -1,0 +1,135 @@
+"""Riding out a tracking store that is briefly unreachable (a server or its database restarting).
+
+Start-up fails fast: MLflow's own HTTP retries are few (tracking/__init__.py), so an unreachable
+server is one line within seconds. Once a run trains, each store call is retried with backoff
+while the store stays unreachable for at most the outage window ($HARNESS_OUTAGE_WINDOW_S,
+default 600 s), counted from the first failure of the current outage on this process's monotonic
+clock, shared by every call of one Tracker; past it the call raises StoreUnavailable and the run
+stops resumable. A call that fails for another reason (a bad request, a permission) is raised at
+once. Retrying is safe because every write the harness makes during a run is idempotent (tags and
+params are set to the same values, metrics carry their own timestamp, artifacts are overwritten).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+
+from ..errors import HarnessError, one_line
+
+DEFAULT_WINDOW_S = 600.0
+log = logging.getLogger("harness.outage")
+
+# what an unreachable or restarting server or database looks like through MLflow, requests,
+# urllib3 and SQLAlchemy (connection refused/reset, timeouts, 5xx, a database that went away)
+_TRANSIENT = ("max retries exceeded", "connection refused", "connection reset", "connection aborted", "remote end closed",
+              "timed out", "timeout", "too many 500", "too many 502", "too many 503", "too many 504", "temporarily_unavailable",
+              "temporarily unavailable", "bad gateway", "service unavailable", "could not connect", "server closed the connection",
+              "terminating connection", "connection to server", "the database system is", "database is locked",
+              "broken pipe", "name or service not known", "internal_error", "internal server error",
+              "remotedisconnected", "protocolerror", "newconnectionerror")
+
+
+class StoreUnavailable(HarnessError):
+    """The tracking store stayed unreachable past the outage window."""
+
+
+def window_s() -> float:
+    """The outage window: $HARNESS_OUTAGE_WINDOW_S seconds, default 600."""
+    raw = os.environ.get("HARNESS_OUTAGE_WINDOW_S")
+    if not raw:
+        return DEFAULT_WINDOW_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HarnessError(f"HARNESS_OUTAGE_WINDOW_S={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise HarnessError(f"HARNESS_OUTAGE_WINDOW_S={raw!r} must be 0 or more seconds")
+    return value
+
+
+def store_fault(e: BaseException) -> bool:
+    """Whether `e` came from the store or the network rather than from training itself."""
+    if isinstance(e, (StoreUnavailable, ConnectionError, TimeoutError, OSError)):
+        return True
+    module = type(e).__module__ or ""
+    return module.startswith(("mlflow", "requests", "urllib3", "sqlalchemy", "psycopg", "http.client"))
+
+
+def transient(e: BaseException) -> bool:
+    """Whether `e` says the store is unreachable for now (worth retrying), not that the call is wrong."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(e, "get_http_status_code", None)
+    try:
+        code = status() if status else None
+    except Exception:
+        code = None
+    text = f"{type(e).__name__}: {e}".lower()
+    if isinstance(code, int) and 400 <= code < 500 and "max retries" not in text:
+        return False
+    return (isinstance(code, int) and code >= 500) or any(k in text for k in _TRANSIENT)
+
+
+class Outage:
+    """When the store became unreachable (None: it answers), shared by the calls of one Tracker,
+    so that consecutive calls during one outage share one window."""
+
+    def __init__(self, window: float, clock=time.monotonic, sleep=time.sleep):
+        self.window, self.clock, self.sleep = window, clock, sleep
+        self.since: float | None = None
+        self.longest = 0.0  # the longest outage ridden out, in seconds (for the log and tests)
+        self._lock = threading.Lock()
+
+    def call(self, fn, *args, **kwargs):
+        delay = 1.0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:
+                if self.window <= 0 or not transient(e):
+                    raise
+                self._failed(e)
+                waited = self.clock() - self.since
+                if waited >= self.window:
+                    raise StoreUnavailable(f"tracking store unreachable for {waited:.0f} s, past the outage window "
+                                           f"(HARNESS_OUTAGE_WINDOW_S={self.window:g}): {one_line(e)}") from None
+                self.sleep(min(delay, self.window - waited))
+                delay = min(delay * 2, 15.0)
+                continue
+            self._answered()
+            return result
+
+    def _failed(self, e: BaseException) -> None:
+        with self._lock:
+            if self.since is None:
+                self.since = self.clock()
+                log.warning("tracking store unreachable (%s); training goes on, its writes are retried for up to %g s",
+                            one_line(e), self.window)
+
+    def _answered(self) -> None:
+        with self._lock:
+            if self.since is not None:
+                down = self.clock() - self.since
+                self.longest = max(self.longest, down)
+                self.since = None
+                log.warning("tracking store reachable again after %.0f s; queued writes are landing in order", down)
+
+
+def riding(per_attempt):
+    """A decorator for methods of an object with an `outage` (a Tracker): the call is retried
+    through an outage, each attempt wrapped by `per_attempt`."""
+
+    def decorate(fn):
+        inner = per_attempt(fn)
+
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            return self.outage.call(inner, self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,86 @@
+"""Ordinary faults of a shared tracking server, for real (tests/servers.py: PostgreSQL + basic-auth
+`mlflow server` on loopback): the server killed and restarted mid-run, its PostgreSQL restarted,
+and four runs starting at once into a new experiment. A run in progress rides each out: it ends
+FINISHED in its one MLflow run with every epoch logged once."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+from tests.servers import REPO, server_env
+
+ARGS = ["--epochs", "4", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
+
+
+def start_run(server, experiment: str, synthetic_root, recipe: str = "medium-vgg-bn", args=ARGS, window_s: int = 300) -> subprocess.Popen:
+    env = dict(server_env(server), HARNESS_OUTAGE_WINDOW_S=str(window_s))
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", recipe, "--experiment-name", experiment, "--data-dir",
+                             str(synthetic_root), *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epoch(admin, experiment: str, p: subprocess.Popen, epoch: int = 0):
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        exp = admin.get_experiment_by_name(experiment)
+        found = admin.search_runs([exp.experiment_id]) if exp else []
+        if found and any(m.step >= epoch for m in admin.get_metric_history(found[0].info.run_id, "epoch_time_s")):
+            return found[0]
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError(f"no epoch {epoch + 1} logged within 300 s")
+
+
+def assert_finished_once(admin, run, epochs: int = 4):
+    [done] = admin.search_runs([run.info.experiment_id])
+    assert done.info.run_id == run.info.run_id and done.info.status == "FINISHED"
+    assert sorted(m.step for m in admin.get_metric_history(done.info.run_id, "epoch_time_s")) == list(range(epochs))
+    assert "test_acc" in done.data.metrics
+    assert "harness-state" not in {a.path for a in admin.list_artifacts(done.info.run_id)}
+
+
+def test_a_run_rides_out_the_server_killed_and_restarted(server, admin, synthetic_root):
+    p = start_run(server, "outage-server", synthetic_root)
+    run = wait_for_epoch(admin, "outage-server", p)
+    server["kill_server"]()
+    try:
+        time.sleep(10)
+    finally:
+        server["start_server"]()  # back after ~10 s plus its start-up (seconds to tens of seconds)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    back = re.search(r"reachable again after (\d+) s", out)
+    assert "tracking store unreachable" in out and back, out
+    print(f"server restart ridden out: the store was unreachable for {back.group(1)} s")
+    assert_finished_once(admin, run)
+
+
+def test_a_run_rides_out_postgresql_restarted(server, admin, synthetic_root):
+    p = start_run(server, "outage-postgres", synthetic_root)
+    run = wait_for_epoch(admin, "outage-postgres", p)
+    server["stop_postgres"]()
+    try:
+        time.sleep(10)
+    finally:
+        server["start_postgres"]()
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    back = re.search(r"reachable again after (\d+) s", out)
+    print(f"PostgreSQL restart ridden out: {back.group(0) if back else 'no write failed'}")
+    assert_finished_once(admin, run)
+
+
+def test_four_runs_starting_at_once_into_a_new_experiment_all_finish(server, admin, synthetic_root):
+    """They all register the same test set in a new experiment at the same moment."""
+    cap = ["--epochs", "1", "--max-train-images", "128", "--no-progress", "--no-system-metrics"]
+    procs = [start_run(server, "four-at-once", synthetic_root, recipe, cap)
+             for recipe in ("fastai-simplenet", "tutorial-base", "fastai-convnet", "tutorial-c16")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    exp = admin.get_experiment_by_name("four-at-once")
+    found = admin.search_runs([exp.experiment_id])
+    assert len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
+    for r in found:
+        assert {d.dataset.name for d in r.inputs.dataset_inputs} == {"cifar10-subset-train", "cifar10-subset-test"}
