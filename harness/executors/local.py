@@ -79,8 +79,12 @@ def claim_jobs(jobs: list[Job], claimer: Claimer) -> tuple[list[ConfigLock], dic
     return locks, claimed, skipped
 
 
-def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None) -> Outcome:
+def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None,
+            cores=None) -> Outcome:
+    """Claim and train one (experiment, seed); `cores`: the cores it may use now, read between
+    epochs (the pool's share once runs ended; None: the threads chosen at its start stay)."""
     job = make_job(exp, data, tracker, opts, seed, echo)
+    job.cores = cores
     claimer = claimer or Claimer(tracker, ClaimPolicy.for_store(tracker.uri))
     [lock], claimed, skipped = claim_jobs([job], claimer)
     if skipped:

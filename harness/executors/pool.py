@@ -41,7 +41,7 @@ MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for
 SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
 
 
-def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
+def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions, share) -> None:
     """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
     ignore_stops()  # (started with both ignored already: see run_pool's start)
@@ -53,15 +53,15 @@ def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, op
             if task is None:
                 return
             i, exp, seed = task
-            conn.send((i, _work(exp, seed, data, tracker, opts)))
+            conn.send((i, _work(exp, seed, data, tracker, opts, lambda: share.value)))
     except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
         return
 
 
-def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions) -> Outcome | Interrupted:
+def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, cores) -> Outcome | Interrupted:
     try:
         with interruptible():
-            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True))
+            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), cores=cores)
     except Interrupted as e:
         return e
     except KeyboardInterrupt:
@@ -86,6 +86,7 @@ class _Pool:
     todo: list[tuple[Experiment, int]]
     echo: object
     jobs: int
+    share: object = None  # multiprocessing.Value: the cores each busy worker's run may use now (share_cores)
     queue: deque = field(default_factory=deque)
     slots: list[_Slot] = field(default_factory=list)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -96,6 +97,13 @@ class _Pool:
 
     def busy(self) -> list[_Slot]:
         return [s for s in self.slots if s.task is not None]
+
+    def share_cores(self) -> None:
+        """While runs wait in the queue each worker keeps its share (cores // jobs); once the queue
+        is empty the runs still training split every core between them, taken up at their next
+        epoch (one_run.follow_free_cores), so no core idles while the longest run finishes."""
+        if self.share is not None:
+            self.share.value = max(1, all_cores() // (self.jobs if self.queue else max(1, len(self.busy()))))
 
     def dispatch(self) -> None:
         while self.queue and len(self.slots) < min(self.jobs, len(self.queue) + len(self.busy())):
@@ -173,7 +181,8 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     per_run = replace(opts, bars=False, max_threads=max(1, all_cores() // jobs))
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang
     ctx = multiprocessing.get_context("spawn")
-    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)
+    share = ctx.Value("i", max(1, all_cores() // jobs), lock=False)  # one int, written here only
+    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, share)
 
     def start() -> _Slot:
         mine, theirs = ctx.Pipe()
@@ -189,11 +198,12 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         theirs.close()
         return _Slot(proc, mine)
 
-    pool = _Pool(start, todo, echo, jobs, deque(range(len(todo))))
+    pool = _Pool(start, todo, echo, jobs, share, deque(range(len(todo))))
     try:
         try:
             while pool.queue or pool.busy():
                 pool.dispatch()
+                pool.share_cores()
                 pool.step()
         except KeyboardInterrupt:
             raise Interrupted(_stop(pool)) from None
