@@ -317,3 +317,39 @@ def test_list_shows_a_users_recipes_beside_the_catalogue(mine, work):
     assert {"mine-file", "mine-mod", "tutorial-base"} <= set(rows)
     assert rows["mine-file"]["source"] == f"yours: {mine / 'mine-file.toml'}" and rows["mine-file"]["published_accuracy"] == []
     assert rows["tutorial-base"]["source"].endswith(".txt")
+
+
+@pytest.fixture
+def fresh_imports():
+    """The modules and sys.path entries a test's in-process import of a user's code adds, removed after it."""
+    mods, path = set(sys.modules), list(sys.path)
+    yield
+    for m in set(sys.modules) - mods:
+        del sys.modules[m]
+    sys.path[:] = path
+
+
+def _mine_mod_hash(mine: Path) -> str:
+    from harness.recipes.catalogue import load_spec
+    from harness.recipes.spec import config_hash
+
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]  # as a new command would import it
+    return config_hash(load_spec(mine / "mine-mod.toml", user=True), {}, 0, "data")
+
+
+def test_an_edit_to_any_module_of_a_users_package_is_a_new_configuration(mine, fresh_imports):
+    """`mypkg.layers:wide` builds its layers with `from .blocks import block`: an edited blocks.py
+    is a different network, so a different configuration (not skipped as identical, not pooled)."""
+    before = _mine_mod_hash(mine)
+    assert _mine_mod_hash(mine) == before
+    (mine / "mypkg" / "blocks.py").write_text(PKG_BLOCKS.replace("nn.ReLU()", "nn.GELU()"))
+    assert _mine_mod_hash(mine) != before
+
+
+def test_a_users_package_without_init_py_is_read_as_a_namespace_package(mine, fresh_imports):
+    from harness.recipes.catalogue import load_spec
+
+    (mine / "mypkg" / "__init__.py").unlink()
+    exp = load_spec(mine / "mine-mod.toml", user=True)
+    assert exp.code.ship == str((mine / "mypkg").resolve()) and exp.code.search_path == str(mine.resolve())

@@ -40,6 +40,33 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def code_sha256(path: str | Path, package: str | Path | None) -> str:
+    """The hash of what the network's code is: the file, or with `package` (the top-level
+    package's folder) every .py file in it, by its path there, so that an edit to a module the
+    factory imports (`from .blocks import block`) is a new configuration too."""
+    root = Path(package) if package else None
+    if root is None or not root.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" not in p.relative_to(root).parts and p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _top_folder(module: str) -> Path:
+    """The file of a top-level module, or its package's folder (a namespace package's one folder)."""
+    top = sys.modules[module.split(".")[0]]
+    if getattr(top, "__file__", None):
+        path = Path(top.__file__).resolve()
+        return path.parent if path.name == "__init__.py" else path
+    folders = list(getattr(top, "__path__", None) or [])
+    if len(folders) != 1:
+        raise HarnessError(f"model.name: package {top.__name__!r} lies in {len(folders)} folders ({', '.join(map(str, folders))}); "
+                           "give it an __init__.py")
+    return Path(folders[0]).resolve()
+
+
 def _first_error(e: BaseException, file: str | None) -> str:
     """`SyntaxError: invalid syntax (nets.py, line 3)`: the code's own first error line, and its
     line in the user's file where the traceback passes through it."""
@@ -118,14 +145,12 @@ def resolve(name: str, file: str, base: Path) -> UserCode:
         if not getattr(mod, "__file__", None):
             raise HarnessError(f"model.name: module {module!r} has no source file to record")
         path = Path(mod.__file__).resolve()
-        top = sys.modules[module.split(".")[0]]
-        top_path = Path(top.__file__).resolve()
-        shipped = top_path.parent if top_path.name == "__init__.py" else top_path
+        shipped = _top_folder(module)
         ship, search = ("", "") if _installed(path) else (str(shipped), str(shipped.parent))
     if not callable(getattr(mod, attr, None)):
         known = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod.__name__)
         raise HarnessError(f"model.name: {path.name} has no {attr!r} (found: {', '.join(known) or 'nothing callable'})")
-    return UserCode(module, attr, str(path), file_sha256(path), ship, search)
+    return UserCode(module, attr, str(path), code_sha256(path, ship if "." in module else None), ship, search)
 
 
 def _shipped(code: UserCode) -> bool:
@@ -135,7 +160,15 @@ def _shipped(code: UserCode) -> bool:
         found = importlib.util.find_spec(code.module)
     except (ImportError, ValueError):
         return False
-    return bool(found and found.origin and Path(found.origin).is_file() and file_sha256(found.origin) == code.sha256)
+    return bool(found and found.origin and Path(found.origin).is_file() and _sha256_here(code, found.origin) == code.sha256)
+
+
+def _sha256_here(code: UserCode, file: str) -> str:
+    """The code's hash as found in this process (a package: the top-level folder `file` lies in)."""
+    if "." not in code.module or not code.ship:  # a file, or a package installed (hashed by its module's file)
+        return file_sha256(file)
+    path = Path(file).resolve()
+    return code_sha256(path, path.parents[code.module.count(".") - 1 + (path.name == "__init__.py")])
 
 
 def load_factory(code: UserCode):
@@ -149,7 +182,7 @@ def load_factory(code: UserCode):
     else:
         mod = _import_name(code.module, [code.search_path] if code.search_path and Path(code.search_path).is_dir() else [])
     here = getattr(mod, "__file__", None)
-    if not here or file_sha256(here) != code.sha256:
+    if not here or _sha256_here(code, here) != code.sha256:
         raise HarnessError(f"{code.label}: the network's code here ({here}) differs from the code the spec was read with; "
                            "an edited network is a new configuration: run the command again")
     return getattr(mod, code.attr)
