@@ -353,3 +353,13 @@ def test_a_users_package_without_init_py_is_read_as_a_namespace_package(mine, fr
     (mine / "mypkg" / "__init__.py").unlink()
     exp = load_spec(mine / "mine-mod.toml", user=True)
     assert exp.code.ship == str((mine / "mypkg").resolve()) and exp.code.search_path == str(mine.resolve())
+
+
+def test_a_network_without_trainable_weights_is_one_line_and_nothing_is_recorded(tmp_path, work):
+    """It passes the forward check (10 finite logits) but nothing in it can train."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "nets.py").write_text("import torch.nn as nn\ndef MyNet():\n    return nn.Sequential(nn.Flatten(), nn.AdaptiveAvgPool1d(10))\n")
+    (d / "bad.toml").write_text(recipe("bad", 'file = "nets.py"\nname = "MyNet"'))
+    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "nets.py:MyNet", "no trainable weights")
+    assert not (work / "mlflow.db").exists()

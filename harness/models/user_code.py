@@ -242,4 +242,6 @@ def build(code: UserCode, args: dict, max_weights: int):
     if not isinstance(model, nn.Module):
         raise HarnessError(f"{code.label} returns {type(model).__name__}, not a torch.nn.Module")
     too_large(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise HarnessError(f"{code.label}: no trainable weights (nothing in it would learn)")
     return model
