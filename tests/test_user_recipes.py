@@ -253,6 +253,12 @@ BAD_NETS = {
               ["307,300,000 weights", "more than"]),
     "not-module": ("def MyNet():\n    return 3\n", "MyNet", ["returns int, not a torch.nn.Module"]),
     "fails": ("def MyNet():\n    raise ValueError('no such width')\n", "MyNet", ["MyNet() fails", "ValueError: no such width (line 2)"]),
+    "train-tuple": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.l = nn.Linear(3072, 10)\n    def forward(self, x):\n        y = self.l(x.flatten(1))\n"
+                    "        return (y, y) if self.training else y\n", "MyNet", ["in training mode", "returns tuple"]),
+    "detached": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.l = nn.Linear(3072, 10)\n    def forward(self, x):\n        return self.l(x.flatten(1)).detach()\n",
+                 "MyNet", ["no gradient"]),
     "crash-forward": ("import torch.nn as nn\nclass MyNet(nn.Module):\n    def forward(self, x):\n        return x.view(5, -1, 7)\n", "MyNet",
                       ["does not run on 32x32 images"]),
 }
