@@ -369,3 +369,19 @@ def test_a_network_without_trainable_weights_is_one_line_and_nothing_is_recorded
     (d / "bad.toml").write_text(recipe("bad", 'file = "nets.py"\nname = "MyNet"'))
     one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "nets.py:MyNet", "no trainable weights")
     assert not (work / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "its-folder"])
+def test_a_network_file_that_imports_its_neighbour_is_one_line_pointing_to_the_package_form(where, tmp_path, work):
+    """`file = "nets.py"` ships and hashes that one file: a neighbour it imports would be missing
+    from the logged model and a Ray worker, and an edit to it would not be a new configuration.
+    Refused whether the import fails (the folder not on the path) or succeeds (run from the folder)."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "blocks.py").write_text(PKG_BLOCKS)
+    (d / "nets.py").write_text("import torch.nn as nn\nfrom blocks import block\n"
+                               "def MyNet():\n    return nn.Sequential(block(3, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
+    (d / "bad.toml").write_text(recipe("bad", 'file = "nets.py"\nname = "MyNet"'))
+    cwd = work if where == "elsewhere" else d
+    one_line(harness("run", d / "bad.toml", cwd=cwd), 1, str(d / "bad.toml"), "blocks", "package.module:Factory")
+    assert not (cwd / "mlflow.db").exists()

@@ -95,6 +95,7 @@ def _import_file(module: str, path: Path):
                            "rename the file")
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
     sys.modules[module] = mod
     try:
         spec.loader.exec_module(mod)
@@ -102,8 +103,20 @@ def _import_file(module: str, path: Path):
         del sys.modules[module]
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise HarnessError(f"{path.name} does not import: {_first_error(e, str(path))}") from None
+        top = e.name.split(".")[0] if isinstance(e, ModuleNotFoundError) and e.name else ""
+        beside = bool(top) and ((path.parent / f"{top}.py").is_file() or (path.parent / top).is_dir())
+        raise HarnessError(f"{path.name} does not import: {_first_error(e, str(path))}" + (_NEIGHBOURS if beside else "")) from None
+    # a module of its own folder that it imported would be neither hashed nor shipped with the file
+    neighbours = sorted(m for m in set(sys.modules) - before - {module}
+                        if getattr(sys.modules[m], "__file__", None) and path.parent in Path(sys.modules[m].__file__).resolve().parents)
+    if neighbours:
+        del sys.modules[module]
+        raise HarnessError(f"{path.name} imports {', '.join(neighbours)} from its own folder" + _NEIGHBOURS)
     return mod
+
+
+_NEIGHBOURS = ("; model.file is one file, hashed and shipped alone: for code in several files make its folder a package "
+               "(add __init__.py) and name the factory as name = \"package.module:Factory\"")
 
 
 def _import_name(module: str, search: list[str]):
@@ -242,17 +255,17 @@ def build(code: UserCode, args: dict, max_weights: int):
     if not isinstance(model, nn.Module):
         raise HarnessError(f"{code.label} returns {type(model).__name__}, not a torch.nn.Module")
     too_large(model)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise HarnessError(f"{code.label}: no trainable weights (nothing in it would learn)")
     return model
 
 
 def check_training_forward(label: str, model) -> None:
-    """Once more in training mode, as the loop calls it: a tensor of 10 logits per image that
+    """Trainable weights, and once more forward in training mode, as the loop calls it: a tensor of 10 logits per image that
     carries a gradient (a network that returns auxiliary outputs, or detaches them, only when
     training would otherwise fail after its run was created)."""
     import torch
 
+    if not any(p.requires_grad for p in model.parameters()):
+        raise HarnessError(f"{label}: no trainable weights (nothing in it would learn)")
     was_training = model.training
     model.train()
     try:
