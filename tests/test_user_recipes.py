@@ -385,3 +385,16 @@ def test_a_network_file_that_imports_its_neighbour_is_one_line_pointing_to_the_p
     cwd = work if where == "elsewhere" else d
     one_line(harness("run", d / "bad.toml", cwd=cwd), 1, str(d / "bad.toml"), "blocks", "package.module:Factory")
     assert not (cwd / "mlflow.db").exists()
+
+
+def test_a_network_file_named_as_an_installed_module_is_refused_before_anything_is_written(tmp_path, work):
+    """colorsys.py would stand in for the standard library's module in every process that loads
+    the network (a worker, a logged model's loader); `harness new torch` wrote torch.py, which
+    breaks every later command run from that folder."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "colorsys.py").write_text(NETS)
+    (d / "bad.toml").write_text(recipe("bad", 'file = "colorsys.py"\nname = "MyNet"'))
+    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "colorsys.py", "rename")
+    one_line(harness("new", "torch", cwd=work), 2, "torch", "rename")
+    assert list(work.iterdir()) == []

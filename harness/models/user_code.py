@@ -84,15 +84,31 @@ def _installed(path: Path) -> bool:
     return any(Path(r) in path.resolve().parents for r in roots)
 
 
+def shadowed(module: str, path: Path) -> str | None:
+    """Where a module of that name is found other than `path` (an installed or standard module
+    the user's file would stand in for, in every process that imports it by name), else None."""
+    have = sys.modules.get(module)
+    if have is not None:
+        origin = getattr(have, "__file__", None) or "elsewhere"
+    else:
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        origin = found and (found.origin or "elsewhere")
+    if not origin or (origin != "elsewhere" and Path(origin).resolve() == path.resolve()):
+        return None
+    return origin
+
+
 def _import_file(module: str, path: Path):
     """Import `path` as the module `module` (its classes pickle by that name, which is what a
     logged model's code_paths and a Ray worker's py_modules provide)."""
-    have = sys.modules.get(module)
-    if have is not None:
-        if getattr(have, "__file__", None) and Path(have.__file__).resolve() == path.resolve():
-            return have
-        raise HarnessError(f"{path.name}: a module named {module!r} is already imported from {getattr(have, '__file__', None) or 'elsewhere'}; "
-                           "rename the file")
+    other = shadowed(module, path)
+    if other:
+        raise HarnessError(f"{path.name}: a module named {module!r} exists already ({other}); rename the file")
+    if module in sys.modules:
+        return sys.modules[module]
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
     before = set(sys.modules)
