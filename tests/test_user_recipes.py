@@ -398,3 +398,12 @@ def test_a_network_file_named_as_an_installed_module_is_refused_before_anything_
     one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "colorsys.py", "rename")
     one_line(harness("new", "torch", cwd=work), 2, "torch", "rename")
     assert list(work.iterdir()) == []
+
+
+def test_a_users_file_of_the_same_name_in_the_working_folder_does_not_block_a_spec_elsewhere(mine, work):
+    """Two project folders each with a nets.py (or my_net.py from `harness new my-net`): run from
+    one, the other's spec imports its own file (python -m puts the working folder on the path)."""
+    (work / "nets.py").write_text(NETS.replace("class MyNet", "class TheirNet"))
+    r = harness("list", "--experiments", mine, "--format", "json", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mine-file" in {x["id"] for x in json.loads(r.stdout)}

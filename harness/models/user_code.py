@@ -85,20 +85,22 @@ def _installed(path: Path) -> bool:
 
 
 def shadowed(module: str, path: Path) -> str | None:
-    """Where a module of that name is found other than `path` (an installed or standard module
-    the user's file would stand in for, in every process that imports it by name), else None."""
+    """Where a module of that name is, other than `path`: one imported already, or an installed or
+    standard one the user's file would stand in for in every process importing it by name (a
+    user's file of that name in another folder, found by the path, is not one), else None."""
     have = sys.modules.get(module)
     if have is not None:
-        origin = getattr(have, "__file__", None) or "elsewhere"
-    else:
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            return None
-        origin = found and (found.origin or "elsewhere")
-    if not origin or (origin != "elsewhere" and Path(origin).resolve() == path.resolve()):
+        origin = getattr(have, "__file__", None) or "built in"
+        return None if origin != "built in" and Path(origin).resolve() == path.resolve() else origin
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
         return None
-    return origin
+    if found is None:
+        return None
+    if not found.origin or not Path(found.origin).is_file():
+        return found.origin or "built in"
+    return found.origin if _installed(Path(found.origin)) else None
 
 
 def _import_file(module: str, path: Path):
