@@ -407,3 +407,30 @@ def test_a_users_file_of_the_same_name_in_the_working_folder_does_not_block_a_sp
     r = harness("list", "--experiments", mine, "--format", "json", cwd=work)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mine-file" in {x["id"] for x in json.loads(r.stdout)}
+
+
+@pytest.mark.parametrize("module", ["mypkg.layers", "mypkg.sub.deep"])
+def test_a_shipped_copy_of_a_users_package_is_taken_for_the_same_code(module, mine, tmp_path, fresh_imports):
+    """As a Ray worker sees it: the package copied elsewhere (py_modules) and imported by name there,
+    with the hash of every .py file of the copy equal to the one recorded."""
+    import shutil
+
+    from harness.models import user_code
+
+    (mine / "mypkg" / "sub").mkdir()
+    (mine / "mypkg" / "sub" / "__init__.py").write_text("")
+    (mine / "mypkg" / "sub" / "deep.py").write_text(PKG_NETS.replace("from .blocks", "from ..blocks"))
+    code = user_code.resolve(f"{module}:wide", "", mine)
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]
+    sys.path[:] = [p for p in sys.path if p not in (str(mine), str(mine.resolve()))]
+    shipped = tmp_path / "ray-copy"
+    shutil.copytree(mine / "mypkg", shipped / "mypkg")
+    sys.path.insert(0, str(shipped))
+    factory = user_code.load_factory(code)
+    assert sys.modules[module].__file__.startswith(str(shipped)) and factory(channels=3)(__import__("torch").zeros(2, 3, 32, 32)).shape == (2, 10)
+    (shipped / "mypkg" / "blocks.py").write_text(PKG_BLOCKS.replace("nn.ReLU()", "nn.GELU()"))
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]
+    with pytest.raises(Exception, match="differs from the code the spec was read with"):
+        user_code.load_factory(code)
