@@ -259,6 +259,7 @@ BAD_NETS = {
     "detached": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
                  "        self.l = nn.Linear(3072, 10)\n    def forward(self, x):\n        return self.l(x.flatten(1)).detach()\n",
                  "MyNet", ["no gradient"]),
+    "exits": ("import sys\ndef MyNet():\n    sys.exit(3)\n", "MyNet", ["MyNet() fails", "SystemExit: 3"]),
     "crash-forward": ("import torch.nn as nn\nclass MyNet(nn.Module):\n    def forward(self, x):\n        return x.view(5, -1, 7)\n", "MyNet",
                       ["does not run on 32x32 images"]),
 }

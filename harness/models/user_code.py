@@ -254,7 +254,7 @@ def build(code: UserCode, args: dict, max_weights: int):
     def make():
         try:
             return factory(**args)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # SystemExit: e.g. argparse in the user's constructor
             raise HarnessError(f"{code.label}({', '.join(f'{k}={v!r}' for k, v in args.items())}) fails: {_first_error(e, code.file)}") from None
 
     def too_large(m):
@@ -265,7 +265,7 @@ def build(code: UserCode, args: dict, max_weights: int):
     try:
         with torch.device("meta"):
             probe = factory(**args)
-    except Exception:
+    except (Exception, SystemExit):
         probe = None
     if isinstance(probe, nn.Module):
         too_large(probe)
