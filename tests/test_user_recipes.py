@@ -253,6 +253,13 @@ BAD_NETS = {
               ["307,300,000 weights", "more than"]),
     "not-module": ("def MyNet():\n    return 3\n", "MyNet", ["returns int, not a torch.nn.Module"]),
     "fails": ("def MyNet():\n    raise ValueError('no such width')\n", "MyNet", ["MyNet() fails", "ValueError: no such width (line 2)"]),
+    "train-tuple": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.l = nn.Linear(3072, 10)\n    def forward(self, x):\n        y = self.l(x.flatten(1))\n"
+                    "        return (y, y) if self.training else y\n", "MyNet", ["in training mode", "returns tuple"]),
+    "detached": ("import torch, torch.nn as nn\nclass MyNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.l = nn.Linear(3072, 10)\n    def forward(self, x):\n        return self.l(x.flatten(1)).detach()\n",
+                 "MyNet", ["no gradient"]),
+    "exits": ("import sys\ndef MyNet():\n    sys.exit(3)\n", "MyNet", ["MyNet() fails", "SystemExit: 3"]),
     "crash-forward": ("import torch.nn as nn\nclass MyNet(nn.Module):\n    def forward(self, x):\n        return x.view(5, -1, 7)\n", "MyNet",
                       ["does not run on 32x32 images"]),
 }
@@ -317,3 +324,114 @@ def test_list_shows_a_users_recipes_beside_the_catalogue(mine, work):
     assert {"mine-file", "mine-mod", "tutorial-base"} <= set(rows)
     assert rows["mine-file"]["source"] == f"yours: {mine / 'mine-file.toml'}" and rows["mine-file"]["published_accuracy"] == []
     assert rows["tutorial-base"]["source"].endswith(".txt")
+
+
+@pytest.fixture
+def fresh_imports():
+    """The modules and sys.path entries a test's in-process import of a user's code adds, removed after it."""
+    mods, path = set(sys.modules), list(sys.path)
+    yield
+    for m in set(sys.modules) - mods:
+        del sys.modules[m]
+    sys.path[:] = path
+
+
+def _mine_mod_hash(mine: Path) -> str:
+    from harness.recipes.catalogue import load_spec
+    from harness.recipes.spec import config_hash
+
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]  # as a new command would import it
+    return config_hash(load_spec(mine / "mine-mod.toml", user=True), {}, 0, "data")
+
+
+def test_an_edit_to_any_module_of_a_users_package_is_a_new_configuration(mine, fresh_imports):
+    """`mypkg.layers:wide` builds its layers with `from .blocks import block`: an edited blocks.py
+    is a different network, so a different configuration (not skipped as identical, not pooled)."""
+    before = _mine_mod_hash(mine)
+    assert _mine_mod_hash(mine) == before
+    (mine / "mypkg" / "blocks.py").write_text(PKG_BLOCKS.replace("nn.ReLU()", "nn.GELU()"))
+    assert _mine_mod_hash(mine) != before
+
+
+def test_a_users_package_without_init_py_is_read_as_a_namespace_package(mine, fresh_imports):
+    from harness.recipes.catalogue import load_spec
+
+    (mine / "mypkg" / "__init__.py").unlink()
+    exp = load_spec(mine / "mine-mod.toml", user=True)
+    assert exp.code.ship == str((mine / "mypkg").resolve()) and exp.code.search_path == str(mine.resolve())
+
+
+def test_a_network_without_trainable_weights_is_one_line_and_nothing_is_recorded(tmp_path, work):
+    """It passes the forward check (10 finite logits) but nothing in it can train."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "nets.py").write_text("import torch.nn as nn\ndef MyNet():\n    return nn.Sequential(nn.Flatten(), nn.AdaptiveAvgPool1d(10))\n")
+    (d / "bad.toml").write_text(recipe("bad", 'file = "nets.py"\nname = "MyNet"'))
+    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "nets.py:MyNet", "no trainable weights")
+    assert not (work / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "its-folder"])
+def test_a_network_file_that_imports_its_neighbour_is_one_line_pointing_to_the_package_form(where, tmp_path, work):
+    """`file = "nets.py"` ships and hashes that one file: a neighbour it imports would be missing
+    from the logged model and a Ray worker, and an edit to it would not be a new configuration.
+    Refused whether the import fails (the folder not on the path) or succeeds (run from the folder)."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "blocks.py").write_text(PKG_BLOCKS)
+    (d / "nets.py").write_text("import torch.nn as nn\nfrom blocks import block\n"
+                               "def MyNet():\n    return nn.Sequential(block(3, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
+    (d / "bad.toml").write_text(recipe("bad", 'file = "nets.py"\nname = "MyNet"'))
+    cwd = work if where == "elsewhere" else d
+    one_line(harness("run", d / "bad.toml", cwd=cwd), 1, str(d / "bad.toml"), "blocks", "package.module:Factory")
+    assert not (cwd / "mlflow.db").exists()
+
+
+def test_a_network_file_named_as_an_installed_module_is_refused_before_anything_is_written(tmp_path, work):
+    """colorsys.py would stand in for the standard library's module in every process that loads
+    the network (a worker, a logged model's loader); `harness new torch` wrote torch.py, which
+    breaks every later command run from that folder."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "colorsys.py").write_text(NETS)
+    (d / "bad.toml").write_text(recipe("bad", 'file = "colorsys.py"\nname = "MyNet"'))
+    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), "colorsys.py", "rename")
+    one_line(harness("new", "torch", cwd=work), 2, "torch", "rename")
+    assert list(work.iterdir()) == []
+
+
+def test_a_users_file_of_the_same_name_in_the_working_folder_does_not_block_a_spec_elsewhere(mine, work):
+    """Two project folders each with a nets.py (or my_net.py from `harness new my-net`): run from
+    one, the other's spec imports its own file (python -m puts the working folder on the path)."""
+    (work / "nets.py").write_text(NETS.replace("class MyNet", "class TheirNet"))
+    r = harness("list", "--experiments", mine, "--format", "json", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mine-file" in {x["id"] for x in json.loads(r.stdout)}
+
+
+@pytest.mark.parametrize("module", ["mypkg.layers", "mypkg.sub.deep"])
+def test_a_shipped_copy_of_a_users_package_is_taken_for_the_same_code(module, mine, tmp_path, fresh_imports):
+    """As a Ray worker sees it: the package copied elsewhere (py_modules) and imported by name there,
+    with the hash of every .py file of the copy equal to the one recorded."""
+    import shutil
+
+    from harness.models import user_code
+
+    (mine / "mypkg" / "sub").mkdir()
+    (mine / "mypkg" / "sub" / "__init__.py").write_text("")
+    (mine / "mypkg" / "sub" / "deep.py").write_text(PKG_NETS.replace("from .blocks", "from ..blocks"))
+    code = user_code.resolve(f"{module}:wide", "", mine)
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]
+    sys.path[:] = [p for p in sys.path if p not in (str(mine), str(mine.resolve()))]
+    shipped = tmp_path / "ray-copy"
+    shutil.copytree(mine / "mypkg", shipped / "mypkg")
+    sys.path.insert(0, str(shipped))
+    factory = user_code.load_factory(code)
+    assert sys.modules[module].__file__.startswith(str(shipped)) and factory(channels=3)(__import__("torch").zeros(2, 3, 32, 32)).shape == (2, 10)
+    (shipped / "mypkg" / "blocks.py").write_text(PKG_BLOCKS.replace("nn.ReLU()", "nn.GELU()"))
+    for m in [m for m in sys.modules if m.split(".")[0] == "mypkg"]:
+        del sys.modules[m]
+    with pytest.raises(Exception, match="differs from the code the spec was read with"):
+        user_code.load_factory(code)

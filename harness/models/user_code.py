@@ -40,6 +40,33 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def code_sha256(path: str | Path, package: str | Path | None) -> str:
+    """The hash of what the network's code is: the file, or with `package` (the top-level
+    package's folder) every .py file in it, by its path there, so that an edit to a module the
+    factory imports (`from .blocks import block`) is a new configuration too."""
+    root = Path(package) if package else None
+    if root is None or not root.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" not in p.relative_to(root).parts and p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _top_folder(module: str) -> Path:
+    """The file of a top-level module, or its package's folder (a namespace package's one folder)."""
+    top = sys.modules[module.split(".")[0]]
+    if getattr(top, "__file__", None):
+        path = Path(top.__file__).resolve()
+        return path.parent if path.name == "__init__.py" else path
+    folders = list(getattr(top, "__path__", None) or [])
+    if len(folders) != 1:
+        raise HarnessError(f"model.name: package {top.__name__!r} lies in {len(folders)} folders ({', '.join(map(str, folders))}); "
+                           "give it an __init__.py")
+    return Path(folders[0]).resolve()
+
+
 def _first_error(e: BaseException, file: str | None) -> str:
     """`SyntaxError: invalid syntax (nets.py, line 3)`: the code's own first error line, and its
     line in the user's file where the traceback passes through it."""
@@ -57,17 +84,36 @@ def _installed(path: Path) -> bool:
     return any(Path(r) in path.resolve().parents for r in roots)
 
 
+def shadowed(module: str, path: Path) -> str | None:
+    """Where a module of that name is, other than `path`: one imported already, or an installed or
+    standard one the user's file would stand in for in every process importing it by name (a
+    user's file of that name in another folder, found by the path, is not one), else None."""
+    have = sys.modules.get(module)
+    if have is not None:
+        origin = getattr(have, "__file__", None) or "built in"
+        return None if origin != "built in" and Path(origin).resolve() == path.resolve() else origin
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None:
+        return None
+    if not found.origin or not Path(found.origin).is_file():
+        return found.origin or "built in"
+    return found.origin if _installed(Path(found.origin)) else None
+
+
 def _import_file(module: str, path: Path):
     """Import `path` as the module `module` (its classes pickle by that name, which is what a
     logged model's code_paths and a Ray worker's py_modules provide)."""
-    have = sys.modules.get(module)
-    if have is not None:
-        if getattr(have, "__file__", None) and Path(have.__file__).resolve() == path.resolve():
-            return have
-        raise HarnessError(f"{path.name}: a module named {module!r} is already imported from {getattr(have, '__file__', None) or 'elsewhere'}; "
-                           "rename the file")
+    other = shadowed(module, path)
+    if other:
+        raise HarnessError(f"{path.name}: a module named {module!r} exists already ({other}); rename the file")
+    if module in sys.modules:
+        return sys.modules[module]
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
     sys.modules[module] = mod
     try:
         spec.loader.exec_module(mod)
@@ -75,8 +121,20 @@ def _import_file(module: str, path: Path):
         del sys.modules[module]
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise HarnessError(f"{path.name} does not import: {_first_error(e, str(path))}") from None
+        top = e.name.split(".")[0] if isinstance(e, ModuleNotFoundError) and e.name else ""
+        beside = bool(top) and ((path.parent / f"{top}.py").is_file() or (path.parent / top).is_dir())
+        raise HarnessError(f"{path.name} does not import: {_first_error(e, str(path))}" + (_NEIGHBOURS if beside else "")) from None
+    # a module of its own folder that it imported would be neither hashed nor shipped with the file
+    neighbours = sorted(m for m in set(sys.modules) - before - {module}
+                        if getattr(sys.modules[m], "__file__", None) and path.parent in Path(sys.modules[m].__file__).resolve().parents)
+    if neighbours:
+        del sys.modules[module]
+        raise HarnessError(f"{path.name} imports {', '.join(neighbours)} from its own folder" + _NEIGHBOURS)
     return mod
+
+
+_NEIGHBOURS = ("; model.file is one file, hashed and shipped alone: for code in several files make its folder a package "
+               "(add __init__.py) and name the factory as name = \"package.module:Factory\"")
 
 
 def _import_name(module: str, search: list[str]):
@@ -118,14 +176,12 @@ def resolve(name: str, file: str, base: Path) -> UserCode:
         if not getattr(mod, "__file__", None):
             raise HarnessError(f"model.name: module {module!r} has no source file to record")
         path = Path(mod.__file__).resolve()
-        top = sys.modules[module.split(".")[0]]
-        top_path = Path(top.__file__).resolve()
-        shipped = top_path.parent if top_path.name == "__init__.py" else top_path
+        shipped = _top_folder(module)
         ship, search = ("", "") if _installed(path) else (str(shipped), str(shipped.parent))
     if not callable(getattr(mod, attr, None)):
         known = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod.__name__)
         raise HarnessError(f"model.name: {path.name} has no {attr!r} (found: {', '.join(known) or 'nothing callable'})")
-    return UserCode(module, attr, str(path), file_sha256(path), ship, search)
+    return UserCode(module, attr, str(path), code_sha256(path, ship if "." in module else None), ship, search)
 
 
 def _shipped(code: UserCode) -> bool:
@@ -135,7 +191,15 @@ def _shipped(code: UserCode) -> bool:
         found = importlib.util.find_spec(code.module)
     except (ImportError, ValueError):
         return False
-    return bool(found and found.origin and Path(found.origin).is_file() and file_sha256(found.origin) == code.sha256)
+    return bool(found and found.origin and Path(found.origin).is_file() and _sha256_here(code, found.origin) == code.sha256)
+
+
+def _sha256_here(code: UserCode, file: str) -> str:
+    """The code's hash as found in this process (a package: the top-level folder `file` lies in)."""
+    if "." not in code.module or not code.ship:  # a file, or a package installed (hashed by its module's file)
+        return file_sha256(file)
+    path = Path(file).resolve()
+    return code_sha256(path, path.parents[code.module.count(".") - 1 + (path.name == "__init__.py")])
 
 
 def load_factory(code: UserCode):
@@ -149,7 +213,7 @@ def load_factory(code: UserCode):
     else:
         mod = _import_name(code.module, [code.search_path] if code.search_path and Path(code.search_path).is_dir() else [])
     here = getattr(mod, "__file__", None)
-    if not here or file_sha256(here) != code.sha256:
+    if not here or _sha256_here(code, here) != code.sha256:
         raise HarnessError(f"{code.label}: the network's code here ({here}) differs from the code the spec was read with; "
                            "an edited network is a new configuration: run the command again")
     return getattr(mod, code.attr)
@@ -190,7 +254,7 @@ def build(code: UserCode, args: dict, max_weights: int):
     def make():
         try:
             return factory(**args)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # SystemExit: e.g. argparse in the user's constructor
             raise HarnessError(f"{code.label}({', '.join(f'{k}={v!r}' for k, v in args.items())}) fails: {_first_error(e, code.file)}") from None
 
     def too_large(m):
@@ -201,7 +265,7 @@ def build(code: UserCode, args: dict, max_weights: int):
     try:
         with torch.device("meta"):
             probe = factory(**args)
-    except Exception:
+    except (Exception, SystemExit):
         probe = None
     if isinstance(probe, nn.Module):
         too_large(probe)
@@ -210,3 +274,27 @@ def build(code: UserCode, args: dict, max_weights: int):
         raise HarnessError(f"{code.label} returns {type(model).__name__}, not a torch.nn.Module")
     too_large(model)
     return model
+
+
+def check_training_forward(label: str, model) -> None:
+    """Trainable weights, and once more forward in training mode, as the loop calls it: a tensor of 10 logits per image that
+    carries a gradient (a network that returns auxiliary outputs, or detaches them, only when
+    training would otherwise fail after its run was created)."""
+    import torch
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise HarnessError(f"{label}: no trainable weights (nothing in it would learn)")
+    was_training = model.training
+    model.train()
+    try:
+        out = model(torch.zeros(2, 3, 32, 32))
+    except Exception as e:
+        raise HarnessError(f"{label}: does not run in training mode on 32x32 images ({_first_error(e, None)})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise HarnessError(f"{label}: in training mode returns {type(out).__name__} for 2 images, expected a tensor of 10 logits each")
+    if tuple(out.shape) != (2, 10):
+        raise HarnessError(f"{label}: in training mode gives outputs of shape {tuple(out.shape)} for 2 images, expected (2, 10)")
+    if not out.requires_grad:
+        raise HarnessError(f"{label}: its output in training mode carries no gradient (detached?); nothing in it would learn")

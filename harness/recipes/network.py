@@ -36,7 +36,10 @@ def build_model(exp: Experiment) -> nn.Module:
 
 
 def check_network(exp: Experiment) -> nn.Module:
-    """Built and run forward once on a CIFAR-shaped batch: 10 finite logits per image."""
+    """Built and run forward once on a CIFAR-shaped batch: 10 finite logits per image (a user's network
+    also in training mode, with a gradient)."""
     model = build_model(exp)
     check_forward(exp.model.name if exp.code is None else exp.code.label, model)
+    if exp.code is not None:  # the documented networks are known to train
+        user_code.check_training_forward(exp.code.label, model)
     return model

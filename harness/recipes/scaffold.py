@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from ..errors import HarnessError, UsageError
+from ..models import user_code
 from ..models.registry import _REGISTRY
 from .catalogue import experiments_dir, load_spec
 from .spec import Experiment
@@ -69,6 +70,9 @@ def write_new(name: str, exp: Experiment, folder: str | Path, force: bool) -> tu
     for p in (spec, code):
         if p.exists() and not force:
             raise UsageError(f"{p} exists; --force overwrites it")
+    other = user_code.shadowed(code.stem, code)
+    if other:
+        raise UsageError(f"{name!r}: its network file {code.name} would stand in for the module {code.stem!r} ({other}); rename it, e.g. my-{name}")
     original = next((p for p in experiments_dir().iterdir() if p.suffix.lower() == ".toml" and p.stem == exp.id), None)
     if original is None or exp.code is not None or exp.model.name not in _REGISTRY:
         raise UsageError(f"{exp.id}: not a documented recipe with a registered network")
