@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import make_synthetic
+from .test_bad_inputs import assert_one_line as one_line  # one line, the right code, no traceback
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = ["--epochs", "1", "--max-train-images", "120", "--no-progress", "--no-system-metrics"]
@@ -99,17 +100,6 @@ def harness(*args, cwd: Path, timeout=600) -> subprocess.CompletedProcess:
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    err = r.stderr.strip()
-    assert r.returncode == code, (r.returncode, r.stdout[-2000:], err[-2000:])
-    assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
