@@ -294,3 +294,22 @@ def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_r
             first.kill()
     [run] = runs(store)
     assert run.info.status == "FINISHED" and epochs_logged(store, run.info.run_id) == [0, 1, 2, 3, 4, 5]
+
+
+def test_what_counts_as_an_outage_mid_run():
+    """A basic-auth server whose user database is restarting answers 401 (seen with PostgreSQL
+    restarted under `mlflow server --app-name basic-auth`): mid-run that is the outage, retried;
+    a bad request or a missing permission is not."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from harness.tracking.outage import transient
+
+    unauthorized = requests.HTTPError("401 Client Error: Unauthorized for url: http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/x. "
+                                      "Response text: You are not authenticated.")
+    assert transient(unauthorized)
+    assert transient(MlflowException("API request failed: too many 503 error responses"))
+    assert transient(requests.ConnectionError("Connection refused"))
+    assert not transient(MlflowException("Invalid parameter value", error_code=INVALID_PARAMETER_VALUE))
+    assert not transient(requests.HTTPError("403 Client Error: Forbidden: Permission denied"))
+    assert not transient(ValueError("a bug"))

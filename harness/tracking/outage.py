@@ -30,7 +30,12 @@ _TRANSIENT = ("max retries exceeded", "connection refused", "connection reset", 
               "temporarily unavailable", "bad gateway", "service unavailable", "could not connect", "server closed the connection",
               "terminating connection", "connection to server", "the database system is", "database is locked",
               "broken pipe", "name or service not known", "internal_error", "internal server error",
-              "remotedisconnected", "protocolerror", "newconnectionerror")
+              "remotedisconnected", "protocolerror", "newconnectionerror",
+              # the basic-auth server answers 401 while its own user database is unreachable (a
+              # PostgreSQL restart): mid-run, after these credentials were accepted at start-up, a
+              # 401 is that outage; a password revoked meanwhile stops the run resumable at the
+              # window's end, and the rerun says so in one line at start-up
+              "401 client error", "not authenticated", "unauthorized")
 
 
 class StoreUnavailable(HarnessError):
@@ -69,6 +74,8 @@ def transient(e: BaseException) -> bool:
     except Exception:
         code = None
     text = f"{type(e).__name__}: {e}".lower()
+    if code == 401:
+        return True  # see _TRANSIENT: mid-run, the auth server's database restarting
     if isinstance(code, int) and 400 <= code < 500 and "max retries" not in text:
         return False
     return (isinstance(code, int) and code >= 500) or any(k in text for k in _TRANSIENT)
