@@ -185,6 +185,11 @@ def test_budget_table_picks_the_best_within_each_budget():
     # with two seeds a side the gap is not tested
     t2 = {b["minutes"]: b for b in budget_table([row("fast"), row("slow")], {"fast": fast[:2], "slow": slow[:2]}, (5,))}
     assert t2[5]["p"] is None and t2[5]["verdict"].startswith("untested: 2 seed(s)")
+    # validation splits drawn by different rules are different images: ranked apart, never tested
+    split = lambda frac: pd.DataFrame({"params.data.val_fraction": [frac] * 3, "params.data.val_split": ["random"] * 3})  # noqa: E731
+    t3 = budget_table([Row("fast", False, split("0.2"), []), Row("slow", False, split("0.1"), [])], {"fast": fast, "slow": slow}, (5,))
+    assert [(b["scored_on"], b["best"], b["runner_up"], b["p"]) for b in t3] == [
+        ("validation split (10%, random)", "slow", None, None), ("validation split (20%, random)", "fast", None, None)]
 
 
 def test_report_has_the_budget_table_ci_and_holm(built):

@@ -112,7 +112,7 @@ def report(mixed, *extra, name="r"):
         return r, None
     read = lambda p: pd.read_csv(p, keep_default_na=False)
     return r, {"html": out.read_text(), "csv": read(csv).set_index("row"), "tests": read(mixed["tmp"] / f"{name}-tests.csv"),
-               "budgets": read(mixed["tmp"] / f"{name}-budgets.csv").set_index("minutes")}
+               "budgets": read(mixed["tmp"] / f"{name}-budgets.csv").set_index(["minutes", "scored_on"])}
 
 
 @pytest.fixture(scope="module")
@@ -215,15 +215,22 @@ def test_budget_table_selects_epochs_on_held_out_data_only(default):
     b = default["budgets"]
     # 1 min: tutorial-base's first epoch scored 75-79 on the *test* set, but validating on test it
     # gets its last epoch in the budget (61); fastai-simplenet likewise gets its last (71)
-    assert b.loc[1, "best"] == "fastai-simplenet" and float(b.loc[1, "acc"]) == pytest.approx(71.0)
-    assert "validates on the test set" in b.loc[1, "selected"] and b.loc[1, "runner_up"] == "tutorial-base"
-    assert float(b.loc[1, "runner_acc"]) == pytest.approx(62.0) and b.loc[1, "verdict"] == "beats it beyond seed noise"
-    # 5 min: medium-three-conv's 30 epochs fit; held out: its best validation epoch (79), one seed: untested
-    assert b.loc[5, "best"] == "medium-three-conv" and float(b.loc[5, "acc"]) == pytest.approx(79.0)
-    assert b.loc[5, "selected"] == "best held-out validation epoch" and b.loc[5, "verdict"] == "untested: measured on different images (one on its validation split, one on the test set)"
+    t1 = b.loc[(1, "test set")]
+    assert t1["best"] == "fastai-simplenet" and float(t1["acc"]) == pytest.approx(71.0)
+    assert "validates on the test set" in t1["selected"] and t1["runner_up"] == "tutorial-base"
+    assert float(t1["runner_acc"]) == pytest.approx(62.0) and t1["verdict"] == "beats it beyond seed noise"
+    # medium-three-conv validates on its own split: ranked apart, never beside a test accuracy.
+    # 1 min holds 6 of its 10 s epochs (best 55); 5 min all 30 (best 79); one seed, no runner-up
+    v1, v5 = b.loc[(1, "validation split (20%, random)")], b.loc[(5, "validation split (20%, random)")]
+    assert v1["best"] == "medium-three-conv" and float(v1["acc"]) == pytest.approx(55.0) and v1["runner_up"] == ""
+    assert v5["best"] == "medium-three-conv" and float(v5["acc"]) == pytest.approx(79.0)
+    assert v5["selected"] == "best held-out validation epoch" and v5["verdict"] == "only candidate"
+    assert b.loc[(5, "test set"), "best"] == "fastai-simplenet"  # 79 on a validation split outranks nothing on the test set
+    assert all("medium-three-conv" not in str(b.loc[(m, "test set"), c]) for m in (1, 5, 15, 60) for c in ("best", "runner_up"))
     html_b = html_rows(default["html"], "budgets")
-    assert "fastai-simplenet" in html_b[0] and "71.00" in html_b[0] and "validates on the test set" in html_b[0]
-    assert "medium-three-conv" in html_b[1] and "79.00" in html_b[1] and "best held-out validation epoch" in html_b[1]
+    assert "test set" in html_b[0] and "fastai-simplenet" in html_b[0] and "71.00" in html_b[0] and "validates on the test set" in html_b[0]
+    assert "validation split" in html_b[1] and "medium-three-conv" in html_b[1] and "55.00" in html_b[1]
+    assert "medium-three-conv" in html_b[3] and "79.00" in html_b[3] and "best held-out validation epoch" in html_b[3]
     assert all("data bbbb2222" not in row for row in html_b)
 
 
@@ -234,7 +241,7 @@ def test_data_chooses_the_data_set_compared(mixed):
     assert len(tests) == 1 and tests.loc[0, "best"] == "fastai-simplenet · data bbbb2222"
     assert tests.loc[0, "other"] == "tutorial-base · data bbbb2222" and "recipes untested" in tests.loc[0, "verdict"]
     assert not bool(rep["csv"].loc["fastai-simplenet", "compared"])
-    assert "fastai-simplenet · data bbbb2222" in rep["budgets"].loc[1, "best"]
+    assert "fastai-simplenet · data bbbb2222" in rep["budgets"].loc[(1, "test set"), "best"]
 
 
 def test_an_unknown_data_set_is_a_one_line_error(mixed, tmp_path):

@@ -189,7 +189,7 @@ def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> s
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
                 "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
-BUDGET_COLS = ["minutes", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "runner_selected", "p", "verdict"]
+BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "verdict"]
 
 
 def sibling(path: Path, part: str) -> Path:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .budget import held_out
 from .rows import Row
 from .stats import pareto_front
 
@@ -109,7 +110,8 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
 
 def time_to_accuracy_chart(rows: list[Row], curves: dict[str, tuple[np.ndarray, np.ndarray]], budgets_min) -> str:
     """Validation accuracy (the test set where the write-up validates on it) against cumulative
-    training time, one line per experiment (seeds averaged per epoch), budgets marked."""
+    training time, one line per experiment (seeds averaged per epoch), budgets marked; a line
+    scored on a validation split is dashed and says so (not comparable with the test set's)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -119,13 +121,14 @@ def time_to_accuracy_chart(rows: list[Row], curves: dict[str, tuple[np.ndarray, 
     palette = sns.color_palette("tab20", len(rows))
     for r, col in zip(rows, palette):
         t, a = curves.get(r.key, (np.array([]), np.array([])))
-        if len(t):
-            ax.plot(t, a, "-o", color=col, ms=3, lw=1.4, label=r.key)
+        if len(t):  # solid: scored on the test set; dashed: on the recipe's own validation split
+            split = held_out(r)
+            ax.plot(t, a, "--o" if split else "-o", color=col, ms=3, lw=1.4, label=f"{r.key} ({'validation split' if split else 'test set'})")
     for m in budgets_min:
         ax.axvline(60 * m, color="#999", ls="--", lw=0.8)
         ax.text(60 * m, 0.98, f" {m} min", transform=ax.get_xaxis_transform(), fontsize=8, color="#555", va="top", ha="left")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training time (s, log scale; training only, on the measured device)")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel("accuracy on the images each recipe validates on (%)")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     return b64(png_bytes(fig))
