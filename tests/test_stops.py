@@ -127,3 +127,36 @@ def test_two_ctrl_c_on_jobs_stop_the_workers_runs_resumable_not_failed(synthetic
     out2 = r.communicate(timeout=600)[0]
     assert r.returncode == 0, out2
     check_each_finished_once(store, {(i, "0") for i in ids}, 3)
+
+
+def test_a_run_whose_worker_dies_for_good_is_marked_resumable_not_left_running(tmp_path):
+    """The third death of a run's worker ends the pool's attempts: the supervisor marks the run the
+    dead worker had claimed KILLED with the reason (a rerun resumes it), rather than leave it
+    RUNNING under a dead owner, where the report would list it as in progress."""
+    from types import SimpleNamespace
+
+    from harness.executors.pool import MAX_WORKER_DEATHS, Claimed, _Pool, _Slot
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs import lifecycle
+    from harness.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = tracker.start_run("medium-vgg-bn-s0", {lifecycle.OWNER: "host|4242|1"}, {})
+    said = []
+    pool = _Pool(None, [(load_catalogue()["medium-vgg-bn"], 0)], said.append, 2, tracker=tracker)
+    pool.deaths[0] = MAX_WORKER_DEATHS - 1
+    dead = SimpleNamespace(exitcode=-9, join=lambda timeout=None: None)
+    slot = _Slot(dead, SimpleNamespace(close=lambda: None), task=0, ready=True)
+    pool.slots.append(slot)
+    pool.handle(slot, (0, Claimed(run_id, "host|4242|1")))  # what the worker said once it claimed the run
+    pool._died(slot)
+    assert not pool.queue and pool.outcomes[0].status == "resumable" and pool.outcomes[0].run_id == run_id
+    assert tracker.run_status(run_id) == "KILLED"
+    reason = tracker.run_tags(run_id)[lifecycle.REASON]
+    assert f"died {MAX_WORKER_DEATHS} times (last killed by SIGKILL)" in reason and "run again to resume" in reason
+    assert any("died 3 times" in line and "resumable" in line for line in said), said
+    # a run another process took over meanwhile is its now: left alone
+    other = tracker.start_run("medium-vgg-bn-s1", {lifecycle.OWNER: "elsewhere|1|1"}, {})
+    pool.claims[0] = Claimed(other, "host|4242|1")
+    pool.end_resumable(0, "died")
+    assert tracker.run_status(other) == "RUNNING"

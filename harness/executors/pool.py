@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from ..data.cifar_files import Cifar10, load_cifar10
 from ..errors import HarnessError, Interrupted, one_line
 from ..recipes.spec import Experiment
+from ..runs import lifecycle
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from ..tracking.guards import sigint_deferred
@@ -53,21 +54,42 @@ def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, op
             if task is None:
                 return
             i, exp, seed = task
-            conn.send((i, _work(exp, seed, data, tracker, opts, lambda: share.value)))
+            conn.send((i, _work(exp, seed, data, tracker, opts, lambda: share.value, _teller(conn, i))))
     except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
         return
 
 
-def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, cores) -> Outcome | Interrupted:
+def _teller(conn: Connection, i: int):
+    """on_claim for run_one: tells the supervisor which run this worker owns now (a supervisor
+    gone meanwhile is noticed at the next send; training does not depend on this one)."""
+
+    def claimed(run_id: str, owner: str) -> None:
+        try:
+            conn.send((i, Claimed(run_id, owner)))
+        except (BrokenPipeError, OSError):
+            pass
+
+    return claimed
+
+
+def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, cores, claimed) -> Outcome | Interrupted:
     try:
         with interruptible():
-            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), cores=cores)
+            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), cores=cores, on_claim=claimed)
     except Interrupted as e:
         return e
     except KeyboardInterrupt:
         return Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded")
     except Exception as e:  # raised before a run existed
         return Outcome(exp.id, seed, "failed", reason=one_line(e))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A worker's word that it owns this run now (sent before it trains it): should the worker
+    die for good, the supervisor ends the run resumable in its place."""
+    run_id: str
+    owner: str
 
 
 @dataclass
@@ -87,6 +109,8 @@ class _Pool:
     echo: object
     jobs: int
     share: object = None  # multiprocessing.Value: the cores each busy worker's run may use now (share_cores)
+    tracker: Tracker | None = None  # to end a run whose worker cannot
+    claims: dict[int, Claimed] = field(default_factory=dict)  # run index -> the run its latest worker claimed
     queue: deque = field(default_factory=deque)
     slots: list[_Slot] = field(default_factory=list)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -129,17 +153,39 @@ class _Pool:
             message = s.conn.recv()
         except (EOFError, OSError):
             return self._died(s)
+        self.handle(s, message)
+
+    def handle(self, s: _Slot, message) -> None:
+        """A worker's message: None (ready), or (run index, Claimed | its Outcome | Interrupted)."""
         if message is None:
             s.ready = True
             return
         i, result = message
+        if isinstance(result, Claimed):
+            self.claims[i] = result
+            return
         s.task = None
+        self.claims.pop(i, None)
         if isinstance(result, Interrupted):
             self.interrupted.append(str(result))
             return
         self.outcomes[i] = result
         if result.status != "finished":  # a finished run's worker has said its line
             self.echo(outcome_line(result))
+
+    def end_resumable(self, i: int, reason: str) -> str | None:
+        """The run of index `i`, whose worker died or was killed, marked KILLED with the reason:
+        resumable, and not left RUNNING under a dead owner (a run another process took over is its
+        own). Tried once, without riding out an outage: a run not marked is resumed by a rerun all
+        the same. Its id, when a worker had claimed one."""
+        claim = self.claims.pop(i, None)
+        if claim is None or self.tracker is None:
+            return None
+        try:
+            lifecycle.stop(self.tracker.impatient(), claim.run_id, claim.owner, f"{reason}; run again to resume")
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - a Ctrl-C here cuts only this courtesy short
+            self.echo(f"could not mark run {claim.run_id} KILLED ({one_line(e) if str(e) else type(e).__name__}); a rerun resumes it all the same")
+        return claim.run_id
 
     def _died(self, s: _Slot) -> None:
         self.slots.remove(s)
@@ -155,11 +201,13 @@ class _Pool:
         exp, seed = self.todo[i]
         self.deaths[i] = self.deaths.get(i, 0) + 1
         if self.stopping:
+            self.end_resumable(i, f"interrupted; its worker process died ({how}) while stopping")
             self.interrupted.append(f"run {exp.id} (seed {seed}): its worker process died ({how}) while stopping; it is resumable")
             return
         if self.deaths[i] >= MAX_WORKER_DEATHS:
-            o = Outcome(exp.id, seed, "resumable", reason=f"its worker process died {self.deaths[i]} times (last {how}); "
-                                                      "the run is left resumable: run the same command again")
+            reason = f"its worker process died {self.deaths[i]} times (last {how})"
+            o = Outcome(exp.id, seed, "resumable", self.end_resumable(i, reason),
+                        reason=f"{reason}; the run is left resumable: run the same command again")
             self.outcomes[i] = o
             self.echo(outcome_line(o))
             return
@@ -198,7 +246,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         theirs.close()
         return _Slot(proc, mine)
 
-    pool = _Pool(start, todo, echo, jobs, share, deque(range(len(todo))))
+    pool = _Pool(start, todo, echo, jobs, share=share, tracker=tracker, queue=deque(range(len(todo))))
     try:
         try:
             while pool.queue or pool.busy():
@@ -217,7 +265,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
 def _stop(pool: _Pool) -> str:
     """Ctrl-C or SIGTERM: nothing more starts; each busy worker gets one Ctrl-C and is waited
     for. A second Ctrl-C here only says what it waits for; a third kills the workers outright
-    (their runs stay RUNNING, their owners dead: a rerun resumes them). What it left, in a line."""
+    (the supervisor marks their runs KILLED, resumable, in their place). What it left, in a line."""
     never, pool.stopping = len(pool.queue), True
     pool.queue.clear()
     for s in pool.busy():
@@ -234,12 +282,32 @@ def _stop(pool: _Pool) -> str:
     left = pool.busy()
     for s in left:  # stuck past the limit, or the user insists
         s.proc.kill()
-    said = pool.interrupted + [f"run {pool.todo[s.task][0].id} (seed {pool.todo[s.task][1]}) was killed before it could be marked KILLED; "
-                               "it is resumable" for s in left]
+        s.proc.join(timeout=5)
+    for s in left:
+        _drain(pool, s)
+    said = list(pool.interrupted)
+    for s in left:
+        if s.task is not None:
+            exp, seed = pool.todo[s.task]
+            pool.end_resumable(s.task, "interrupted; its worker was killed before it marked the run")
+            said.append(f"run {exp.id} (seed {seed}): its worker was killed before it marked the run; it is resumable")
     pool.interrupted = []
     if never:
         said.append(f"{never} queued run(s) were never started")
     return "; ".join(said) or "no run was in progress; nothing was recorded"
+
+
+def _drain(pool: _Pool, s: _Slot) -> None:
+    """What a killed worker said before it died (its claim, its run's end), read before it is
+    reaped: its run is marked by the run it had claimed, or not at all if it had ended."""
+    while s.task is not None:
+        try:
+            if not s.conn.poll(0):
+                return
+            message = s.conn.recv()
+        except (EOFError, OSError):
+            return
+        pool.handle(s, message)
 
 
 def _signal(s: _Slot, sig: int) -> None:
