@@ -286,3 +286,31 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, 
     assert sorted(m.step for m in admin.get_metric_history(victim.info.run_id, "epoch_time_s")) == [0, 1, 2, 3]  # each epoch once
     assert resumed_after is not None
     print(f"\nworker node killed; its run resumed on the head node {resumed_after:.1f} s later")
+
+
+def test_a_cluster_that_loses_every_node_able_to_take_the_runs_is_said_then_stopped_resumable():
+    """Mid-run, the only node with the CPUs a run asks for leaves: said once at once; a node back
+    within the window lets the runs go on; gone past the window, the driver stops (its runs
+    resumable) instead of waiting forever. Ray's node table is faked: no cluster needed."""
+    from types import SimpleNamespace
+
+    from harness.executors.capacity import CapacityWatch
+
+    big, small = {"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 1.0}}
+    nodes, said, now = [big, small], [], [0.0]
+    watch = CapacityWatch(SimpleNamespace(nodes=lambda: nodes), 2, 0, 300, said.append, clock=lambda: now[0])
+
+    def at(t):
+        now[0] = t
+        return watch.stranded()
+
+    assert at(11) is None and said == []
+    nodes[:] = [small, {"Alive": False, "Resources": {"CPU": 4.0}}]  # the big node died
+    assert at(22) is None and len(said) == 1 and "largest node offers 1 CPU(s)" in said[0] and "wait up to 300 s" in said[0]
+    assert at(25) is None and at(200) is None and len(said) == 1  # said once, checked every CHECK_S
+    nodes[:] = [small, big]  # back within the window: the runs go on
+    assert at(250) is None and "back" in said[-1]
+    nodes[:] = [small]
+    assert at(300) is None and at(590) is None
+    why = at(610)
+    assert why is not None and "2 CPU(s)" in why and "for 310 s" in why

@@ -24,10 +24,12 @@ from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
 from ..errors import HarnessError, Interrupted, UsageError, one_line
 from ..runs.job import Outcome, RunOptions
 from ..runs.one_run import train_run
+from .capacity import CapacityWatch, check_feasible
 from .local import claim_jobs, make_job, outcome_line
 from .signals import sigterm_is_ctrl_c
 from ..recipes.spec import Experiment
 from ..tracking import TAG, Tracker
+from ..tracking.outage import window_s
 from ..tracking.store import absolute_uri
 
 # what MLflow reads from the environment to reach and authenticate with a server
@@ -130,18 +132,6 @@ def _show_lines(lines, echo) -> None:
         pass
 
 
-def check_feasible(ray, cpus: float, gpus: float) -> None:
-    """A request no node of the cluster can meet would wait forever: one line at once instead,
-    naming what the largest node offers."""
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-        return
-    best = max(nodes, key=lambda r: (r.get("GPU", 0) >= gpus, r.get("CPU", 0), r.get("GPU", 0)), default={})
-    raise UsageError(f"no node of the Ray cluster can take a run asking for {cpus:g} CPU(s) and {gpus:g} GPU(s): its largest node "
-                     f"offers {best.get('CPU', 0):g} CPU(s) and {best.get('GPU', 0):g} GPU(s) ({len(nodes)} node(s) alive); "
-                     "lower --cpus-per-run / --gpus-per-run")
-
-
 def _node_name() -> str:
     try:
         import ray
@@ -182,8 +172,15 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
                 spec = TaskSpec(job.exp, task_opts, job.seed, claim.run_id, absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()),
                                 data.fingerprint, env, policy.beat_s, claimer.owner, lines)
                 pending[remote.remote(spec)] = (i, claim.run_id)
+            watch = CapacityWatch(ray, ray_opts.cpus_per_run, ray_opts.gpus_per_run, window_s(), echo)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                stranded = watch.stranded()
+                if stranded:
+                    said = _stop(ray, pending, tracker, claims, claimer.owner, outcomes, echo)
+                    if lines is not None:
+                        _show_lines(lines, echo)
+                    raise HarnessError(f"{stranded}: {said}")
                 if lines is not None:
                     _show_lines(lines, echo)
                 for ref in ready:
