@@ -344,6 +344,22 @@ def test_an_edit_to_any_module_of_a_users_package_is_a_new_configuration(mine, f
     assert _mine_mod_hash(mine) != before
 
 
+def test_one_file_spelled_two_ways_is_one_configuration(mine, fresh_imports):
+    """`file = "./nets.py"` and `file = "nets.py"` are the same network: the same hash, so a rerun
+    with either spelling skips the run the other trained (a real edit still changes it, above)."""
+    from harness.recipes.catalogue import load_spec
+    from harness.recipes.spec import config_hash
+
+    spec = mine / "mine-file.toml"
+    (mine / "sub").mkdir()
+    hashes = []
+    for spelling in ("nets.py", "./nets.py", "sub/../nets.py"):
+        spec.write_text(recipe("mine-file", f'file = "{spelling}"\nname = "MyNet"\nargs = {{ width = 6 }}'))
+        sys.modules.pop("nets", None)  # as a new command would import it
+        hashes.append(config_hash(load_spec(spec, user=True), {}, 0, "data"))
+    assert len(set(hashes)) == 1
+
+
 def test_a_users_package_without_init_py_is_read_as_a_namespace_package(mine, fresh_imports):
     from harness.recipes.catalogue import load_spec
 

@@ -86,25 +86,28 @@ def apply_init(model: nn.Module, init: str) -> nn.Module:
     return model
 
 
-def check_forward(name: str, model: nn.Module) -> None:
+def check_forward(name: str, model: nn.Module, training: bool = False) -> torch.Tensor:
     """A dry forward pass on two 32x32 images, 10 finite logits each: arguments that construct
     but do not fit together (the tutorial net's hard-coded 16 * 5 * 5), or a user's network of
-    the wrong shape, are caught when the spec is read."""
+    the wrong shape, are caught when the spec is read. `training`: in training mode and with
+    gradients, as the loop calls it (a network may return auxiliary outputs only then)."""
+    mode = " in training mode" if training else ""
     was_training = model.training
-    model.eval()
+    model.train(training)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(training):
             out = model(torch.zeros(2, 3, 32, 32))
     except Exception as e:  # a user's network can raise anything
-        raise HarnessError(f"model {name!r}: does not run on 32x32 images ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise HarnessError(f"model {name!r}: does not run{mode} on 32x32 images ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
-        raise HarnessError(f"model {name!r}: returns {type(out).__name__} for 2 images, expected a tensor of 10 logits each")
+        raise HarnessError(f"model {name!r}:{mode} returns {type(out).__name__} for 2 images, expected a tensor of 10 logits each")
     if tuple(out.shape) != (2, 10):
-        raise HarnessError(f"model {name!r}: gives outputs of shape {tuple(out.shape)} for 2 images, expected (2, 10)")
-    if not torch.isfinite(out).all():
-        raise HarnessError(f"model {name!r}: gives non-finite outputs (nan or inf) for 2 images")
+        raise HarnessError(f"model {name!r}:{mode} gives outputs of shape {tuple(out.shape)} for 2 images, expected (2, 10)")
+    if not training and not torch.isfinite(out).all():  # (training mode on constant images: batch statistics of nothing)
+        raise HarnessError(f"model {name!r}:{mode} gives non-finite outputs (nan or inf) for 2 images")
+    return out
 
 
 def count_params(model: nn.Module) -> int:

@@ -41,5 +41,5 @@ def check_network(exp: Experiment) -> nn.Module:
     model = build_model(exp)
     check_forward(exp.model.name if exp.code is None else exp.code.label, model)
     if exp.code is not None:  # the documented networks are known to train
-        user_code.check_training_forward(exp.code.label, model)
+        user_code.check_learns(exp.code.label, model, check_forward(exp.code.label, model, training=True))
     return model

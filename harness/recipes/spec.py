@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass, field
 
 from ..models.user_code import UserCode
@@ -151,6 +152,8 @@ class Experiment:
         model = dataclasses.asdict(self.model)
         if not model["file"]:
             del model["file"]  # the documented recipes' hashes stay what they were
+        else:  # "./nets.py", "nets.py" and "sub/../nets.py" name one file: one configuration
+            model["file"] = posixpath.normpath(model["file"].replace("\\", "/"))
         if self.code is not None:
             model["code_sha256"] = self.code.sha256
         return {"model": model, "data": dataclasses.asdict(self.data),
