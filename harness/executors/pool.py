@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
-from ..data.cifar_files import Cifar10, load_cifar10
+from ..data.cifar_files import Cifar10
 from ..errors import HarnessError, Interrupted, one_line
 from ..recipes.spec import Experiment
 from ..runs import lifecycle
@@ -35,61 +35,11 @@ from ..tracking import Tracker
 from ..tracking.guards import sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
-from .local import outcome_line, run_one
-from .signals import ignore_stops, interruptible
+from .local import outcome_line
+from .pool_worker import Claimed, worker
 
 MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for a rerun to resume
 SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
-
-
-def _worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions, share) -> None:
-    """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
-    os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
-    ignore_stops()  # (started with both ignored already: see run_pool's start)
-    tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
-    try:
-        conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
-        while True:
-            task = conn.recv()
-            if task is None:
-                return
-            i, exp, seed = task
-            conn.send((i, _work(exp, seed, data, tracker, opts, lambda: share.value, _teller(conn, i))))
-    except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
-        return
-
-
-def _teller(conn: Connection, i: int):
-    """on_claim for run_one: tells the supervisor which run this worker owns now (a supervisor
-    gone meanwhile is noticed at the next send; training does not depend on this one)."""
-
-    def claimed(run_id: str, owner: str) -> None:
-        try:
-            conn.send((i, Claimed(run_id, owner)))
-        except (BrokenPipeError, OSError):
-            pass
-
-    return claimed
-
-
-def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, cores, claimed) -> Outcome | Interrupted:
-    try:
-        with interruptible():
-            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), cores=cores, on_claim=claimed)
-    except Interrupted as e:
-        return e
-    except KeyboardInterrupt:
-        return Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded")
-    except Exception as e:  # raised before a run existed
-        return Outcome(exp.id, seed, "failed", reason=one_line(e))
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A worker's word that it owns this run now (sent before it trains it): should the worker
-    die for good, the supervisor ends the run resumable in its place."""
-    run_id: str
-    owner: str
 
 
 @dataclass
@@ -234,7 +184,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
 
     def start() -> _Slot:
         mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(theirs, *args), name="harness-worker")
+        proc = ctx.Process(target=worker, args=(theirs, *args), name="harness-worker")
         # started with Ctrl-C and SIGTERM ignored (inherited through exec): a signal while it
         # imports cannot kill it with a traceback; it ignores them until it trains a run
         old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
