@@ -81,3 +81,19 @@ def admin(server):
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+
+
+@pytest.fixture
+def ctrl_c_during_final_writes(monkeypatch):
+    """A Ctrl-C that lands while a finished run writes its artifacts (finish.write_artifacts)."""
+    import signal
+
+    import harness.runs.finish as finish
+
+    real = finish.write_artifacts
+
+    def ctrl_c_while_writing(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(finish, "write_artifacts", ctrl_c_while_writing)

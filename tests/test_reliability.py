@@ -112,16 +112,7 @@ def test_a_run_killed_during_final_logging_completes_without_repeats(synthetic_r
     assert [str(m.status) for m in models] == ["LoggedModelStatus.READY"] or [m.status for m in models] == ["READY"]
 
 
-def test_ctrl_c_during_final_logging_leaves_a_finished_run(synthetic_root, store, monkeypatch):
-    import harness.runs.finish as finish
-
-    real = finish.write_artifacts
-
-    def ctrl_c_while_writing(*a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
-
-    monkeypatch.setattr(finish, "write_artifacts", ctrl_c_while_writing)
+def test_ctrl_c_during_final_logging_leaves_a_finished_run(synthetic_root, store, ctrl_c_during_final_writes):
     r = cli("run", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
     assert r.exit_code == 130 and "FINISHED" in r.output
     [run] = runs(store)

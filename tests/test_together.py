@@ -219,21 +219,9 @@ def test_a_group_whose_run_was_taken_over_leaves_it_and_trains_the_others(synthe
     assert kept.info.status == "FINISHED" and "test_acc" in kept.data.metrics
 
 
-def test_ctrl_c_during_a_groups_finish_leaves_no_run_running(synthetic_root, monkeypatch, store):
+def test_ctrl_c_during_a_groups_finish_leaves_no_run_running(synthetic_root, ctrl_c_during_final_writes, store):
     """The first network's final logging is complete when Ctrl-C lands (it is held until then):
     that run is FINISHED, the other network's run is KILLED, not left RUNNING, and the line says so."""
-    import os
-    import signal
-
-    import harness.runs.finish as finish
-
-    real = finish.write_artifacts
-
-    def ctrl_c_while_writing(*a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
-
-    monkeypatch.setattr(finish, "write_artifacts", ctrl_c_while_writing)
     r = cli("run", "tutorial-base", "--data-dir", synthetic_root, "--tracking-uri", store, *GROUP)
     assert r.exit_code == 130, r.output
     got = runs_by_seed(store)

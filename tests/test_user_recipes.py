@@ -255,14 +255,20 @@ BAD_NETS = {
 }
 
 
+def bad_recipe(tmp_path: Path, nets_src: str, model_table: str) -> Path:
+    """mine/nets.py holding `nets_src` beside mine/bad.toml whose [model] is `model_table`."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "nets.py").write_text(nets_src)
+    (d / "bad.toml").write_text(recipe("bad", model_table))
+    return d / "bad.toml"
+
+
 @pytest.mark.parametrize("case", sorted(BAD_NETS))
 def test_a_broken_network_is_one_line_naming_the_spec_and_nothing_is_recorded(case, tmp_path, work):
     src, name, words = BAD_NETS[case]
-    d = tmp_path / "mine"
-    d.mkdir()
-    (d / "nets.py").write_text(src)
-    (d / "bad.toml").write_text(recipe("bad", f'file = "nets.py"\nname = "{name}"'))
-    one_line(harness("run", d / "bad.toml", cwd=work), 1, str(d / "bad.toml"), *words)
+    spec = bad_recipe(tmp_path, src, f'file = "nets.py"\nname = "{name}"')
+    one_line(harness("run", spec, cwd=work), 1, str(spec), *words)
     assert not (work / "mlflow.db").exists()
 
 
@@ -279,11 +285,8 @@ BAD_SPECS = {
 @pytest.mark.parametrize("case", sorted(BAD_SPECS))
 def test_a_bad_model_table_is_one_line_naming_the_spec(case, tmp_path, work):
     model, code, words = BAD_SPECS[case]
-    d = tmp_path / "mine"
-    d.mkdir()
-    (d / "nets.py").write_text(NETS)
-    (d / "bad.toml").write_text(recipe("bad", model))
-    one_line(harness("run", d / "bad.toml", cwd=work), code, str(d / "bad.toml"), *words)
+    spec = bad_recipe(tmp_path, NETS, model)
+    one_line(harness("run", spec, cwd=work), code, str(spec), *words)
 
 
 def test_an_id_of_the_catalogue_is_refused_for_a_users_recipe(tmp_path, work, mine):
