@@ -65,14 +65,25 @@ def macs_per_image(model: torch.nn.Module) -> int:
     return total[0]
 
 
+# The most intra-op threads a big recipe takes by default. The VGG's second thread measured 1.78x
+# here (2 cores); Amdahl's law from that gives 4.3x on 8 threads (53% of each thread's worth) and
+# 6.6x on 32 (21%): past 8 a run's threads do more as other runs' cores than as its own. An
+# extrapolation, not measured above 2 cores; the choice is recorded (param `threads`).
+MAX_RUN_THREADS = 8
+
+
 def choose_threads(model: torch.nn.Module, batch_size: int, device: torch.device, override: int | None = None) -> int:
-    """Intra-op threads for a recipe: the user's number, else 1 for small steps on the CPU
-    (see SMALL_STEP_MACS), else every core."""
+    """Intra-op threads for a run, fixed for its whole life and recorded (param `threads`): the
+    user's number (`--threads N`), else from the recipe and the machine only: 1 for small steps
+    on the CPU (see SMALL_STEP_MACS), else every core up to MAX_RUN_THREADS. Never from what else
+    runs: a run's thread count changes its arithmetic (the order of its sums), so a recipe and
+    seed give the same numbers on one machine however they are scheduled (executors/schedule.py
+    packs runs by these counts instead)."""
     if override:
         return override
     if device.type == "cpu" and macs_per_image(model) * batch_size < SMALL_STEP_MACS:
         return 1
-    return all_cores()
+    return min(all_cores(), MAX_RUN_THREADS)
 
 
 # Below this much work per training step, PyTorch's own convolution (im2col + one GEMM per

@@ -1,0 +1,83 @@
+"""The same numbers whatever the schedule (issue 27, item 5): a recipe and seed trained alone,
+with `--jobs 2` beside another run, or beside a busy process record bit-identical metrics, on
+the thread count the recipe and the machine chose (param `threads`), never on what else ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from harness.recipes.catalogue import load_catalogue
+from harness.recipes.network import build_model
+from harness.training.environment import all_cores, choose_threads
+
+# fastai-convnet: a batch-256 recipe (188 M multiply-accumulates per step), so it trains on more
+# than one thread where there are cores; tutorial-base: a one-thread recipe to train beside it
+WIDE, NARROW = "fastai-convnet", "tutorial-base"
+CAP = ["--epochs", "2", "--max-train-images", "300", "--no-progress", "--no-system-metrics"]
+
+
+def _train(root, store, *args) -> None:
+    r = CliRunner().invoke(main, ["run", *args, "--data-dir", str(root), "--tracking-uri", store, *CAP])
+    assert r.exit_code == 0, r.output
+
+
+def _numbers(store: str, experiment_id: str) -> tuple[dict, dict]:
+    """(params, every metric's history as (step, value) pairs) of the one run of `experiment_id`,
+    leaving out what is a time (it differs between any two trainings)."""
+    c = MlflowClient(store)
+    [run] = [r for r in c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id])
+             if r.data.tags["harness.experiment_id"] == experiment_id]
+    timed = ("time", "per_s", "system/")
+    history = {k: [(m.step, m.value) for m in sorted(c.get_metric_history(run.info.run_id, k), key=lambda m: (m.step, m.timestamp))]
+               for k in run.data.metrics if not any(t in k for t in timed)}
+    return dict(run.data.params), history
+
+
+@pytest.mark.parametrize("cores, wide_threads", [(1, 1), (2, 2), (8, 8), (32, 8)])
+def test_a_runs_threads_come_from_its_recipe_and_the_machine(monkeypatch, cores, wide_threads):
+    """One thread for a small-step recipe; every core for a big one up to MAX_RUN_THREADS (on 32
+    cores a run of 32 threads would leave nothing for the rest of a suite, for ~6.6x at best)."""
+    import torch
+
+    import harness.training.environment as env
+
+    monkeypatch.setattr(env, "all_cores", lambda: cores)
+    cat, cpu = load_catalogue(), torch.device("cpu")
+    wide, narrow, vgg = cat[WIDE], cat[NARROW], cat["cs598-vgg-bn-aug"]
+    assert choose_threads(build_model(narrow), narrow.train.batch_size, cpu) == 1
+    assert choose_threads(build_model(wide), wide.train.batch_size, cpu) == wide_threads
+    assert choose_threads(build_model(vgg), vgg.train.batch_size, cpu) == wide_threads
+    assert choose_threads(build_model(wide), wide.train.batch_size, cpu, override=3) == 3  # --threads pins
+
+
+@pytest.mark.skipif(all_cores() < 2, reason="one core: every run trains on one thread whatever the schedule")
+def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_numbers(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    alone, jobs, busy = (f"sqlite:///{tmp_path}/{name}.db" for name in ("alone", "jobs", "busy"))
+    _train(synthetic_root, alone, WIDE, "--jobs", "1")
+    _train(synthetic_root, jobs, WIDE, NARROW, "--jobs", "2")  # two worker processes, a one-thread run beside it
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy process on one of the cores
+    try:
+        _train(synthetic_root, busy, WIDE, "--jobs", "1")
+    finally:
+        spinner.kill()
+        spinner.wait()
+    if all_cores() == 2:  # its two threads held both cores: the one-thread run trained before or after it, never beside
+        c = MlflowClient(jobs)
+        wide, narrow = sorted(c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id]),
+                              key=lambda r: r.data.tags["harness.experiment_id"] != WIDE)
+        assert wide.info.end_time <= narrow.info.start_time or narrow.info.end_time <= wide.info.start_time
+    params, history = _numbers(alone, WIDE)
+    assert params["threads"] == str(min(all_cores(), 8)), params
+    assert history["train_loss"] and history["train_loss_step"] and "test_acc" in history
+    for other in (jobs, busy):
+        p, h = _numbers(other, WIDE)
+        assert h == history  # bit for bit: every loss, accuracy and per-step loss
+        assert p == params  # threads included: fixed by the recipe and the machine
