@@ -117,3 +117,18 @@ def test_the_pool_starts_a_run_only_when_its_cores_are_free(monkeypatch):
     pool.dispatch()
     assert [m[0] for m in sent] == [2, 1] and not pool.queue
     assert sum(s.task is not None for s in (busy, idle)) == 1  # alone on both cores
+
+
+def test_a_runs_width_is_its_threads_within_the_machine_and_one_on_a_gpu(monkeypatch):
+    import torch
+
+    import harness.executors.schedule as schedule
+    import harness.training.environment as env
+
+    monkeypatch.setattr(env, "all_cores", lambda: 8)
+    cat = load_catalogue()
+    vgg, tut = cat["medium-vgg-bn"], cat["tutorial-base"]
+    assert schedule.run_width(vgg, RunOptions(), 8) == 4 and schedule.run_width(tut, RunOptions(), 8) == 1
+    assert schedule.run_width(tut, RunOptions(threads=64), 8) == 8  # pinned past the machine: all of it, alone
+    monkeypatch.setattr(schedule, "resolve_device", lambda name: torch.device("cuda"))
+    assert schedule.run_width(vgg, RunOptions(device="cuda"), 8) == 1  # GPU runs: --jobs alone says how many at once

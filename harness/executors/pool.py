@@ -39,7 +39,7 @@ from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
 from .local import outcome_line
 from .pool_worker import Claimed, worker
-from .schedule import pick, run_threads, width
+from .schedule import pick, run_width
 
 MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for a rerun to resume
 SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
@@ -183,10 +183,10 @@ def _exit(code: int | None) -> str:
 def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print) -> list[Outcome]:
     todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     per_run = replace(opts, bars=False)
-    cores, threads = all_cores(), {}
-    for exp, _ in todo:  # each run's threads, as it will choose them (one model built per recipe)
-        threads.setdefault(exp.id, run_threads(exp, per_run))
-    widths = [width(threads[exp.id], cores) for exp, _ in todo]
+    cores, held = all_cores(), {}
+    for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
+        held.setdefault(exp.id, run_width(exp, per_run, cores))
+    widths = [held[exp.id] for exp, _ in todo]
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang
     ctx = multiprocessing.get_context("spawn")
     args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)

@@ -68,6 +68,14 @@ def width(threads: int, cores: int) -> int:
     return max(1, min(threads, cores))
 
 
+def run_width(exp: Experiment, opts: RunOptions, cores: int) -> int:
+    """The cores a run of `exp` holds in the pool: its threads' on the CPU; one on a GPU, whose
+    runs keep their CPU threads mostly waiting (`--jobs N` alone limits how many share it)."""
+    if resolve_device(opts.device).type != "cpu":
+        return 1
+    return width(run_threads(exp, opts), cores)
+
+
 def pick(queue: Sequence[int], widths: Mapping[int, int] | Sequence[int], free: int) -> int | None:
     """The run to start now: the first of `queue` (longest first) whose width fits in the `free`
     cores, else None. A wide run waiting behind narrow ones starts once enough of them ended."""
