@@ -4,6 +4,7 @@ the thread count the recipe and the machine chose (param `threads`), never on wh
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -87,3 +88,42 @@ def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_number
         wide, narrow = sorted(c.search_runs([c.get_experiment_by_name("cifar10-harness").experiment_id]),
                               key=lambda r: r.data.tags["harness.experiment_id"] != WIDE)
         assert wide.info.end_time <= narrow.info.start_time or narrow.info.end_time <= wide.info.start_time
+
+
+def _harness(store, root, *args, one_core=False) -> subprocess.Popen:
+    import os
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "harness.cli", "run", "medium-vgg-bn", "--data-dir", str(root), "--tracking-uri", store,
+           "--epochs", "3", "--max-train-images", "200", "--no-progress", "--no-system-metrics", *args]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), MLFLOW_DISABLE_TELEMETRY="true")
+    return subprocess.Popen((["taskset", "-c", "0"] if one_core else []) + cmd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.skipif(all_cores() < 2 or shutil.which("taskset") is None, reason="needs 2 cores and taskset")
+def test_a_run_resumed_where_more_cores_are_free_keeps_its_threads_and_its_numbers(synthetic_root, tmp_path, monkeypatch):
+    """Started on one core (one thread for medium-vgg-bn), killed after an epoch, resumed on two
+    (where it would choose 2): it keeps its one thread and ends bit for bit as the run never stopped."""
+    import signal
+    import time
+    from pathlib import Path
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    whole, stopped = f"sqlite:///{tmp_path}/whole.db", f"sqlite:///{tmp_path}/stopped.db"
+    out = _harness(whole, synthetic_root, one_core=True).communicate(timeout=600)[0]
+    assert "finished" in out, out
+    p = _harness(stopped, synthetic_root, one_core=True)
+    deadline = time.time() + 300
+    while not list(Path(tmp_path / "state").glob("*/state.pt")):
+        assert p.poll() is None and time.time() < deadline, p.communicate()[0]
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    resumed = _harness(stopped, synthetic_root)
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0 and "resuming run" in out and "1 thread(s), as it started" in out, out
+    params, history = _numbers(whole, "medium-vgg-bn")
+    p2, h2 = _numbers(stopped, "medium-vgg-bn")
+    assert params["threads"] == p2["threads"] == "1"
+    assert h2["train_loss_step"] == history["train_loss_step"] and h2 == history

@@ -141,9 +141,20 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     if job.device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
     relog_missing(job.tracker, run_id, ck)
+    keep_threads(job, ck.get("threads"))
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
     return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), scaler=ck.get("scaler"),
                     history=dict(ck.get("history", {})))
+
+
+def keep_threads(job: Job, threads: int | None) -> None:
+    """A resumed run trains on the threads it started with (its checkpoint's), not this machine's
+    choice: resumed where the cores differ (another Ray node, a narrower container) it still sums
+    as it did, and its numbers are those of the run never stopped. `--threads N` pins."""
+    if threads and threads != job.threads and not job.opts.threads and job.device.type == "cpu":
+        job.echo(f"{job.run_name}: {threads} thread(s), as it started (this machine would choose {job.threads})")
+        job.threads = threads
+        torch.set_num_threads(threads)
 
 
 def relog_missing(tracker, run_id: str, ck: dict) -> None:
@@ -211,7 +222,7 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
     return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
             "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
             "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
-            "scaler": pr.scaler,
+            "scaler": pr.scaler, "threads": job.threads,
             "history": dict(pr.history)}
 
 
