@@ -116,15 +116,16 @@ def run_options(fn):
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision; fp32 keeps results comparable."),
         click.option("--force", is_flag=True, help="Train again even if an identical finished run exists."),
         click.option("--threads", type=click.IntRange(1, 1024), default=None,
-                     help="Intra-op CPU threads per run (default: 1 for the small batch-4/20 recipes, all cores for the rest)."),
+                     help="Intra-op CPU threads per run (default, from the recipe and the machine: 1 for the small batch-4/20 recipes; "
+                          "for the rest all of 2 cores, else half the cores, at most 8)."),
         click.option("--no-progress", is_flag=True, help="No progress bars (on a terminal) or per-epoch lines (elsewhere)."),
         click.option("--no-system-metrics", is_flag=True, help="Do not record MLflow system metrics (CPU, memory, disk, GPU) for the runs."),
         click.option("--together", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
                      help="A recipe's repeats as one stacked model (the same runs): auto where exact and measured faster here, "
                           "always where exact, never (see `harness list`)."),
         click.option("--jobs", type=click.IntRange(1, 256), default=None, envvar="HARNESS_JOBS",
-                     help="Local executor: train N runs at once in N processes, each with at most cores/N threads "
-                          "(default: one per CPU core, up to the number of runs; 1 on a GPU or with --together always)."),
+                     help="Local executor: train up to N runs at once in N processes, each on its own recipe's threads, "
+                          "as many as fit in the cores (default: one per CPU core, up to the number of runs; 1 on a GPU or with --together always)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: one run after another in this process; ray: each (experiment, seed) a task on a Ray cluster."),
         click.option("--ray-address", type=str, default=None, help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray instance)."),

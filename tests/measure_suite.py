@@ -1,7 +1,8 @@
-"""The main job's schedule, measured (issue 23; not a test: pytest does not collect it).
+"""The main job's schedule, measured (issues 23, 27; not a test: pytest does not collect it).
 
     python -m tests.measure_suite run OUT [run-all options]   # the main job into a fresh store in OUT
     python -m tests.measure_suite show OUT [--speedup S]      # what a measured OUT says
+    python -m tests.measure_suite estimate [--speedup S]      # the scheduler simulated on #23's measured works
 
 `run` trains `harness run-all` (its defaults: one job per core) into OUT/mlflow.db, with
 /proc/stat sampled every 2 s into OUT/stat.log, and then shows it. Run it on an otherwise idle
@@ -12,12 +13,19 @@ machine: utilisation counts every process's busy time, not only the suite's.
   from /proc/stat, with the same per 5 minutes to show where cores idled;
 - every run's time, threads per epoch and one-thread work (epochs trained on t threads count
   their time x the speed-up of t threads, measured inside the run when it trained on both);
-- the ideal schedule for these runs on this machine, as the issue defines it: the larger of the
+- the ideal schedule for these runs on this machine, as issue 23 defines it: the larger of the
   longest run at its best thread count and the total one-thread work over the cores, and the
   ratio wall / ideal (target <= 1.10) beside utilisation (target >= 0.90);
-- what 2, 8 and 32 cores should expect: the same scheduler (longest first, `--jobs` = cores,
-  threads follow free cores) simulated on the measured works, with the speed-up of t threads
-  extrapolated from the 2-thread one by Amdahl's law. An estimate, and labelled so.
+- the same for the ideal at the runs' own thread counts (fixed per recipe since issue 27: a run of
+  T threads holds T cores): the larger of the longest run and the core-seconds over the cores;
+- what 2, 8 and 32 cores should expect: the pool's scheduler (executors/schedule.plan: longest
+  first, each run on its recipe's threads for that many cores, packed without oversubscribing)
+  simulated on the measured works, with the speed-up of t threads extrapolated from the 2-thread
+  one by Amdahl's law. An estimate, and labelled so.
+
+`estimate` does the last on the one-thread works of #23's idle measurement (2,378 s): cs598 and
+medium-vgg-bn and skl-cnn as measured, the other runs' 461 s shared by their expected work plus a
+fixed cost each (reconstructed: #23 kept the totals, not every run). An estimate, and labelled so.
 """
 
 from __future__ import annotations
@@ -81,21 +89,31 @@ class Run:
     end: float
     epoch_s: list[float]
     threads: list[int]
-    parallel: bool  # the recipe's policy takes every core (not a small batch-4/20 recipe)
-    work1: float = 0.0  # one-thread seconds
+    step_macs: float  # the recipe's multiply-accumulates per training step (what its thread count follows)
+    train1: float = 0.0  # one-thread seconds of training
+    fixed: float = 0.0  # seconds outside training (start-up, final evaluation, artifacts): not faster on more threads
     notes: list[str] = field(default_factory=list)
 
     @property
     def wall(self) -> float:
         return self.end - self.start
 
+    @property
+    def work1(self) -> float:
+        return self.train1 + self.fixed
+
+
+def step_macs(recipe) -> float:
+    from harness.recipes.network import build_model
+    from harness.training.environment import macs_per_image
+
+    return macs_per_image(build_model(recipe)) * recipe.train.batch_size
+
 
 def load_runs(out: Path) -> list[Run]:
     from mlflow.tracking import MlflowClient
 
     from harness.recipes.catalogue import load_catalogue
-    from harness.recipes.network import build_model
-    from harness.training.environment import SMALL_STEP_MACS, macs_per_image
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -106,15 +124,15 @@ def load_runs(out: Path) -> list[Run]:
             continue
         eid = r.data.tags["harness.experiment_id"]
         hist = {k: sorted(client.get_metric_history(r.info.run_id, k), key=lambda m: m.step) for k in ("epoch_time_s", "threads")}
-        recipe = catalogue[eid]
-        parallel = macs_per_image(build_model(recipe)) * recipe.train.batch_size >= SMALL_STEP_MACS
-        runs.append(Run(eid, r.info.start_time / 1e3, r.info.end_time / 1e3, [m.value for m in hist["epoch_time_s"]],
-                        [int(m.value) for m in hist["threads"]] or [1] * len(hist["epoch_time_s"]), parallel))
+        threads = [int(m.value) for m in hist["threads"]] or [int(r.data.params.get("threads", 1))] * len(hist["epoch_time_s"])
+        runs.append(Run(eid, r.info.start_time / 1e3, r.info.end_time / 1e3, [m.value for m in hist["epoch_time_s"]], threads,
+                        step_macs(catalogue[eid])))
     return sorted(runs, key=lambda r: r.start)
 
 
 def measured_speedup(runs: list[Run]) -> float | None:
-    """Median one-thread epoch over median two-thread epoch, from runs that trained on both."""
+    """Median one-thread epoch over median two-thread epoch, from runs that trained on both
+    (issue 23's runs did; since issue 27 a run's threads are fixed, so none does)."""
     ratios = []
     for r in runs:
         one = [s for s, t in zip(r.epoch_s, r.threads) if t == 1]
@@ -122,6 +140,9 @@ def measured_speedup(runs: list[Run]) -> float | None:
         if len(one) >= 2 and len(two) >= 2:
             ratios.append(statistics.median(one) / statistics.median(two))
     return statistics.median(ratios) if ratios else None
+
+
+S2_MEASURED = 1.78  # the VGG's 2-thread speed-up, measured in #23 (cs598's own epochs; `harness bench` 111 -> 191 img/s)
 
 
 def amdahl(s2: float):
@@ -132,27 +153,46 @@ def amdahl(s2: float):
 
 # ---- the ideal, and the scheduler simulated ----------------------------------------------------
 
+def threads_at(run: Run, cores: int) -> int:
+    """The threads the run's recipe takes on a machine of `cores` (environment.choose_threads's rule)."""
+    from harness.training.environment import threads_for
+
+    return threads_for(run.step_macs, "cpu", cores)
+
+
+def ideals(runs: list[Run], cores: int, speed) -> tuple[float, float]:
+    """(issue 23's ideal: the longest run at its best thread count or the one-thread work over the
+    cores, whichever is larger; the ideal at the runs' own thread counts: the longest run or the
+    core-seconds they hold over the cores)."""
+    best = max(r.train1 / (speed(cores) if r.step_macs >= SMALL else 1) + r.fixed for r in runs)
+    ideal23 = max(best, sum(r.work1 for r in runs) / cores)
+    held = [(r.train1 / speed(threads_at(r, cores)) + r.fixed, threads_at(r, cores)) for r in runs]
+    return ideal23, max(max(d for d, _ in held), sum(d * t for d, t in held) / cores)
+
+
 def simulate(runs: list[Run], cores: int, speed) -> tuple[float, float]:
-    """Wall and utilisation of `run-all` on `cores` (jobs = cores): runs start longest first and,
-    once the queue is empty, split the free cores (instantly here: the real one waits an epoch)."""
-    queue = sorted(runs, key=lambda r: -r.work1)
-    jobs = min(cores, len(runs))
-    running: dict[str, list] = {}
-    t = busy = 0.0
-    while queue or running:
-        while queue and len(running) < jobs:
-            r = queue.pop(0)
-            running[r.id] = [r.work1, r.parallel]
-        share = max(1, cores // (jobs if queue else len(running)))
-        rates = {k: (speed(share) if par else 1.0, share if par else 1) for k, (_, par) in running.items()}
-        dt = min(left / rates[k][0] for k, (left, _) in running.items())
-        t += dt
-        busy += dt * min(cores, sum(th for _, th in rates.values()))
-        for k in list(running):
-            running[k][0] -= dt * rates[k][0]
-            if running[k][0] <= 1e-9:
-                del running[k]
-    return t, busy / (cores * t)
+    """Wall and utilisation of `run-all` on `cores` (jobs = cores): the pool's own rule
+    (schedule.plan) on the runs' durations at their recipes' threads there."""
+    from harness.executors.schedule import plan, width
+
+    order = sorted(runs, key=lambda r: -r.work1)
+    threads = [threads_at(r, cores) for r in order]
+    durations = [r.train1 / speed(t) + r.fixed for r, t in zip(order, threads)]
+    placed = plan(durations, [width(t, cores) for t in threads], cores)
+    wall = max(p.end for p in placed)
+    return wall, sum(p.cores * (p.end - p.start) for p in placed) / (cores * wall)
+
+
+SMALL = 100e6  # environment.SMALL_STEP_MACS (kept here so `estimate` reads without torch's start-up first)
+
+
+def estimates(runs: list[Run], speed, echo=print) -> None:
+    for n in (2, 8, 32):
+        w, u = simulate(runs, n, speed)
+        i23, held = ideals(runs, n, speed)
+        echo(f"  estimate for {n:2d} cores (simulated scheduler, Amdahl from 2 threads; runs only, not start-up): "
+             f"{w:,.0f} s, utilisation {u:.0%}; wall / ideal (#23) = {w / i23:.3f} ({i23:,.0f} s), "
+             f"wall / ideal at the runs' threads = {w / held:.3f} ({held:,.0f} s)")
 
 
 def show(out: Path, s2_given: float | None, echo=print) -> None:
@@ -162,33 +202,62 @@ def show(out: Path, s2_given: float | None, echo=print) -> None:
     rows = read_samples(out / "stat.log")
     cores = os.cpu_count()
     s2 = measured_speedup(runs)
-    source = "measured in this suite's runs" if s2 else "given"
-    s2 = s2 or s2_given
-    speed = amdahl(s2) if s2 else None
+    source = "measured in this suite's runs" if s2 else ("given" if s2_given else "assumed: measured in #23")
+    s2 = s2 or s2_given or S2_MEASURED
+    speed = amdahl(s2)
     echo(f"suite: {len(runs)} finished runs, wall {t1 - t0:,.0f} s, exit {wall['rc']}")
     echo(f"  core utilisation over the suite: {utilisation(rows, t0, t1):.1%} (busy core-s / ({cores} cores x wall), /proc/stat)")
     steps = [t0 + 300 * i for i in range(int((t1 - t0) // 300) + 1)] + [t1]
     echo("  per 5 min: " + " ".join(f"{utilisation(rows, a, b):.0%}" for a, b in zip(steps, steps[1:]) if b - a > 30))
-    echo(f"  2-thread speed-up of a parallel recipe: {s2:.2f}x ({source})" if s2 else "  2-thread speed-up: unknown (pass --speedup)")
+    echo(f"  2-thread speed-up of a parallel recipe: {s2:.2f}x ({source})")
     echo(f"{'run':26} {'start s':>8} {'wall s':>8} {'train s':>8} {'threads':>12} {'1-thread work s':>16}")
     for r in runs:
         trained = sum(r.epoch_s)
-        work = sum(s * (speed(t) if speed and t > 1 else 1) for s, t in zip(r.epoch_s, r.threads))
-        r.work1 = work + (r.wall - trained)
+        r.train1 = sum(s * (speed(t) if t > 1 else 1) for s, t in zip(r.epoch_s, r.threads))
+        r.fixed = r.wall - trained
         th = "/".join(str(t) for t in sorted(set(r.threads)))
         echo(f"{r.id:26} {r.start - t0:8.0f} {r.wall:8.0f} {trained:8.0f} {th:>12} {r.work1:16.0f}")
     total = sum(r.work1 for r in runs)
-    longest = max(runs, key=lambda r: r.work1)
-    best = longest.work1 / (speed(cores) if speed and longest.parallel else 1)
-    ideal = max(best, total / cores)
-    echo(f"total one-thread work {total:,.0f} s; over {cores} cores {total / cores:,.0f} s; "
-         f"longest run {longest.id} at its best ({cores if longest.parallel else 1} threads) {best:,.0f} s")
-    echo(f"ideal schedule {ideal:,.0f} s; wall / ideal = {(t1 - t0) / ideal:.3f} (target <= 1.10)")
-    if speed:
-        for n in (2, 8, 32):
-            w, u = simulate(runs, n, speed)
-            echo(f"  estimate for {n:2d} cores (simulated scheduler, Amdahl from 2 threads; runs only, not start-up): "
-                 f"{w:,.0f} s, utilisation {u:.0%}")
+    i23, held = ideals(runs, cores, speed)
+    echo(f"total one-thread work {total:,.0f} s; over {cores} cores {total / cores:,.0f} s")
+    echo(f"ideal schedule (#23: best threads, one-thread work over the cores) {i23:,.0f} s; wall / ideal = {(t1 - t0) / i23:.3f} (target <= 1.10)")
+    echo(f"ideal at the runs' own thread counts (a run of T threads holds T cores) {held:,.0f} s; wall / that = {(t1 - t0) / held:.3f}")
+    estimates(runs, speed, echo)
+
+
+# #23's idle measurement (2,378 s, 2 cores): one-thread seconds per run. cs598-vgg-bn-aug (1,546 s on
+# 2 threads x 1.78), medium-vgg-bn and skl-cnn as measured; the other 11 runs' 461 s in all
+# shared as 20 s each outside training plus their expected work (schedule.expected_work).
+MEASURED_23 = {"cs598-vgg-bn-aug": 2752.0, "medium-vgg-bn": 1109.0, "skl-cnn": 229.0}
+REST_23 = 461.0
+FIXED_S = 20.0
+
+
+def reconstructed_runs() -> list[Run]:
+    from harness.executors.schedule import expected_work
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import RunOptions
+
+    catalogue = load_catalogue()
+    work = {i: expected_work(e, 5170, RunOptions()) for i, e in catalogue.items()}
+    rest = [i for i in catalogue if i not in MEASURED_23]
+    rate = sum(work[i] for i in rest) / (REST_23 - FIXED_S * len(rest))  # multiply-accumulates per one-thread second
+    runs = []
+    for i, e in catalogue.items():
+        r = Run(i, 0.0, 0.0, [], [], step_macs(e))
+        r.fixed = FIXED_S
+        r.train1 = MEASURED_23[i] - FIXED_S if i in MEASURED_23 else work[i] / rate
+        runs.append(r)
+    return runs
+
+
+def estimate(s2: float | None, echo=print) -> None:
+    runs = reconstructed_runs()
+    s2 = s2 or S2_MEASURED
+    echo(f"one-thread work of #23's idle run (reconstructed; see MEASURED_23), 2-thread speed-up {s2:.2f}x, Amdahl beyond:")
+    for r in sorted(runs, key=lambda r: -r.work1):
+        echo(f"  {r.id:26} {r.work1:8.0f} s   threads on 2 / 8 / 32 cores: {threads_at(r, 2)} / {threads_at(r, 8)} / {threads_at(r, 32)}")
+    estimates(runs, amdahl(s2), echo)
 
 
 def run(out: Path, args: list[str]) -> None:
@@ -207,10 +276,14 @@ def run(out: Path, args: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m tests.measure_suite", description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["run", "show"])
-    p.add_argument("out", type=Path)
-    p.add_argument("--speedup", type=float, default=None, help="2-thread speed-up, when no run in OUT measured one")
+    p.add_argument("mode", choices=["run", "show", "estimate"])
+    p.add_argument("out", type=Path, nargs="?")
+    p.add_argument("--speedup", type=float, default=None, help=f"2-thread speed-up, when no run in OUT measured one (default {S2_MEASURED})")
     a, rest = p.parse_known_args(argv)
+    if a.mode == "estimate":
+        return estimate(a.speedup)
+    if a.out is None:
+        p.error(f"{a.mode} needs OUT")
     if a.mode == "run":
         run(a.out, rest or ["--data-dir", str(SUBSET)])
     show(a.out, a.speedup)

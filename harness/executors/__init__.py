@@ -1,6 +1,6 @@
 """Who runs the runs, and where.
 
-- schedule.py: the order a suite's runs start in: longest expected training first.
+- schedule.py: the order a suite's runs start in (longest expected training first), and which fit side by side in the cores.
 - local.py: one process, run by run (the default), and the pieces every executor shares.
 - pool.py: `--jobs N`: N worker processes on this machine, supervised.
 - pool_worker.py: one `--jobs` worker process: trains the runs it is handed, says which it claimed.

@@ -80,12 +80,10 @@ def claim_jobs(jobs: list[Job], claimer: Claimer) -> tuple[list[ConfigLock], dic
 
 
 def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None,
-            cores=None, on_claim=None) -> Outcome:
-    """Claim and train one (experiment, seed); `cores`: the cores it may use now, read between
-    epochs (the pool's share once runs ended; None: the threads chosen at its start stay);
-    `on_claim(run_id, owner)`: told which run this process owns before it trains it."""
+            on_claim=None) -> Outcome:
+    """Claim and train one (experiment, seed); `on_claim(run_id, owner)`: told which run this
+    process owns before it trains it."""
     job = make_job(exp, data, tracker, opts, seed, echo)
-    job.cores = cores
     claimer = claimer or Claimer(tracker, ClaimPolicy.for_store(tracker.uri))
     [lock], claimed, skipped = claim_jobs([job], claimer)
     if skipped:

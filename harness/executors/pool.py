@@ -3,8 +3,10 @@
 (executors/local.py: run_one), so locks, store claims, logging and outcomes are the same.
 
 Why: the batch-4/20 recipes train on one intra-op thread (environment.choose_threads), which
-leaves the other cores idle; N of those runs side by side use them. Each worker gets at most
-cores/N intra-op threads, so compute-bound runs do not oversubscribe the machine.
+leaves the other cores idle; N of those runs side by side use them. Each run trains on the threads
+its recipe and the machine chose, whatever runs beside it (so its numbers do not depend on the
+schedule); the supervisor starts a run only when that many cores are free (schedule.pick), so the
+machine is never oversubscribed: a big recipe gets its whole cores, the one-thread ones pack.
 
 The workers are supervised here rather than by concurrent.futures: a worker that dies (the
 out-of-memory killer's SIGKILL) breaks a ProcessPoolExecutor, failing every queued run and
@@ -37,6 +39,7 @@ from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
 from .local import outcome_line
 from .pool_worker import Claimed, worker
+from .schedule import pick, run_width
 
 MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for a rerun to resume
 SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
@@ -57,8 +60,9 @@ class _Pool:
     start: object  # () -> _Slot
     todo: list[tuple[Experiment, int]]
     echo: object
-    jobs: int
-    share: object = None  # multiprocessing.Value: the cores each busy worker's run may use now (share_cores)
+    jobs: int  # at most this many runs at once
+    widths: list[int] = field(default_factory=list)  # run index -> the cores its threads occupy (schedule.width)
+    cores: int = 1  # what the busy runs' widths may add up to
     tracker: Tracker | None = None  # to end a run whose worker cannot
     claims: dict[int, Claimed] = field(default_factory=dict)  # run index -> the run its latest worker claimed
     queue: deque = field(default_factory=deque)
@@ -72,21 +76,23 @@ class _Pool:
     def busy(self) -> list[_Slot]:
         return [s for s in self.slots if s.task is not None]
 
-    def share_cores(self) -> None:
-        """While runs wait in the queue each worker keeps its share (cores // jobs); once the queue
-        is empty the runs still training split every core between them, taken up at their next
-        epoch (one_run.follow_free_cores), so no core idles while the longest run finishes."""
-        if self.share is not None:
-            self.share.value = max(1, all_cores() // (self.jobs if self.queue else max(1, len(self.busy()))))
+    def free(self) -> int:
+        return self.cores - sum(self.widths[s.task] for s in self.busy())
 
     def dispatch(self) -> None:
+        """Workers up to `jobs`; each ready idle one is handed the longest queued run that fits
+        in the free cores (schedule.pick), if any."""
         while self.queue and len(self.slots) < min(self.jobs, len(self.queue) + len(self.busy())):
             self.slots.append(self.start())
         for s in self.slots:
             if s.ready and s.task is None and self.queue:
-                s.task = self.queue.popleft()
-                exp, seed = self.todo[s.task]
-                s.conn.send((s.task, exp, seed))
+                i = pick(self.queue, self.widths, self.free())
+                if i is None:
+                    return
+                self.queue.remove(i)
+                s.task = i
+                exp, seed = self.todo[i]
+                s.conn.send((i, exp, seed))
 
     def step(self, timeout: float | None = None) -> None:
         """Wait for a result or a worker's death, and handle it."""
@@ -176,11 +182,14 @@ def _exit(code: int | None) -> str:
 
 def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print) -> list[Outcome]:
     todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
-    per_run = replace(opts, bars=False, max_threads=max(1, all_cores() // jobs))
+    per_run = replace(opts, bars=False)
+    cores, held = all_cores(), {}
+    for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
+        held.setdefault(exp.id, run_width(exp, per_run, cores))
+    widths = [held[exp.id] for exp, _ in todo]
     # spawn, not fork: a forked copy of a process that already started torch's threads can hang
     ctx = multiprocessing.get_context("spawn")
-    share = ctx.Value("i", max(1, all_cores() // jobs), lock=False)  # one int, written here only
-    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, share)
+    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)
 
     def start() -> _Slot:
         mine, theirs = ctx.Pipe()
@@ -196,12 +205,11 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         theirs.close()
         return _Slot(proc, mine)
 
-    pool = _Pool(start, todo, echo, jobs, share=share, tracker=tracker, queue=deque(range(len(todo))))
+    pool = _Pool(start, todo, echo, jobs, widths=widths, cores=cores, tracker=tracker, queue=deque(range(len(todo))))
     try:
         try:
             while pool.queue or pool.busy():
                 pool.dispatch()
-                pool.share_cores()
                 pool.step()
         except KeyboardInterrupt:
             raise Interrupted(_stop(pool)) from None

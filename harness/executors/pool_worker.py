@@ -25,7 +25,7 @@ class Claimed:
     owner: str
 
 
-def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions, share) -> None:
+def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
     """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
     ignore_stops()  # (started with both ignored already: see run_pool's start)
@@ -37,7 +37,7 @@ def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opt
             if task is None:
                 return
             i, exp, seed = task
-            conn.send((i, _work(exp, seed, data, tracker, opts, lambda: share.value, _teller(conn, i))))
+            conn.send((i, _work(exp, seed, data, tracker, opts, _teller(conn, i))))
     except (EOFError, BrokenPipeError):  # the supervisor is gone (killed outright): so is the queue
         return
 
@@ -55,10 +55,10 @@ def _teller(conn: Connection, i: int):
     return claimed
 
 
-def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, cores, claimed) -> Outcome | Interrupted:
+def _work(exp: Experiment, seed: int, data: Cifar10, tracker: Tracker, opts: RunOptions, claimed) -> Outcome | Interrupted:
     try:
         with interruptible():
-            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), cores=cores, on_claim=claimed)
+            return run_one(exp, data, tracker, opts, seed, echo=lambda *a: print(*a, flush=True), on_claim=claimed)
     except Interrupted as e:
         return e
     except KeyboardInterrupt:

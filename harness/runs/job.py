@@ -3,8 +3,6 @@ through the epochs and its outcome (no behaviour, so every room below the runner
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from dataclasses import dataclass, field
 
 import torch
@@ -110,10 +108,6 @@ class Job:
     overrides: dict = field(default_factory=dict)  # effective_overrides: what the hash and the capped tag follow
     train_images: int = 0  # the training split's size before any cap
     legacy_hashes: tuple[str, ...] = ()  # the same configuration as hashed before effective_overrides
-    # the cores this run may use now (`--jobs`: more once the queue is empty and other runs ended),
-    # read between epochs; None: the threads chosen at the start stay
-    cores: Callable[[], int] | None = None
-    policy_threads: int = 1  # the recipe's own thread policy (environment.choose_threads), the most it takes
 
     @property
     def capped(self) -> bool:

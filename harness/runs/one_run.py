@@ -119,8 +119,8 @@ def build(job: Job):
     torch.manual_seed(job.seed)  # weight init, dropout
     np.random.seed(job.seed)
     model = apply_init(build_model(exp), exp.model.init).to(job.device)
-    job.policy_threads = choose_threads(model, exp.train.batch_size, job.device, job.opts.threads)
-    job.threads = min(job.policy_threads, job.opts.max_threads or 1 << 30)
+    # fixed for the whole run (a resume included) by the recipe and the machine: never by what else runs
+    job.threads = min(choose_threads(model, exp.train.batch_size, job.device, job.opts.threads), job.opts.max_threads or 1 << 30)
     job.conv = choose_conv(model, exp.train.batch_size, job.device)
     configure_backend(job.device, job.threads, job.conv)
     optimizer = build_optimizer(model, exp.train.optimizer, exp.train.phases[0].lr)
@@ -141,9 +141,20 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     if job.device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
     relog_missing(job.tracker, run_id, ck)
+    keep_threads(job, ck.get("threads"))
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
     return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), scaler=ck.get("scaler"),
                     history=dict(ck.get("history", {})))
+
+
+def keep_threads(job: Job, threads: int | None) -> None:
+    """A resumed run trains on the threads it started with (its checkpoint's), not this machine's
+    choice: resumed where the cores differ (another Ray node, a narrower container) it still sums
+    as it did, and its numbers are those of the run never stopped. `--threads N` pins."""
+    if threads and threads != job.threads and not job.opts.threads and job.device.type == "cpu":
+        job.echo(f"{job.run_name}: {threads} thread(s), as it started (this machine would choose {job.threads})")
+        job.threads = threads
+        torch.set_num_threads(threads)
 
 
 def relog_missing(tracker, run_id: str, ck: dict) -> None:
@@ -164,7 +175,6 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         scaler.load_state_dict(pr.scaler)
     t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
-        follow_free_cores(job)
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
             optimizer.state.clear()  # a new fit() call: fastai builds a new optimizer, momentum restarts
         set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))
@@ -185,7 +195,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
-        metrics["threads"] = job.threads  # what this epoch trained on (it can change between epochs with --jobs)
+        metrics["threads"] = job.threads  # what this epoch trained on: the run's fixed count (param `threads`)
         keep_best(exp, model, val, pr)
         pr.scaler = scaler.state_dict() if scaler is not None else None
         pr.history[epoch] = {"metrics": metrics, "series": series}
@@ -193,20 +203,6 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         outbox.submit(job.tracker.log_metrics, run_id, metrics, epoch, series)  # after the checkpoint: in order
         if job.opts.progress and (bar is None or bar.disable):
             job.echo(epoch_line(job, epoch, pr, metrics, t_start))
-
-
-def follow_free_cores(job: Job) -> None:
-    """Between epochs, a run of `--jobs` takes the cores that are free now (once the queue is
-    empty and other runs ended), within its recipe's own policy: a small recipe stays on the one
-    thread that is fastest for it, and `--threads N` pins. Only the speed changes: the run's
-    configuration and hash do not depend on it."""
-    if job.cores is None or job.opts.threads or job.device.type != "cpu":
-        return
-    threads = max(1, min(job.policy_threads, job.cores()))
-    if threads != job.threads:
-        job.echo(f"{job.run_name}: {threads} thread(s) from the next epoch on ({job.threads} before): cores freed")
-        job.threads = threads
-        torch.set_num_threads(threads)
 
 
 def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:
@@ -226,7 +222,7 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
     return {"model": weights, "optimizer": optimizer_state, "rng_cpu": rng,
             "rng_cuda": torch.cuda.get_rng_state() if job.device.type == "cuda" else None, "epoch": epoch,
             "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
-            "scaler": pr.scaler,
+            "scaler": pr.scaler, "threads": job.threads,
             "history": dict(pr.history)}
 
 

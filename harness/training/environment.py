@@ -65,14 +65,34 @@ def macs_per_image(model: torch.nn.Module) -> int:
     return total[0]
 
 
-def choose_threads(model: torch.nn.Module, batch_size: int, device: torch.device, override: int | None = None) -> int:
-    """Intra-op threads for a recipe: the user's number, else 1 for small steps on the CPU
-    (see SMALL_STEP_MACS), else every core."""
+# The most intra-op threads a big recipe takes. The VGG's second thread measured 1.78x here
+# (2 cores); Amdahl's law from that gives 4.3x on 8 threads (53% of each thread's worth) and 6.6x
+# on 32 (21%): past 8 a run's threads do more as other runs' cores than as its own.
+MAX_RUN_THREADS = 8
+
+
+def threads_for(step_macs: float, device_type: str, cores: int) -> int:
+    """The rule of choose_threads, on numbers: 1 for a step under SMALL_STEP_MACS on the CPU; a
+    big one takes the whole machine on 2 cores (one thread would leave the VGG 1.78x slower,
+    longer than a whole 2-core suite packs), else half the cores, so that two big runs (the two
+    VGGs, a recipe's seeds) train side by side, and at most MAX_RUN_THREADS. Simulated on the main
+    job (tests/measure_suite.py estimate): this beats every core and a fixed 4 or 8 on 4-32 cores,
+    for one seed and for five. Not measured above 2 cores."""
+    if device_type == "cpu" and step_macs < SMALL_STEP_MACS:
+        return 1
+    return max(1, min(cores, max(2, cores // 2), MAX_RUN_THREADS))
+
+
+def choose_threads(model: torch.nn.Module, batch_size: int, device: torch.device, override: int | None = None, cores: int | None = None) -> int:
+    """Intra-op threads for a run, fixed for its whole life and recorded (param `threads`): the
+    user's number (`--threads N`), else from the recipe and the machine only (threads_for). Never
+    from what else runs: a run's thread count changes its arithmetic (the order of its sums), so
+    a recipe and seed give the same numbers on one machine however they are scheduled
+    (executors/schedule.py packs runs by these counts instead). `cores`: another machine's
+    (estimates), else this one's."""
     if override:
         return override
-    if device.type == "cpu" and macs_per_image(model) * batch_size < SMALL_STEP_MACS:
-        return 1
-    return all_cores()
+    return threads_for(macs_per_image(model) * batch_size, device.type, cores or all_cores())
 
 
 # Below this much work per training step, PyTorch's own convolution (im2col + one GEMM per
