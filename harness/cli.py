@@ -329,7 +329,8 @@ def new_cmd(name, like, folder, force):
                    "as the report lists them; default: the one with the most rows to compare, then the most finished runs).")
 @friendly
 def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data):
-    """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv and FILE-budgets.csv)."""
+    """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv, FILE-budgets.csv and
+    FILE-decisions.csv)."""
     from .report import build_report
 
     path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True),

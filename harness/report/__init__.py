@@ -6,6 +6,7 @@
 - mathstats.py: the statistics themselves (t interval, McNemar, bootstrap, Holm, Welch).
 - stats.py: is a difference between rows real?
 - sequential.py: anytime-valid verdicts (e-values, confidence sequences) that hold however the seeds were chosen.
+- decided.py: the "decided" section: every pair by the anytime-valid test, and FILE-decisions.csv.
 - budget.py: which recipe for a time budget.
 - charts.py: the report's figures as inline PNGs.
 - build.py: the HTML page and its CSV.
