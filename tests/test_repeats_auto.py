@@ -86,18 +86,18 @@ def test_a_large_gap_is_decided_well_before_the_cap(fake):
 
 def test_an_aa_pair_is_never_called_different(fake):
     """The same recipe under two ids: a seed gives the same number under either id (as training
-    does), so the pair is never 'better' and ends tied or at the cap; with independent noise
-    instead, 'better' at most alpha of the time (300 loops)."""
+    does), so the pair is tied at once; with independent seed noise instead (two recipes equal
+    only on average), 'better' at most alpha of the time and the loop ends tied or at the cap."""
+    store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, same_seed_same_number=True)
+    r = run(store, loop.AutoOptions(max_repeats=8))
+    assert r.reason == loop.ANSWERED and r.decisions.pairs[0].verdict == "tied" and len(r.seeds["my-net"].acc) == 3
     ends, wrong = [], 0
     for k in range(300):
-        store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, seed=k, same_seed_same_number=True)
-        r = run(store, loop.AutoOptions(max_repeats=8))
-        assert r.decisions.pairs[0].verdict in ("tied", "undecided")
-        ends.append(r.reason)
         store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, seed=k)
-        wrong += run(store, loop.AutoOptions(max_repeats=8)).decisions.pairs[0].verdict.endswith("better")
-    assert set(ends) <= {loop.CAP, loop.ANSWERED} and ends.count(loop.CAP) > 0
-    assert wrong / 300 <= 0.05
+        r = run(store, loop.AutoOptions(max_repeats=8))
+        wrong += r.decisions.pairs[0].verdict.endswith("better")
+        ends.append(r.reason if not r.decisions.pairs[0].verdict.endswith("better") else "wrong")
+    assert wrong / 300 <= 0.05 and ends.count(loop.CAP) > 250
 
 
 def test_racing_a_recipe_confidently_below_stops_getting_seeds(fake):

@@ -77,7 +77,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     rounds = 0
     while True:
         state = read_state(tracker, experiments, hashes)
-        d = decide({i: state[i].values for i in by_id if i not in failed}, auto.alpha, auto.margin)
+        d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
         closed = {(p.a, p.b): p for p in d.pairs if p.verdict != "undecided"}
         newly = [p for k, p in closed.items() if closed_before.get(k) != p.verdict]
         closed_before = {k: p.verdict for k, p in closed.items()}
@@ -119,11 +119,8 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
 def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
     """Each planned run's seed: the recipe's lowest seeds in the loop's range not finished yet
     (a killed one is resumed by the executor's claim)."""
-    todo = []
-    for i in dict.fromkeys(kept):
-        free = [s for s in seeds if s not in state[i].acc][: kept.count(i)]
-        todo += [(by_id[i], s) for s in free]
-    return todo
+    free = {i: iter([s for s in seeds if s not in state[i].acc]) for i in dict.fromkeys(kept)}
+    return [(by_id[i], next(free[i])) for i in kept]  # in the plan's order: cheapest evidence starts first
 
 
 def stop_line(r: AutoResult, auto: AutoOptions) -> str:

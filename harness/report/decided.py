@@ -12,7 +12,7 @@ import pandas as pd
 from .rows import Row
 from .sequential import ALPHA, MARGIN, MIN_SEEDS, decide
 
-DECISION_COLS = ["row_a", "row_b", "verdict", "n_a", "n_b", "e_value", "diff", "diff_lo", "diff_hi", "seeds_needed"]
+DECISION_COLS = ["row_a", "row_b", "verdict", "n_a", "n_b", "n_paired", "e_value", "diff", "diff_lo", "diff_hi", "seeds_needed"]
 
 
 def _finite(v: float) -> float | None:
@@ -27,8 +27,9 @@ def decided_section(compared: list[Row], alpha: float = ALPHA, margin: float = M
     if len(rows) < 2:
         return {"pairs": [], "top": [r.key for r in rows], "answered": False, "recipes": [], "alpha": alpha, "margin": margin, "m": 0,
                 "why": "fewer than two rows compared: nothing to decide"}
-    d = decide({r.key: r.acc for r in rows}, alpha, margin)
-    pairs = [{"row_a": p.a, "row_b": p.b, "verdict": p.verdict, "n_a": p.n_a, "n_b": p.n_b, "e_value": p.e_value, "diff": p.diff,
+    d = decide({r.key: dict(zip(r.seeds, r.acc)) for r in rows}, alpha, margin)  # each pair on the seeds both rows have
+    pairs = [{"row_a": p.a, "row_b": p.b, "verdict": p.verdict, "n_a": p.n_a, "n_b": p.n_b, "n_paired": p.n_paired, "e_value": p.e_value,
+              "diff": p.diff,
               "diff_lo": _finite(p.lo), "diff_hi": _finite(p.hi), "seeds_needed": p.seeds_needed,
               "needed": (p.a in d.top and p.b in d.top)}  # a pair the top-group question still needs
              for p in d.pairs]
@@ -47,6 +48,7 @@ def decided_section(compared: list[Row], alpha: float = ALPHA, margin: float = M
 
 
 def decisions_frame(section: dict) -> pd.DataFrame:
-    """One line per pair compared (FILE-decisions.csv): diff_lo/diff_hi the anytime-valid
-    interval of a - b in accuracy points (empty where a side has too few seeds)."""
+    """One line per pair compared (FILE-decisions.csv): n_a, n_b the seeds each row has, n_paired
+    the seeds both have (what the test uses: seed s of a against seed s of b), diff_lo/diff_hi the
+    anytime-valid interval of a - b in accuracy points (empty where too few seeds are paired)."""
     return pd.DataFrame([{k: p.get(k) for k in DECISION_COLS} for p in section["pairs"]], columns=DECISION_COLS)
