@@ -18,7 +18,6 @@ from ..recipes.spec import Experiment
 from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from ..training.recipe_data import train_split_size
 from .budget import fit_round, fmt_duration, seed_costs
 from .state import Seeds, read_state, seed_hashes
 
@@ -84,9 +83,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         used = clock() - start
         left = None if auto.budget_s is None else auto.budget_s - used
         n = {i: len(state[i].acc) for i in by_id}
-        echo(f"{'start' if rounds == 0 else f'round {rounds} done'}: {len(d.open_rows)} open ({', '.join(d.open_rows) or 'none'}); seeds " + ", ".join(f"{i} {n[i]}" for i in by_id)
-             + f"; time {fmt_duration(used)}" + ("" if left is None else f" of {fmt_duration(auto.budget_s)}, {fmt_duration(left)} left")
-             + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
+        echo(_state_line(rounds, d, n, used, auto.budget_s, newly))
         if d.answered:
             reason = ANSWERED
             break
@@ -116,6 +113,14 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     return result
 
 
+def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budget_s: float | None, newly: list) -> str:
+    """Where the loop stands: open recipes, seeds so far, time used and left, verdicts that closed."""
+    return (f"{'start' if rounds == 0 else f'round {rounds} done'}: {len(d.open_rows)} open ({', '.join(d.open_rows) or 'none'}); seeds "
+            + ", ".join(f"{i} {k}" for i, k in n.items()) + f" ({sum(n.values())} in all); time {fmt_duration(used)}"
+            + ("" if budget_s is None else f" of {fmt_duration(budget_s)}, {fmt_duration(budget_s - used)} left")
+            + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
+
+
 def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
     """Each planned run's seed: the recipe's lowest seeds in the loop's range not finished yet
     (a killed one is resumed by the executor's claim)."""
@@ -125,7 +130,7 @@ def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experi
 
 def stop_line(r: AutoResult, auto: AutoOptions) -> str:
     d = r.decisions
-    why = {ANSWERED: "the question is answered", BUDGET: f"the budget is spent (no open recipe's next seed fits in what is left)",
+    why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
            CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
     return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
