@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness.auto import loop
-from harness.auto.budget import fit_round, parse_budget
+from harness.auto.budget import fit_round, parse_budget, wave
 from harness.auto.state import Seeds
 from harness.errors import UsageError
 from harness.runs.job import Outcome, RunOptions
@@ -40,6 +40,7 @@ class FakeStore:
         self.trained: list[tuple[str, int]] = []
         self.now = 0.0
         self.stop_after = stop_after
+        self.workers = 1
 
     def execute(self, todo):
         out = []
@@ -51,7 +52,7 @@ class FakeStore:
             rng = np.random.default_rng([self.base, s]) if self.same else self.rng
             acc = float(rng.normal(self.means[exp.id], self.sd))
             self.seeds[exp.id].acc[s], self.seeds[exp.id].wall[s] = acc, self.cost
-            self.now += self.cost
+            self.now += self.cost / self.workers  # workers side by side
             out.append(Outcome(exp.id, s, "finished", f"run-{exp.id}-{s}", acc, self.cost))
         return out
 
@@ -132,6 +133,17 @@ def test_budget_and_round_fitting():
             parse_budget(bad)
     kept, eta = fit_round(["a", "b", "c", "d"], {"a": 50, "b": 50, "c": 50, "d": 500}, workers=2, left_s=120)
     assert kept == ["a", "b", "c"] and eta == 100
+    assert wave(["a", "b", "c", "a", "b"], {"a": 50, "b": 50, "c": 50}, workers=2, most_s=100) == (["a", "b", "c", "a"], 100)
+
+
+def test_a_first_estimate_far_too_low_does_not_overshoot_the_budget_by_more_than_a_wave(fake, monkeypatch):
+    """The cost model says 10 s a seed, they take 100 s: waves of a quarter of what is left
+    recalibrate from the store's own times and stop in time."""
+    store = fake({"a": 70.0, "b": 70.2, "c": 70.1, "d": 69.9}, sd=0.8, cost=100.0)
+    store.workers = 2
+    monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: (100.0 if walls.get(e.id) else 10.0) for e in exps})
+    r = run(store, loop.AutoOptions(max_repeats=10, budget_s=900.0, workers=2))
+    assert r.reason == loop.BUDGET and store.now <= 900.0
 
 
 # ------------------------------------------------------------------ as a user runs it

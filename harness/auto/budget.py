@@ -59,3 +59,16 @@ def fit_round(plan: list[str], cost: dict[str, float], workers: int, left_s: flo
         free[i] = end
         kept.append(r)
     return kept, max(free)
+
+
+def wave(kept: list[str], cost: dict[str, float], workers: int, most_s: float) -> tuple[list[str], float]:
+    """The longest start of `kept` whose estimated wall time is within `most_s` (at least one run
+    a worker): a round cut short so the next one starts from recalibrated costs, with the budget
+    checked again, rather than overshooting it on a first estimate."""
+    out, eta = kept[: max(1, workers)], fit_round(kept[: max(1, workers)], cost, workers, None)[1]
+    for k in range(len(out) + 1, len(kept) + 1):
+        t = fit_round(kept[:k], cost, workers, None)[1]
+        if t > most_s:
+            break
+        out, eta = kept[:k], t
+    return out, eta

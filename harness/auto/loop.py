@@ -18,9 +18,10 @@ from ..recipes.spec import Experiment
 from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from .budget import fit_round, fmt_duration, seed_costs
+from .budget import fit_round, fmt_duration, seed_costs, wave
 from .state import Seeds, read_state, seed_hashes
 
+WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
 ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
 
 # hands the executor a round: [(experiment, seed)] -> their outcomes
@@ -97,6 +98,9 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         if not kept:
             reason = BUDGET
             break
+        if left is not None:  # under a budget, a round no longer than a quarter of what is left: costs recalibrated, budget checked again;
+            # nothing timed yet on this store: one run a worker first, which calibrates the cost model
+            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0)
         todo = _seeds_for(kept, state, by_id, seeds)
         echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
              + f"), about {fmt_duration(eta)} by the cost model" + (f"; {len(plan) - len(kept)} planned run(s) left out: they would not finish "
