@@ -74,7 +74,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     failed: set[str] = set()  # recipes a seed of which failed in this command (a rerun repeats such faults)
     outcomes: list[Outcome] = []
     closed_before: dict[tuple[str, str], str] = {}
-    rounds = 0
+    rounds, overhead = 0, 0.0
     while True:
         state = read_state(tracker, experiments, hashes)
         d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
@@ -94,7 +94,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         if not plan:
             reason = CAP if d.open_rows else NOTHING
             break
-        kept, eta = fit_round(plan, cost, auto.workers, left)
+        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead)
         if not kept:
             reason = BUDGET
             break
@@ -105,8 +105,10 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
              + f"), about {fmt_duration(eta)} by the cost model" + (f"; {len(plan) - len(kept)} planned run(s) left out: they would not finish "
                                                                      f"within the budget" if len(kept) < len(plan) else ""))
+        began = clock()  # the round's own wall time, for _overhead
         got = execute(todo)
         outcomes += got
+        overhead = max(overhead, _overhead(clock() - began, todo, read_state(tracker, experiments, hashes), auto.workers))
         for o in got:
             if o.status == "failed":
                 failed.add(o.experiment_id)
@@ -123,6 +125,15 @@ def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budge
             + ", ".join(f"{i} {k}" for i, k in n.items()) + f" ({sum(n.values())} in all); time {fmt_duration(used)}"
             + ("" if budget_s is None else f" of {fmt_duration(budget_s)}, {fmt_duration(budget_s - used)} left")
             + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
+
+
+def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], workers: int) -> float:
+    """What a round cost beyond its runs (worker processes started, the store read): its wall time
+    less the schedule of its runs' own wall times as the store recorded them (learnt, and kept out
+    of the budget in later rounds)."""
+    walls = {f"{e.id}#{s}": after[e.id].wall.get(s) for e, s in todo}
+    walls = {k: w for k, w in walls.items() if w is not None and w == w}
+    return max(0.0, wall - fit_round(list(walls), walls, workers, None)[1]) if walls else 0.0
 
 
 def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
