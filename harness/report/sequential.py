@@ -49,6 +49,7 @@ MARGIN = 0.5  # accuracy points within which two recipes are "tied"
 # gap at a spread of 0.8 a recipe is 0.88 of the differences' spread), g = 100 for gaps many
 # spreads wide (decided with few seeds)
 G_GRID = (1.0, 100.0)
+SPAN = 100.0  # accuracies are in points: a difference is within +-SPAN
 MIN_SEEDS = 2  # seeds both recipes have before a spread exists (nu = n - 1 >= 1)
 
 
@@ -136,7 +137,7 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     e = e_value(t, n)
     crit = critical_t(level, n)
     half = crit * se if se > 0 else (0.0 if crit < math.inf else math.inf)
-    lo, hi = diff - half, diff + half
+    lo, hi = max(diff - half, -SPAN), min(diff + half, SPAN)  # a difference of accuracies lies within +-100 points
     if lo > 0:
         verdict = "a_better"
     elif hi < 0:
