@@ -98,13 +98,15 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         if not kept:
             reason = BUDGET
             break
+        fits = len(kept)
         if left is not None:  # under a budget, a round no longer than a quarter of what is left: costs recalibrated, budget checked again;
             # nothing timed yet on this store: one run a worker first, which calibrates the cost model
             kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0)
         todo = _seeds_for(kept, state, by_id, seeds)
         echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
-             + f"), about {fmt_duration(eta)} by the cost model" + (f"; {len(plan) - len(kept)} planned run(s) left out: they would not finish "
-                                                                     f"within the budget" if len(kept) < len(plan) else ""))
+             + f"), about {fmt_duration(eta)} by the cost model"
+             + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
+             + (f"; {len(plan) - fits} planned run(s) left out: they would not finish within the budget" if fits < len(plan) else ""))
         began = clock()  # the round's own wall time, for _overhead
         got = execute(todo)
         outcomes += got
