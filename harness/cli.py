@@ -103,6 +103,26 @@ def list_cmd(fmt, experiments_dir, user_dir):
 # --------------------------------------------------------------------------- run / run-all
 
 
+class Repeats(click.ParamType):
+    """--repeats: a whole number of seeds, or `auto`."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(str(value))
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is neither a whole number of seeds (1 or more) nor auto", param, ctx)
+        return n
+
+
+AUTO_FLAGS = ("max_repeats", "budget", "alpha", "margin")
+
+
 def run_options(fn):
     opts = [
         click.option("--data-dir", type=str, default=None, envvar="HARNESS_DATA_DIR", help="cifar-10-batches-py or its parent (default: download to ~/.cache/harness)."),
@@ -110,7 +130,16 @@ def run_options(fn):
         click.option("--experiment-name", default="cifar10-harness", show_default=True, help="MLflow experiment to log into."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True),
-        click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="N runs with seeds S..S+N-1."),
+        click.option("--repeats", type=Repeats(), default="1", show_default=True,
+                     help="N runs with seeds S..S+N-1; auto: add seeds only where a verdict between recipes is open, until decided "
+                          "(anytime-valid; see --max-repeats, --budget, --alpha, --margin)."),
+        click.option("--max-repeats", type=click.IntRange(min=2), default=None, help="--repeats auto: at most N seeds a recipe [default: 10]."),
+        click.option("--budget", type=str, default=None, help="--repeats auto: wall time for this command, e.g. 2h, 30m; runs that would "
+                                                               "not finish within it (by the cost model) are not started."),
+        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="--repeats auto: family-wise error rate of its verdicts [default: 0.05]."),
+        click.option("--margin", type=click.FloatRange(min=0), default=None,
+                     help="--repeats auto: accuracy points within which two recipes count as tied [default: 0.5]."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Cap: follow the recipe's schedule, stop after N epochs (run tagged capped)."),
         click.option("--max-train-images", type=click.IntRange(min=10), default=None, help="Train on a class-balanced subset (run tagged capped)."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision; fp32 keeps results comparable."),
@@ -138,7 +167,8 @@ def run_options(fn):
 
 
 def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed, repeats, epochs, max_train_images, precision, force, no_progress,
-             no_system_metrics, threads, together, jobs, executor, ray_address, cpus_per_run, gpus_per_run):
+             no_system_metrics, threads, together, jobs, executor, ray_address, cpus_per_run, gpus_per_run, max_repeats=None, budget=None,
+             alpha=None, margin=None):
     from .data.loader import load_cifar10, resolve_data_dir
     from .training.environment import resolve_device
     from .runs.job import RunOptions
@@ -149,6 +179,20 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
 
     sigterm_is_ctrl_c()  # Slurm, Kubernetes and `timeout` stop a job with SIGTERM: a run ends resumable
 
+    auto_given = [f"--{k.replace('_', '-')}" for k, v in zip(AUTO_FLAGS, (max_repeats, budget, alpha, margin)) if v is not None]
+    if repeats != "auto" and auto_given:
+        raise UsageError(f"{', '.join(auto_given)} only apply with --repeats auto")
+    auto = None
+    if repeats == "auto":
+        from .auto.budget import parse_budget
+        from .auto.loop import AutoOptions
+
+        auto = AutoOptions(max_repeats=max_repeats or 10, budget_s=parse_budget(budget), alpha=0.05 if alpha is None else alpha,
+                           margin=0.5 if margin is None else margin)
+        if force:
+            raise UsageError("--force retrains seeds; --repeats auto decides from the seeds the store holds (drop --force)")
+        auto.check(len(experiments))
+        repeats = auto.max_repeats
     if seed + repeats - 1 > MAX_SEED:
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
@@ -162,9 +206,14 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     data = load_cifar10(resolve_data_dir(data_dir))
     experiments = longest_first(experiments, len(data.train_x), opts)
     tracker = Tracker(tracking_uri, experiment_name)
-    click.echo(f"{len(experiments)} experiment(s) x {repeats} seed(s) on {len(data.train_x)} train / {len(data.test_x)} test images "
-               f"from {data.root}; store {tracker.uri}, experiment {experiment_name!r}" + (f"; {jobs} at once" if jobs > 1 else ""))
-    if ray_opts is None and jobs > 1:
+    click.echo(f"{len(experiments)} experiment(s) x {f'up to {repeats}' if auto else repeats} seed(s) on {len(data.train_x)} train / "
+               f"{len(data.test_x)} test images from {data.root}; store {tracker.uri}, experiment {experiment_name!r}"
+               + (f"; {jobs} at once" if jobs > 1 else ""))
+    if auto is not None:
+        from .auto.wiring import run_auto_command
+
+        outcomes = run_auto_command(experiments, data, tracker, opts, auto, jobs, ray_opts, echo=click.echo)
+    elif ray_opts is None and jobs > 1:
         from .executors.pool import run_pool
 
         outcomes = run_pool(experiments, data, tracker, opts, jobs, echo=click.echo)
@@ -281,7 +330,8 @@ def new_cmd(name, like, folder, force):
                    "as the report lists them; default: the one with the most rows to compare, then the most finished runs).")
 @friendly
 def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data):
-    """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv and FILE-budgets.csv)."""
+    """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv, FILE-budgets.csv and
+    FILE-decisions.csv)."""
     from .report import build_report
 
     path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True),

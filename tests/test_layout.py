@@ -16,6 +16,7 @@ LAYERS = [
     {"training"},
     {"runs", "bench", "report"},
     {"executors"},
+    {"auto"},
     {"cli"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}

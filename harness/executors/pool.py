@@ -180,8 +180,11 @@ def _exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print) -> list[Outcome]:
-    todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
+def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, jobs: int, echo=print,
+             todo: list[tuple[Experiment, int]] | None = None) -> list[Outcome]:
+    """`todo`: the (experiment, seed) runs to train (default: every experiment's seeds of opts)."""
+    if todo is None:
+        todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     per_run = replace(opts, bars=False)
     cores, held = all_cores(), {}
     for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)

@@ -142,7 +142,8 @@ def _node_name() -> str:
 
 
 def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, ray_opts: RayOptions,
-                 echo=print) -> list[Outcome]:
+                 echo=print, todo: list[tuple[Experiment, int]] | None = None) -> list[Outcome]:
+    """`todo`: the (experiment, seed) runs to train (default: every experiment's seeds of opts)."""
     ray = require_ray()
     connect(ray, ray_opts.address, code_env(experiments))
     sigterm_is_ctrl_c()  # again: ray.init installs its own SIGTERM handler (sys.exit), which would strand the runs
@@ -155,7 +156,9 @@ def run_many_ray(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     remote = ray.remote(run_task).options(num_cpus=ray_opts.cpus_per_run, num_gpus=ray_opts.gpus_per_run,
                                           max_retries=ray_opts.max_retries, retry_exceptions=False)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
+    if todo is None:
+        todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
+    jobs = [make_job(exp, data, tracker, opts, seed, echo) for exp, seed in todo]
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pending, locks, claims = {}, [], {}
     claimer = Claimer(tracker, policy)

@@ -5,6 +5,8 @@
 - datasets.py: the data sets, precisions and caps a store holds, and which rows the tests compare.
 - mathstats.py: the statistics themselves (t interval, McNemar, bootstrap, Holm, Welch).
 - stats.py: is a difference between rows real?
+- sequential.py: anytime-valid verdicts (e-values, confidence sequences) that hold however the seeds were chosen.
+- decided.py: the "decided" section: every pair by the anytime-valid test, and FILE-decisions.csv.
 - budget.py: which recipe for a time budget.
 - charts.py: the report's figures as inline PNGs.
 - build.py: the HTML page and its CSV.

@@ -16,6 +16,7 @@ from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
 from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
+from .decided import decided_section, decisions_frame
 from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, pareto_front
@@ -73,6 +74,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
             r.stats["settle_data_dir"] = folder if "," not in folder and folder != "?" else "DIR"
     ctx = _gather(tracker, rows, compared, warn)
     ctx.update(_compare(rows, compared, ctx))
+    ctx["decided"] = decided_section(compared)  # anytime-valid verdicts (decided.py)
     table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))
     ctx.update(table=table, data_sets=sets, chosen_data=chosen, left_out=left_out, contents=store_contents(rows),
                superseded=_superseded(rows, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),
@@ -81,6 +83,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     _write_text(out_path, _render(ctx, tracker, experiment_name, ui_url), "--out")
     if csv_target:
         _write_csvs(csv_target, table, ctx["tests"], ctx["budgets"])
+        _write_text(sibling(csv_target, "decisions"), decisions_frame(ctx["decided"]).to_csv(index=False), "--csv")
     return out_path
 
 

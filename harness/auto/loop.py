@@ -1,0 +1,160 @@
+"""The rounds of `--repeats auto`. Each round: read the store (state.py), decide every pair
+(report/sequential.py), plan the next seeds for the recipes whose verdict is open (cheapest per
+unit of evidence first, enough to keep every worker busy), keep those that fit the budget
+(budget.py), hand them to the executor, say what changed. Stops when the question is answered,
+the budget is spent, or every open recipe is at its cap, and says which."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.cifar_files import Cifar10
+from ..errors import UsageError
+from ..recipes.spec import Experiment
+from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds
+from ..runs.job import Outcome, RunOptions
+from ..tracking import Tracker
+from .budget import fit_round, fmt_duration, seed_costs, wave
+from .state import Seeds, read_state, seed_hashes
+
+WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
+ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
+
+# hands the executor a round: [(experiment, seed)] -> their outcomes
+Execute = Callable[[list[tuple[Experiment, int]]], list[Outcome]]
+
+
+@dataclass
+class AutoOptions:
+    max_repeats: int = 10
+    budget_s: float | None = None
+    alpha: float = ALPHA
+    margin: float = MARGIN
+    workers: int = 1
+
+    def check(self, n_recipes: int) -> None:
+        if self.max_repeats < MIN_SEEDS:
+            raise UsageError(f"--max-repeats {self.max_repeats}: a test over seeds needs at least {MIN_SEEDS} a recipe")
+        if not 0 < self.alpha < 1:
+            raise UsageError(f"--alpha {self.alpha}: must be between 0 and 1")
+        if self.margin < 0:
+            raise UsageError(f"--margin {self.margin}: must be 0 or more (accuracy points)")
+        if n_recipes < 2:
+            raise UsageError("--repeats auto compares recipes: give at least two (one recipe has nothing to be decided against)")
+
+
+@dataclass
+class AutoResult:
+    reason: str
+    decisions: Decisions
+    seeds: dict[str, Seeds]
+    rounds: int
+    elapsed_s: float
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def _verdict_text(p) -> str:
+    sign = {"a_better": ">", "b_better": "<", "tied": "tied with"}[p.verdict]
+    return f"{p.a} {sign} {p.b} (e {p.e_value:.3g}, {p.lo:+.2f}..{p.hi:+.2f})"
+
+
+def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, execute: Execute,
+             echo=print, clock=time.monotonic) -> AutoResult:
+    """Rounds until answered, out of budget, or at the cap (AutoResult.reason)."""
+    auto.check(len(experiments))
+    start = clock()
+    by_id = {e.id: e for e in experiments}
+    seeds = range(opts.seed, opts.seed + auto.max_repeats)
+    hashes = {e.id: seed_hashes(e, data, opts, seeds) for e in experiments}
+    train_images = len(data.train_x)
+    failed: set[str] = set()  # recipes a seed of which failed in this command (a rerun repeats such faults)
+    outcomes: list[Outcome] = []
+    closed_before: dict[tuple[str, str], str] = {}
+    rounds, overhead = 0, 0.0
+    while True:
+        state = read_state(tracker, experiments, hashes)
+        d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
+        closed = {(p.a, p.b): p for p in d.pairs if p.verdict != "undecided"}
+        newly = [p for k, p in closed.items() if closed_before.get(k) != p.verdict]
+        closed_before = {k: p.verdict for k, p in closed.items()}
+        used = clock() - start
+        left = None if auto.budget_s is None else auto.budget_s - used
+        n = {i: len(state[i].acc) for i in by_id}
+        echo(_state_line(rounds, d, n, used, auto.budget_s, newly))
+        if d.answered:
+            reason = ANSWERED
+            break
+        walls = {i: [w for w in state[i].wall.values() if w == w] for i in by_id}
+        cost = seed_costs(experiments, train_images, opts, walls)
+        plan = next_seeds(d, n, cost, auto.max_repeats, auto.workers)
+        if not plan:
+            reason = CAP if d.open_rows else NOTHING
+            break
+        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead)
+        if not kept:
+            reason = BUDGET
+            break
+        fits = len(kept)
+        if left is not None:  # under a budget, a round no longer than a quarter of what is left: costs recalibrated, budget checked again;
+            # nothing timed yet on this store: one run a worker first, which calibrates the cost model
+            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0)
+        todo = _seeds_for(kept, state, by_id, seeds)
+        echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
+             + f"), about {fmt_duration(eta)} by the cost model"
+             + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
+             + (f"; {len(plan) - fits} planned run(s) left out: they would not finish within the budget" if fits < len(plan) else ""))
+        began = clock()  # the round's own wall time, for _overhead
+        got = execute(todo)
+        outcomes += got
+        overhead = max(overhead, _overhead(clock() - began, todo, read_state(tracker, experiments, hashes), auto.workers))
+        for o in got:
+            if o.status == "failed":
+                failed.add(o.experiment_id)
+                echo(f"{o.experiment_id}: a seed failed ({o.reason}); it gets no more seeds in this command")
+        rounds += 1
+    result = AutoResult(reason, d, state, rounds, clock() - start, outcomes)
+    echo(stop_line(result, auto))
+    return result
+
+
+def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budget_s: float | None, newly: list) -> str:
+    """Where the loop stands: open recipes, seeds so far, time used and left, verdicts that closed."""
+    return (f"{'start' if rounds == 0 else f'round {rounds} done'}: {len(d.open_rows)} open ({', '.join(d.open_rows) or 'none'}); seeds "
+            + ", ".join(f"{i} {k}" for i, k in n.items()) + f" ({sum(n.values())} in all); time {fmt_duration(used)}"
+            + ("" if budget_s is None else f" of {fmt_duration(budget_s)}, {fmt_duration(budget_s - used)} left")
+            + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
+
+
+def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], workers: int) -> float:
+    """What a round cost beyond its runs (worker processes started, the store read): its wall time
+    less the schedule of its runs' own wall times as the store recorded them (learnt, and kept out
+    of the budget in later rounds)."""
+    walls = {f"{e.id}#{s}": after[e.id].wall.get(s) for e, s in todo}
+    walls = {k: w for k, w in walls.items() if w is not None and w == w}
+    return max(0.0, wall - fit_round(list(walls), walls, workers, None)[1]) if walls else 0.0
+
+
+def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
+    """Each planned run's seed: the recipe's lowest seeds in the loop's range not finished yet
+    (a killed one is resumed by the executor's claim)."""
+    free = {i: iter([s for s in seeds if s not in state[i].acc]) for i in dict.fromkeys(kept)}
+    return [(by_id[i], next(free[i])) for i in kept]  # in the plan's order: cheapest evidence starts first
+
+
+def stop_line(r: AutoResult, auto: AutoOptions) -> str:
+    d = r.decisions
+    why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
+           CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train"}[r.reason]
+    verdicts = sum(p.verdict != "undecided" for p in d.pairs)
+    return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
+            f"{verdicts} of {len(d.pairs)} pair(s) decided at alpha {auto.alpha} (anytime-valid, over {d.m} pairs)"
+            + (f"; still open: {', '.join(d.open_rows)}" if d.open_rows else ""))
+
+
+def seeds_per_recipe(r: AutoResult) -> dict[str, tuple[int, float]]:
+    """recipe -> (seeds, wall seconds they took), for the command's summary."""
+    return {i: (len(s.acc), float(np.nansum(list(s.wall.values())))) for i, s in r.seeds.items()}

@@ -1,0 +1,222 @@
+"""`--repeats auto`: the loop above the executors (harness/auto/). Its rounds with a stand-in
+store and executor (no training, seconds): a large gap decided well before the cap, an A/A pair
+never called different, racing, the budget, a killed loop continued without training a seed twice.
+Then end to end as a user runs it (`harness run ... --repeats auto`, tiny caps; marked slow)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from harness.auto import loop
+from harness.auto.budget import fit_round, parse_budget, wave
+from harness.auto.state import Seeds
+from harness.errors import UsageError
+from harness.runs.job import Outcome, RunOptions
+
+from .test_bad_inputs import assert_one_line as one_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeStore:
+    """The store as the loop reads it, and an executor that 'trains' a seed by drawing its
+    accuracy; refuses to train a seed twice. A clock that advances by what the seeds cost."""
+
+    def __init__(self, means: dict[str, float], sd: float = 0.8, cost: float = 10.0, seed: int = 0, stop_after: int | None = None,
+                 same_seed_same_number: bool = False):
+        self.means, self.sd, self.cost, self.same, self.base = means, sd, cost, same_seed_same_number, seed
+        self.rng = np.random.default_rng(seed)
+        self.seeds = {i: Seeds() for i in means}
+        self.trained: list[tuple[str, int]] = []
+        self.now = 0.0
+        self.stop_after = stop_after
+        self.workers = 1
+
+    def execute(self, todo):
+        out = []
+        for exp, s in todo:
+            assert (exp.id, s) not in self.trained, f"{exp.id} seed {s} trained twice"
+            if self.stop_after is not None and len(self.trained) >= self.stop_after:
+                raise KeyboardInterrupt("killed mid-round")
+            self.trained.append((exp.id, s))
+            rng = np.random.default_rng([self.base, s]) if self.same else self.rng
+            acc = float(rng.normal(self.means[exp.id], self.sd))
+            self.seeds[exp.id].acc[s], self.seeds[exp.id].wall[s] = acc, self.cost
+            self.now += self.cost / self.workers  # workers side by side
+            out.append(Outcome(exp.id, s, "finished", f"run-{exp.id}-{s}", acc, self.cost))
+        return out
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def make(means, **kw):
+        store = FakeStore(means, **kw)
+        monkeypatch.setattr(loop, "seed_hashes", lambda e, data, opts, seeds: {})
+        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall)) for i, s in store.seeds.items()})
+        monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: store.cost for e in exps})
+        return store
+
+    return make
+
+
+def run(store, auto, lines=None):
+    exps = [SimpleNamespace(id=i) for i in store.means]
+    return loop.run_auto(exps, SimpleNamespace(train_x=[0] * 10), None, RunOptions(), auto, store.execute,
+                         echo=(lines.append if lines is not None else lambda m: None), clock=lambda: store.now)
+
+
+def test_a_large_gap_is_decided_well_before_the_cap(fake):
+    store = fake({"vgg": 90.0, "tutorial": 70.0}, sd=1.5)
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)
+    assert r.reason == loop.ANSWERED and r.decisions.pairs[0].verdict == "a_better"
+    assert max(len(s.acc) for s in r.seeds.values()) <= 4
+    assert lines[0].startswith("start: 2 open") and any("closed: vgg > tutorial" in x for x in lines)
+    assert "the question is answered" in lines[-1]
+
+
+def test_an_aa_pair_is_never_called_different(fake):
+    """The same recipe under two ids: a seed gives the same number under either id (as training
+    does), so the pair is tied at once; with independent seed noise instead (two recipes equal
+    only on average), 'better' at most alpha of the time and the loop ends tied or at the cap."""
+    store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, same_seed_same_number=True)
+    r = run(store, loop.AutoOptions(max_repeats=8))
+    assert r.reason == loop.ANSWERED and r.decisions.pairs[0].verdict == "tied" and len(r.seeds["my-net"].acc) == 3
+    ends, wrong = [], 0
+    for k in range(300):
+        store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, seed=k)
+        r = run(store, loop.AutoOptions(max_repeats=8))
+        wrong += r.decisions.pairs[0].verdict.endswith("better")
+        ends.append(r.reason if not r.decisions.pairs[0].verdict.endswith("better") else "wrong")
+    assert wrong / 300 <= 0.05 and ends.count(loop.CAP) > 250
+
+
+def test_racing_a_recipe_confidently_below_stops_getting_seeds(fake):
+    store = fake({"a": 80.0, "b": 80.3, "far": 40.0}, sd=0.8, seed=3)
+    r = run(store, loop.AutoOptions(max_repeats=10, workers=3))
+    assert r.decisions.below.get("far") in ("a", "b")
+    assert len(r.seeds["far"].acc) < len(r.seeds["a"].acc)
+
+
+def test_the_budget_starts_no_run_that_would_not_finish(fake):
+    store = fake({"a": 70.0, "b": 70.2}, sd=0.8, cost=100.0)
+    r = run(store, loop.AutoOptions(max_repeats=10, budget_s=650.0))
+    assert r.reason == loop.BUDGET and store.now <= 650.0 and len(store.trained) == 6
+
+
+def test_killed_mid_loop_a_rerun_continues_and_trains_no_seed_twice(fake):
+    store = fake({"a": 90.0, "b": 70.0, "c": 70.1}, sd=1.0, stop_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run(store, loop.AutoOptions(max_repeats=10))
+    done = list(store.trained)
+    store.stop_after = None
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)  # FakeStore.execute asserts no seed twice
+    assert store.trained[: len(done)] == done and lines[0].startswith("start:") and "seeds a 2, b 2, c 1" in lines[0]
+    assert all(sorted(s.acc) == list(range(len(s.acc))) for s in r.seeds.values())  # each recipe's seeds 0..n-1, no gaps
+
+
+def test_budget_and_round_fitting():
+    assert parse_budget("2h") == 7200 and parse_budget("30m") == 1800 and parse_budget("1h30m") == 5400 and parse_budget(None) is None
+    for bad in ("2 hours", "soon", "0m", "5"):
+        with pytest.raises(UsageError):
+            parse_budget(bad)
+    kept, eta = fit_round(["a", "b", "c", "d"], {"a": 50, "b": 50, "c": 50, "d": 500}, workers=2, left_s=120)
+    assert kept == ["a", "b", "c"] and eta == 100
+    assert wave(["a", "b", "c", "a", "b"], {"a": 50, "b": 50, "c": 50}, workers=2, most_s=100) == (["a", "b", "c", "a"], 100)
+
+
+def test_a_first_estimate_far_too_low_does_not_overshoot_the_budget_by_more_than_a_wave(fake, monkeypatch):
+    """The cost model says 10 s a seed, they take 100 s: waves of a quarter of what is left
+    recalibrate from the store's own times and stop in time."""
+    store = fake({"a": 70.0, "b": 70.2, "c": 70.1, "d": 69.9}, sd=0.8, cost=100.0)
+    store.workers = 2
+    monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: (100.0 if walls.get(e.id) else 10.0) for e in exps})
+    r = run(store, loop.AutoOptions(max_repeats=10, budget_s=900.0, workers=2))
+    assert r.reason == loop.BUDGET and store.now <= 900.0
+
+
+# ------------------------------------------------------------------ as a user runs it
+
+
+def harness(*args, cwd, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=600, **kw)
+
+
+def test_auto_options_are_checked_before_anything_runs(tmp_path):
+    one_line(harness("run", "tutorial-base", "--max-repeats", "5", cwd=tmp_path), 2, "--max-repeats only apply with --repeats auto")
+    bad = harness("run", "tutorial-base", "--repeats", "some", cwd=tmp_path)  # click's own usage error, as for every option's value
+    assert bad.returncode == 2 and "neither a whole number of seeds" in bad.stderr and "Traceback" not in bad.stderr
+    one_line(harness("run", "tutorial-base", "tutorial-c16", "--repeats", "auto", "--budget", "soon", cwd=tmp_path), 2, "--budget 'soon'")
+    one_line(harness("run", "tutorial-base", "--repeats", "auto", cwd=tmp_path), 2, "at least two")
+
+
+CAP = ["--epochs", "1", "--max-train-images", "200", "--no-progress", "--no-system-metrics", "--jobs", "1"]
+
+
+@pytest.fixture
+def mine(tmp_path, synthetic_root):
+    """tutorial-base as a user's own recipe (same network, other id), plus a fast learner and a
+    frozen one (a large gap), on the synthetic images."""
+    env = {"HARNESS_STATE_DIR": str(tmp_path / "state")}
+    assert harness("new", "my-net", "--like", "tutorial-base", "--dir", tmp_path, cwd=tmp_path, env=env).returncode == 0
+    spec = (tmp_path / "my-net.toml").read_text()
+    (tmp_path / "quick.toml").write_text(spec.replace('id = "my-net"', 'id = "quick"').replace("lr = 0.001", "lr = 0.02"))
+    (tmp_path / "frozen.toml").write_text(spec.replace('id = "my-net"', 'id = "frozen"').replace("lr = 0.001", "lr = 0.0000001"))
+    return tmp_path, env, ["--data-dir", synthetic_root, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+
+
+@pytest.mark.slow
+def test_aa_pair_end_to_end_is_never_called_different(mine):
+    d, env, where = mine
+    p = harness("run", "tutorial-base", d / "my-net.toml", "--repeats", "auto", "--max-repeats", "3", *where, *CAP, cwd=REPO, env=env)
+    assert p.returncode == 0, p.stderr
+    # the same network and seeds give the same numbers: tied as soon as a verdict is possible (3 seeds), else open at the cap
+    assert "every open recipe is at its cap (--max-repeats 3)" in p.stdout or "the question is answered" in p.stdout
+    assert "better" not in p.stdout.split("seeds and time per recipe")[1]
+    r = harness("report", "--tracking-uri", f"sqlite:///{d}/mlflow.db", "--out", d / "r.html", "--csv", d / "r.csv", cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr
+    [row] = list(csv.DictReader(open(d / "r-decisions.csv")))
+    assert {row["row_a"], row["row_b"]} == {"tutorial-base", "my-net"} and row["verdict"] in ("tied", "undecided")
+    assert row["n_a"] == row["n_b"] == "3" and float(row["diff_lo"]) <= 0 <= float(row["diff_hi"])
+    assert "Decided (anytime-valid)" in (d / "r.html").read_text()
+
+
+@pytest.mark.slow
+def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine):
+    d, env, where = mine
+    cmd = [sys.executable, "-m", "harness.cli", "run", d / "quick.toml", d / "frozen.toml", "--repeats", "auto", "--max-repeats", "8", *where, *CAP]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # Ctrl-C once the first round is in the store and the second has begun
+        seen.append(line)
+        if line.startswith("round 2: training"):
+            time.sleep(1.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "interrupted" in rest, "".join(seen) + rest  # stopped mid-round, as Ctrl-C does
+    again = harness(*cmd[3:], cwd=REPO, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    start = next(x for x in again.stdout.splitlines() if x.startswith("start:"))
+    assert "seeds quick 2" in start or "seeds quick 3" in start  # continued from the store, not from scratch
+    assert "the question is answered" in again.stdout and "quick better" in again.stdout
+    r = harness("report", "--tracking-uri", f"sqlite:///{d}/mlflow.db", "--out", d / "r.html", "--csv", d / "r.csv", cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr
+    [row] = list(csv.DictReader(open(d / "r-decisions.csv")))
+    assert row["verdict"] in ("a_better", "b_better") and int(row["n_a"]) < 8
+    summary = list(csv.DictReader(open(d / "r.csv")))
+    for s in summary:  # no seed counted or superseded twice: each seed trained once
+        assert s["superseded"] == "0"
