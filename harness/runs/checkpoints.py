@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from ..tracking import TAG, Tracker
+from ..tracking import TAG, Tracker, faults
 from ..tracking.outage import StoreUnavailable
 from ..tracking.store import redact, sqlite_path
 
@@ -74,6 +74,7 @@ class LocalRunState:
     def save(self, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_suffix(".pt.tmp")
+        faults.point("checkpoint")
         torch.save(state, tmp)
         os.replace(tmp, self.last)  # a kill mid-write leaves the previous checkpoint intact
 
@@ -97,6 +98,7 @@ class SharedRunState:
     def save(self, state: dict) -> None:
         # written now (the weights change in the next epoch), uploaded now or from the outbox
         path = Path(tempfile.mkdtemp(prefix="harness-ck-")) / "state.pt"
+        faults.point("checkpoint")
         torch.save(state, path)
         if self.outbox is None:
             return self._upload(path, state["epoch"])

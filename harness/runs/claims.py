@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..tracking import TAG, RunRecord, Tracker
+from ..tracking import TAG, RunRecord, Tracker, faults
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, TakenOver, claimed_tags, supersede  # noqa: F401
 from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
 
@@ -145,10 +145,15 @@ class Claimer:
                 self.sleep(min(self._poll_s(proposals[i].run_id, requests[i].chash) for i in watching))
                 for i in watching:
                     proposals[i] = self._propose(requests[i])
-            if any(isinstance(p, _Proposal) for p in proposals):
+            mine = [p.run_id for p in proposals if isinstance(p, _Proposal)]
+            if mine:
+                faults.point("claim", self.tracker, mine[0])
                 self.sleep(self.policy.settle_s)
-            results = [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
-            return self._recheck_takeovers(proposals, results)
+            results = self._recheck_takeovers(proposals, [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals])
+            won = [r.run_id for r in results if isinstance(r, Claimed)]
+            if won:
+                faults.point("settle", self.tracker, won[0])
+            return results
         finally:
             beating(self.owner, False)
 

@@ -30,6 +30,7 @@ from .progress import epoch_line, progress_bar
 from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
+from ..tracking import faults
 from ..tracking.guards import sigint_deferred
 from ..tracking.outbox import Outbox
 from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
@@ -110,6 +111,7 @@ def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: d
     tags, params, files = run_record(job, prep, n_params, together=int((extra_params or {}).get("together", 1)))
     job.tracker.record(run_id, tags, params | (extra_params or {}), files)
     job.tracker.log_datasets(run_id, datasets(job, prep))
+    faults.point("record", job.tracker, run_id)
     lifecycle.mark_recorded(job.tracker, run_id)
 
 
@@ -182,6 +184,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+        faults.point("epoch_end", job.tracker, run_id)
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
@@ -233,6 +236,7 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
 def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
            owner: str | None) -> Outcome:
     exp = job.exp
+    faults.point("outbox_flush", job.tracker, run_id)
     outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)
@@ -245,6 +249,7 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
     try:
         with sigint_deferred():
             log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
+            faults.point("finish", job.tracker, run_id)
             lifecycle.finish(job.tracker, run_id, owner)
     except KeyboardInterrupt:
         if job.tracker.run_status(run_id) != "FINISHED":
