@@ -302,10 +302,12 @@ class Tracker:
             return
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing);
         # code_paths: a user's network module, copied into the model and put on sys.path at load
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
-                                     input_example=input_example, pip_requirements=pip_requirements)
-        # start_run's context exit marks the run FINISHED: the caller sets the real end status
+        # run_id, not `with mlflow.start_run(run_id)`: that context writes the run's status (RUNNING
+        # on entry, FINISHED on exit) behind the lifecycle's owner check; runs/lifecycle.py is the
+        # one writer of a run's status. The logged model goes to the run's experiment.
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
+                                 input_example=input_example, pip_requirements=pip_requirements, run_id=run_id)
 
     @_riding_held
     def terminate(self, run_id: str, status: str, reason: str | None = None, tags: dict | None = None) -> None:
