@@ -45,9 +45,11 @@ def state_root(store_uri: str | None = None) -> Path:
 
 def lock_root(store_uri: str) -> Path:
     """Where this machine keeps the configuration locks of a store: beside a SQLite file, in the
-    user's cache for a server (the same folder whichever folder a command runs in)."""
-    if os.environ.get("HARNESS_STATE_DIR") or sqlite_path(store_uri) is not None:
-        return state_root(store_uri)
+    user's cache for a server. It depends on the store only (never on $HARNESS_STATE_DIR or the
+    folder a command runs in), so two claimers of one store on one machine always meet at one lock."""
+    db = sqlite_path(store_uri)
+    if db is not None:
+        return db.expanduser().resolve().parent / ".harness" / "locks"
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "harness" / "locks"
 
 
@@ -80,6 +82,12 @@ class LocalRunState:
 
     def load(self, device: torch.device) -> dict | None:
         return _load(self.last, device) if self.last.exists() else None
+
+    def exists(self) -> bool:
+        return self.last.exists()
+
+    def where(self) -> str:
+        return str(self.last)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -139,6 +147,12 @@ class SharedRunState:
             except Exception as e:
                 raise StoreUnavailable(f"checkpoint {current} of run {self.run_id} could not be downloaded ({type(e).__name__})") from None
             return _load(Path(path), device)
+
+    def exists(self) -> bool:
+        return bool(self.tracker.run_tags(self.run_id).get(STATE_TAG))
+
+    def where(self) -> str:
+        return f"{STATE_DIR}/ of run {self.run_id}"
 
     def clear(self) -> None:
         self.tracker.delete_artifacts(self.run_id, STATE_DIR)

@@ -29,14 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..tracking import TAG, RunRecord, Tracker, faults
-from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, TakenOver, claimed_tags, supersede  # noqa: F401
+from .checkpoints import run_state
+from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
 from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
 
 
 class ConfigLock:
-    """An flock per configuration, in the store's state root: a second process on the same
-    store (from any folder) skips it instead of training it twice; the kernel drops the lock
-    when a holder dies, even by SIGKILL."""
+    """An flock per configuration, in the store's lock folder (checkpoints.lock_root, which
+    depends on the store only): a second process on the same store (from any folder, with any
+    state folder) skips it instead of training it twice; the kernel drops the lock when a holder
+    dies, even by SIGKILL. The holder removes the file as it releases it, so no lock file outlives
+    its run; a claimer that locked a file removed meanwhile sees it is not the path's any more and
+    locks the new one (the usual unlink-while-locked protocol)."""
 
     def __init__(self, key: str, root: Path):
         root.mkdir(parents=True, exist_ok=True)
@@ -44,17 +48,28 @@ class ConfigLock:
         self.fd = None
 
     def acquire(self) -> bool:
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return False
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)  # its holder removed it as we opened it: lock the path's file now
 
     def release(self) -> None:
         if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still locked: whoever opens the path next makes a new file
+            except FileNotFoundError:
+                pass
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -85,6 +100,7 @@ class Claimed:
     run_id: str
     resumed: bool  # an earlier attempt's run, continued from its checkpoint
     recorded: bool  # it already has its params and config
+    note: str = ""  # what the claim did to earlier runs, to say (a run superseded for want of a checkpoint)
 
 
 @dataclass
@@ -112,8 +128,8 @@ class Claimer:
         seen change or stay still for the stale limit)."""
         if run.status not in ("RUNNING", "KILLED"):
             return DEAD
-        if run.status == "KILLED" and run.tags.get(STATE, RESUMABLE) == RESUMABLE:
-            return DEAD  # left resumable, and nobody has claimed it since
+        if run.status == "KILLED" and run.tags.get(STATE, RESUMABLE) in (RESUMABLE, SUPERSEDED):
+            return DEAD  # left resumable (or retired), and nobody has claimed it since
         owner = run.tags.get(OWNER, "")
         if owner == self.owner:
             return DEAD  # our own claim: ours to take
@@ -189,14 +205,31 @@ class Claimer:
         if unsure:
             return Declined(f"being trained by {unsure[0].tags.get(OWNER, 'another process')} (watching its heartbeat)", unsure[0].run_id,
                             watching=True)
-        abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED")]
+        abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED") and r.tags.get(STATE) != SUPERSEDED]
         mark = claimed_tags(self.owner, f"{self.clock():.3f}", self.policy.beat_s)
+        why = {}
         if abandoned and not req.force:
             run = max(abandoned, key=lambda r: r.start_time)
-            self.tracker.set_tags(run.run_id, mark)
-            return _Proposal(req, run.run_id, takeover=True)
+            why = {run.run_id: self._unresumable(run)}
+            if not why[run.run_id]:
+                self.tracker.set_tags(run.run_id, mark)
+                return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
-        return _Proposal(req, mine.run_id, takeover=False, superseded=[r.run_id for r in abandoned], known={r.run_id for r in runs})
+        return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id)) for r in abandoned],
+                         known={r.run_id for r in runs})
+
+    def _unresumable(self, run: RunRecord) -> str | None:
+        """Why an abandoned run cannot be resumed (None: it can): epochs logged and no checkpoint
+        to continue them from (another state folder, or deleted). Training it again from epoch 1
+        would log its epochs twice, so a new run supersedes it."""
+        state = run_state(self.tracker, run.run_id)
+        if state.exists():
+            return None
+        logged = self.tracker.logged_steps(run.run_id, "epoch_time_s")
+        if not logged:
+            return None
+        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {state.where()} to resume from "
+                "(another HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
 
     def _confirm(self, p: _Proposal) -> Claimed | Declined:
         if p.takeover:  # every taker wrote its name; the last write is what all of them read back
@@ -211,9 +244,12 @@ class Claimer:
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
-        for rid in p.superseded:
-            supersede(self.tracker, rid)
-        return Claimed(p.run_id, resumed=False, recorded=False)
+        notes = []
+        for rid, why in p.superseded:
+            supersede(self.tracker, rid, *([why] if why else []))
+            if why:
+                notes.append(f"run {rid} {why}")
+        return Claimed(p.run_id, resumed=False, recorded=False, note="; ".join(notes))
 
 
 @dataclass
