@@ -92,6 +92,8 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         return skipped[0]
     try:
         claim = claimed[0]
+        if claim.note:
+            echo(f"{job.run_name}: {claim.note}")
         if on_claim is not None:
             on_claim(claim.run_id, claimer.owner)
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)

@@ -29,6 +29,7 @@ STATE = f"{TAG}state"
 REASON = f"{TAG}failure_reason"
 
 CLAIMED, RECORDED_STATE, TRAINING, FINISHED, RESUMABLE, FAILED = "claimed", "recorded", "training", "finished", "resumable", "failed"
+SUPERSEDED = "superseded"  # KILLED and retired: a newer run of its configuration trains instead, nobody resumes it
 # MLflow's status for each end
 _STATUS = {FINISHED: "FINISHED", RESUMABLE: "KILLED", FAILED: "FAILED"}
 
@@ -37,12 +38,17 @@ class TakenOver(Exception):
     """The run was claimed by another process while this one trained it."""
 
 
+class NoCheckpoint(Exception):
+    """A run to resume has epochs logged but no checkpoint to continue them from: it is not
+    trained on (its epochs would be logged twice); the next claim supersedes it with a new run."""
+
+
 def permanent(e: BaseException) -> bool:
     """Whether a rerun would fail the same way (the run ends FAILED). A store or network
     fault, memory, a signal or a stopped process is not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
-    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver)) or store_fault(e):
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver, NoCheckpoint)) or store_fault(e):
         return False
     if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
         return False
@@ -124,6 +130,8 @@ def settle(tracker: Tracker, run_id: str, owner: str | None, started: bool, e: B
     return state
 
 
-def supersede(tracker: Tracker, run_id: str) -> None:
-    """An abandoned run replaced by a --force run: resumable no more, but kept."""
-    tracker.terminate(run_id, "KILLED", "abandoned: superseded by a --force run", {STATE: RESUMABLE})
+def supersede(tracker: Tracker, run_id: str, reason: str = "abandoned: superseded by a --force run") -> None:
+    """An abandoned run replaced by a new run of its configuration (a --force run, or one that
+    replaces a run whose checkpoint is gone): KILLED and kept, state superseded, so no claim
+    resumes it."""
+    tracker.terminate(run_id, "KILLED", reason, {STATE: SUPERSEDED})

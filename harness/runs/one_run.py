@@ -134,8 +134,9 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     came between the checkpoint and the store write)."""
     ck = state.load(job.device)
     if ck is None:
-        if job.tracker.logged_steps(run_id, "epoch_time_s"):
-            job.echo(f"{job.run_name}: restarting run {run_id} from epoch 1 (no checkpoint)")
+        if job.tracker.logged_steps(run_id, "epoch_time_s"):  # gone since the claim looked: never log an epoch twice
+            raise lifecycle.NoCheckpoint(f"run {run_id} has epochs logged but no checkpoint at {state.where()}; "
+                                         "the next command supersedes it with a new run")
         return Progress()
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
