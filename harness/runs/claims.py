@@ -28,7 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import Interrupted
 from ..tracking import TAG, RunRecord, Tracker, faults
+from ..tracking.guards import sigint_deferred
+from . import lifecycle
 from .checkpoints import run_state
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
 from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
@@ -152,8 +155,11 @@ class Claimer:
         claims, this owner counts as alive in this process (its heartbeat starts once the claims
         are made)."""
         beating(self.owner, True)
+        proposals: list = []
+        results: list = []
         try:
-            proposals = [self._propose(r) for r in requests]
+            for r in requests:
+                proposals.append(self._propose(r))
             while True:
                 watching = [i for i, p in enumerate(proposals) if isinstance(p, Declined) and p.watching]
                 if not watching:
@@ -165,13 +171,42 @@ class Claimer:
             if mine:
                 faults.point("claim", self.tracker, mine[0])
                 self.sleep(self.policy.settle_s)
-            results = self._recheck_takeovers(proposals, [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals])
+            for p in proposals:
+                results.append(self._confirm(p) if isinstance(p, _Proposal) else p)
+            results = self._recheck_takeovers(proposals, results)
             won = [r.run_id for r in results if isinstance(r, Claimed)]
             if won:
                 faults.point("settle", self.tracker, won[0])
             return results
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM mid-claim: nothing claimed stays RUNNING
+            raise Interrupted(f"interrupted while claiming; {self._release(proposals, results)}") from None
         finally:
             beating(self.owner, False)
+
+    def _release(self, proposals: list, results: list) -> str:
+        """Undo the claims of an interrupted claim_many (Ctrl-C held meanwhile): runs this owner
+        created are deleted, runs it was taking over are left resumable again. What became of them."""
+        made, taken = [], []
+        with sigint_deferred():
+            for k, p in enumerate(proposals):
+                if not isinstance(p, _Proposal) or (k < len(results) and isinstance(results[k], Declined)):
+                    continue  # not ours, or already given up (a creator that lost deletes its own)
+                try:
+                    if p.takeover:
+                        if lifecycle.stop(self.tracker, p.run_id, self.owner, "interrupted while claimed; run again to resume"):
+                            taken.append(p.run_id)
+                    else:
+                        self.tracker.delete_run(p.run_id)
+                        made.append(p.run_id)
+                except Exception:  # noqa: BLE001 - left RUNNING under a dead owner: the next claim takes it at once
+                    pass
+        said = []
+        if made or not taken:
+            said.append("no run had been created for it yet; nothing of it was recorded" if not made else
+                        f"the run(s) it had just created ({', '.join(made)}) were deleted; nothing of them was recorded")
+        if taken:
+            said.append(f"run(s) {', '.join(taken)} it was resuming are left resumable (run the same command again)")
+        return "; ".join(said)
 
     def _recheck_takeovers(self, proposals: list, results: list) -> list:
         """A taker whose owner write was slowed past the settling wait (a loaded store) lands after
@@ -271,6 +306,9 @@ class _Proposal:
     known: set = field(default_factory=set)  # the runs of the configuration when it was proposed
 
 
+DELETED = "(deleted in the store)"  # Heartbeat.lost's value for a run deleted while it trained
+
+
 class Heartbeat:
     """Refreshes the heartbeat tag of the runs it holds, from a daemon thread, until stopped.
     With `owner`, each beat first checks the run is still that owner's: one taken over meanwhile
@@ -316,7 +354,8 @@ class Heartbeat:
 
     def beat(self, run_id: str) -> None:
         if self.owner is not None:
-            now = self.tracker.run_tags(run_id).get(OWNER)
+            run = self.tracker.run_record(run_id)
+            now = DELETED if run.deleted else run.tags.get(OWNER)
             if now != self.owner:
                 self.lost[run_id] = now or "another process"
                 self.drop(run_id)
