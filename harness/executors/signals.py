@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import signal
 
+from ..tracking.guards import hold_stop
+
 
 def _as_ctrl_c(signum, frame) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
-    else:  # SIGINT ignored (a background job of a script): SIGTERM still stops the command
-        raise KeyboardInterrupt
+    elif not hold_stop():  # SIGINT ignored (a background job of a script): SIGTERM still stops the
+        raise KeyboardInterrupt  # command, held like Ctrl-C in the foreground while a store write completes
 
 
 def sigterm_is_ctrl_c() -> None:
