@@ -34,6 +34,18 @@ STATE_DIR = "harness-state"
 STATE_TAG = f"{TAG}checkpoint"
 
 
+class CheckpointUnwritable(OSError):
+    """An epoch's checkpoint could not be written (a full disk): a rerun resumes, so the run stays
+    resumable (an OSError: lifecycle.permanent says no)."""
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).lower()
+    if "no space" in text or "file write failed" in text or getattr(e, "errno", None) == 28:
+        return "disk full: free space first"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def state_root(store_uri: str | None = None) -> Path:
     if os.environ.get("HARNESS_STATE_DIR"):
         return Path(os.environ["HARNESS_STATE_DIR"])
@@ -76,8 +88,12 @@ class LocalRunState:
     def save(self, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_suffix(".pt.tmp")
-        faults.point("checkpoint")
-        torch.save(state, tmp)
+        try:
+            faults.point("checkpoint")
+            torch.save(state, tmp)
+        except (RuntimeError, OSError) as e:  # torch says a full disk as RuntimeError ("file write failed")
+            tmp.unlink(missing_ok=True)
+            raise CheckpointUnwritable(f"checkpoint {self.last} could not be written ({_why(e)}); the previous epoch's is kept") from None
         os.replace(tmp, self.last)  # a kill mid-write leaves the previous checkpoint intact
 
     def load(self, device: torch.device) -> dict | None:
@@ -106,8 +122,12 @@ class SharedRunState:
     def save(self, state: dict) -> None:
         # written now (the weights change in the next epoch), uploaded now or from the outbox
         path = Path(tempfile.mkdtemp(prefix="harness-ck-")) / "state.pt"
-        faults.point("checkpoint")
-        torch.save(state, path)
+        try:
+            faults.point("checkpoint")
+            torch.save(state, path)
+        except (RuntimeError, OSError) as e:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise CheckpointUnwritable(f"checkpoint of run {self.run_id} could not be written to {path.parent} ({_why(e)})") from None
         if self.outbox is None:
             return self._upload(path, state["epoch"])
         with self._lock:
