@@ -275,6 +275,9 @@ class Claimer:
         # every creator made a run; the one created first trains, the others delete theirs (the
         # runs there were before were all finished or dead: only those created since are rivals)
         rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
+        if p.run_id not in {r.run_id for r in rivals}:  # our new run was deleted in the store meanwhile
+            return Declined(f"the run it had just created ({p.run_id}) was deleted in the store while it claimed; "
+                            "run the same command again to train the configuration", p.run_id)
         first = min(rivals, key=lambda r: (r.start_time, r.run_id))
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)

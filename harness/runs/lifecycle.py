@@ -38,6 +38,11 @@ class TakenOver(Exception):
     """The run was claimed by another process while this one trained it."""
 
 
+class RunDeleted(Exception):
+    """The run was deleted in the store while this process trained it: nothing more is written to
+    it and its checkpoint is removed; the same command then trains a new run."""
+
+
 class NoCheckpoint(Exception):
     """A run to resume has epochs logged but no checkpoint to continue them from: it is not
     trained on (its epochs would be logged twice); the next claim supersedes it with a new run."""

@@ -18,8 +18,8 @@ import torch
 
 from . import lifecycle
 from .checkpoints import run_state
-from .claims import Heartbeat
-from .lifecycle import FAILED, RESUMABLE, TakenOver
+from .claims import DELETED, Heartbeat
+from .lifecycle import FAILED, RESUMABLE, RunDeleted, TakenOver
 from ..training.environment import choose_conv, choose_threads, configure_backend
 from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
@@ -90,6 +90,12 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     else resumable (lifecycle.ending); a store that cannot even take that write leaves the run
     RUNNING with a silent heartbeat, which claims take over all the same."""
     reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
+    if isinstance(e, RunDeleted) or _deleted(job.tracker, run_id):
+        run_state(job.tracker, run_id).clear()
+        why = str(e) if isinstance(e, RunDeleted) else "deleted in the store while it trained"
+        return Outcome(job.exp.id, job.seed, "skipped", run_id,
+                       reason=f"run {run_id} was {why}; its checkpoint was removed and nothing more written to it: "
+                              "the same command trains a new run")
     try:
         ended = lifecycle.settle(job.tracker, run_id, owner, started, e, reason)
     except TakenOver as t:
@@ -97,13 +103,23 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     except Exception as w:
         ended = RESUMABLE if started else None
         reason = f"{reason} (its end could not be recorded either: {type(w).__name__})"
-    if ended is None:
-        return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+    if ended is None:  # nothing of it was recorded (deleted, or left to a rerun when the store is gone)
+        if lifecycle.permanent(e):
+            return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+        return Outcome(job.exp.id, job.seed, "resumable", reason=f"{reason}; run the same command again")
     if ended == FAILED:
         if isinstance(e, DivergedError):
             run_state(job.tracker, run_id).clear()
         return Outcome(job.exp.id, job.seed, "failed", run_id, reason=reason)
     return Outcome(job.exp.id, job.seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
+
+
+def _deleted(tracker, run_id: str) -> bool:
+    """Whether the run was deleted in the store (False when the store cannot say: an outage)."""
+    try:
+        return tracker.impatient().run_record(run_id).deleted
+    except Exception:
+        return False
 
 
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
@@ -186,6 +202,8 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
         faults.point("epoch_end", job.tracker, run_id)
+        if heartbeat.lost.get(run_id) == DELETED:
+            raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)

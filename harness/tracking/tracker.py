@@ -65,6 +65,7 @@ class RunRecord:
     tags: dict
     start_time: int
     end_time: int | None = None
+    deleted: bool = False  # deleted in the store (by a user, mid-run)
 
 
 class Tracker:
@@ -188,6 +189,12 @@ class Tracker:
     @_riding
     def run_tags(self, run_id: str) -> dict:
         return dict(self.client.get_run(run_id).data.tags)
+
+    @_riding
+    def run_record(self, run_id: str) -> RunRecord:
+        """The run's status and tags, and whether it was deleted (MLflow still answers for a deleted run)."""
+        r = self.client.get_run(run_id)
+        return RunRecord(run_id, r.info.status, dict(r.data.tags), r.info.start_time, r.info.end_time, r.info.lifecycle_stage == "deleted")
 
     @_riding
     def delete_run(self, run_id: str) -> None:
