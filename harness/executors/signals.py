@@ -42,3 +42,4 @@ def ignore_stops() -> None:
     """A pool worker between runs: its supervisor stops it, not a signal to the process group."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the supervisor as it started us
