@@ -107,3 +107,26 @@ def test_supersede_leaves_the_run_retired_not_resumable(tracker):
     c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim_many([Request("h3", "r", {}, True, True)])[0]
     assert c.run_id != old
     assert tracker.run_tags(old)[lifecycle.STATE] == lifecycle.SUPERSEDED
+
+
+def test_an_outage_is_not_counted_as_a_silent_heartbeat():
+    """The heartbeat is silent while the store is down: an observer that could not look either
+    (its reads rode out the outage) must not count that time as the owner's silence and take over
+    a live run once the store is back; it watches afresh, and the owner's next beat shows it alive."""
+    from harness.runs.liveness import ALIVE, DEAD, WATCHING, Observer
+    from harness.tracking import RunRecord
+
+    now = [0.0]
+    obs = Observer(120.0, monotonic=lambda: now[0])
+    run = lambda beat: RunRecord("r", "RUNNING", {"harness.heartbeat": beat, "harness.beat_s": "10"}, 0)  # noqa: E731
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 5.0
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 300.0  # the store was down from 5 s to 300 s for both
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 310.0
+    assert obs.liveness(run("2")) == ALIVE  # its first beat after the outage
+    for t in range(320, 440, 10):  # a dead owner is still found dead by watching
+        now[0] = float(t)
+        obs.liveness(run("2"))
+    assert obs.liveness(run("2")) == DEAD

@@ -115,6 +115,7 @@ class Observer:
     def __init__(self, stale_after_s: float, monotonic=time.monotonic):
         self.stale_after_s, self.monotonic = stale_after_s, monotonic
         self.seen: dict[str, tuple[str, float, bool]] = {}  # run id -> (value, since, seen to change)
+        self.looked: dict[str, float] = {}  # run id -> when this process last read its heartbeat
 
     def limit(self, run: RunRecord) -> float:
         """How long an unchanged heartbeat means a dead owner: our limit, and at least four of its beats."""
@@ -133,6 +134,12 @@ class Observer:
         limit), DEAD when unchanged for the limit, WATCHING before either is known."""
         value, now = run.tags.get(HEARTBEAT, ""), self.monotonic()
         prev = self.seen.get(run.run_id)
+        looked, self.looked[run.run_id] = self.looked.get(run.run_id), now
+        if prev is not None and prev[0] == value and looked is not None and now - looked > self.limit(run) / 4:
+            # we could not look for a while (a store outage, or this process stalled): the owner
+            # may not have been able to beat either, so the time unseen does not count as unchanged
+            self.seen[run.run_id] = (value, now, prev[2])
+            return ALIVE if prev[2] else WATCHING
         if prev is None:
             self.seen[run.run_id] = (value, now, False)
             return WATCHING
