@@ -202,6 +202,8 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
         faults.point("epoch_end", job.tracker, run_id)
+        if run_id in heartbeat.lost:  # the run is not ours to write any more: what is queued is dropped too
+            outbox.abandon()
         if heartbeat.lost.get(run_id) == DELETED:
             raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
         if run_id in heartbeat.lost:
@@ -256,6 +258,9 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
            owner: str | None) -> Outcome:
     exp = job.exp
     faults.point("outbox_flush", job.tracker, run_id)
+    # a process that stalled past the stale limit and wakes after another took the run over must
+    # not write its final metrics and model into the new owner's run (its status write checks again)
+    lifecycle.check_owner(job.tracker, run_id, owner)
     outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)
