@@ -1,9 +1,31 @@
 """A run's life in the store: its states, the transitions between them, and the ownership check
-before every status write. Every status change of a run goes through this module.
+before every status write. Every status change of a run goes through this module (the Tracker's
+model logging writes none: one writer of a run's status).
 
     claimed -> recorded -> training -> finished
                                     -> resumable   (KILLED: a rerun or another claimer resumes it)
                                     -> failed      (FAILED: a rerun would fail the same way)
+    resumable/claimed/... -> superseded            (KILLED: retired, a newer run of its configuration trains instead)
+
+The invariants, held at every crash point (tests/test_crash_matrix.py injects each fault at each
+named step, tracking/faults.py, and checks them all with one checker, then reruns and checks again):
+  1. Every epoch of a run is logged exactly once. A resume continues after the last checkpointed
+     epoch; a run with epochs logged and no checkpoint is never trained again inside itself: a new
+     run supersedes it, and the line says where the checkpoint was expected.
+  2. At most one live process trains a configuration: a claim is ordered by a lock that depends on
+     the store only (checkpoints.lock_root), then by the store itself (claims.py); an owner names
+     its process by start ticks since boot, which no clock step moves (liveness.py); an observer
+     never counts a store outage as an owner's silence; an owner whose run was taken over or
+     deleted writes nothing more (owner checked before each status and final write).
+  3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
+     SIGTERM in the foreground or as a background job, a fault, a claim interrupted) ends it
+     KILLED, FAILED or FINISHED. A process SIGKILLed, or whose store is gone, cannot write: its run
+     stays RUNNING under a dead owner, which the next claim sees at once and takes over.
+  4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
+     a signal or a lost worker leave the run resumable, with its reason.
+  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes, fails
+     for good or is deleted in the store; a lock file is removed by its holder.
+  6. Every stop says in one line what became of each run, and the same command then finishes the work.
 
 The state is the tag `harness.state` beside MLflow's own status, written in the same step.
 Which end a fault leads to is `ending`, after Kubernetes Jobs' podFailurePolicy: only a failure
