@@ -85,11 +85,16 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
     process owns before it trains it."""
     job = make_job(exp, data, tracker, opts, seed, echo)
     claimer = claimer or Claimer(tracker, ClaimPolicy.for_store(tracker.uri))
-    [lock], claimed, skipped = claim_jobs([job], claimer)
+    try:
+        [lock], claimed, skipped = claim_jobs([job], claimer)
+    except Interrupted as e:
+        raise Interrupted(f"run {job.run_name} (seed {seed}): {e}") from None
     if skipped:
         return skipped[0]
     try:
         claim = claimed[0]
+        if claim.note:
+            echo(f"{job.run_name}: {claim.note}")
         if on_claim is not None:
             on_claim(claim.run_id, claimer.owner)
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)
@@ -200,8 +205,8 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                     raise
                 except KeyboardInterrupt:
                     raise Interrupted(f"no run of {exp.id} had been created yet; nothing of it was recorded") from None
-                except Exception as e:  # raised before the runs existed
-                    group = [Outcome(exp.id, s, "failed", reason=one_line(e)) for s in range(opts.seed, opts.seed + opts.repeats)]
+                except Exception as e:  # raised before the runs existed (or while claiming them)
+                    group = [_unclaimed(exp.id, s, e) for s in range(opts.seed, opts.seed + opts.repeats)]
                 for o in group:
                     _say(o, echo)
                 outcomes.extend(group)
@@ -216,8 +221,8 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                     raise Interrupted(f"no run of {exp.id} (seed {seed}) had been created yet; nothing of it was recorded") from None
                 except SystemExit:
                     raise
-                except Exception as e:  # raised before a run existed: report it, go on with the rest
-                    o = Outcome(exp.id, seed, "failed", reason=one_line(e))
+                except Exception as e:  # raised before a run existed (or while claiming it): report it, go on with the rest
+                    o = _unclaimed(exp.id, seed, e)
                 _say(o, echo)
                 outcomes.append(o)
     except Interrupted as e:  # what was stopped (the message), what is done and what never started
@@ -225,6 +230,14 @@ def run_many(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                                     + ([f"{total - len(outcomes) - current} later run(s) were never started"]
                                        if total > len(outcomes) + current else []))) from None
     return outcomes
+
+
+def _unclaimed(exp_id: str, seed: int, e: Exception) -> Outcome:
+    """A fault before a run trained: failed where a rerun fails the same way (a bad spec), else
+    resumable (the store unreachable while claiming: a claim it left behind is taken over at once)."""
+    if lifecycle.permanent(e):
+        return Outcome(exp_id, seed, "failed", reason=one_line(e))
+    return Outcome(exp_id, seed, "resumable", reason=f"{one_line(e)}; run the same command again")
 
 
 def outcome_line(o: Outcome) -> str:

@@ -198,13 +198,19 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         mine, theirs = ctx.Pipe()
         proc = ctx.Process(target=worker, args=(theirs, *args), name="harness-worker")
         # started with Ctrl-C and SIGTERM ignored (inherited through exec): a signal while it
-        # imports cannot kill it with a traceback; it ignores them until it trains a run
+        # imports cannot kill it with a traceback; it ignores them until it trains a run. Both are
+        # blocked here meanwhile: a blocked signal is kept pending even while ignored, and lands on
+        # the supervisor's own handler once restored (a SIGTERM sent as a dead worker's replacement
+        # started was lost). The worker unblocks them (signals.ignore_stops).
+        stops = {signal.SIGINT, signal.SIGTERM}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             proc.start()
         finally:
             signal.signal(signal.SIGINT, old[0])
             signal.signal(signal.SIGTERM, old[1])
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         return _Slot(proc, mine)
 
@@ -227,8 +233,15 @@ def _stop(pool: _Pool) -> str:
     """Ctrl-C or SIGTERM: nothing more starts; each busy worker gets one Ctrl-C and is waited
     for. A second Ctrl-C here only says what it waits for; a third kills the workers outright
     (the supervisor marks their runs KILLED, resumable, in their place). What it left, in a line."""
-    never, pool.stopping = len(pool.queue), True
+    # a run whose worker died waits in the queue for a new worker with its claim held: it had
+    # started, so it is marked KILLED (resumable) now rather than counted as never started
+    orphans = [i for i in pool.queue if i in pool.claims]
+    never, pool.stopping = len(pool.queue) - len(orphans), True
     pool.queue.clear()
+    for i in orphans:
+        exp, seed = pool.todo[i]
+        pool.end_resumable(i, "interrupted while waiting for a new worker (its worker process had died)")
+        pool.interrupted.append(f"run {exp.id} (seed {seed}): its worker had died and it waited for a new one; it is resumable")
     for s in pool.busy():
         _signal(s, signal.SIGINT)
     deadline, pressed = _now() + SETTLE_S, 0

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import signal
 
+from ..tracking.guards import hold_stop
+
 
 def _as_ctrl_c(signum, frame) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
-    else:  # SIGINT ignored (a background job of a script): SIGTERM still stops the command
-        raise KeyboardInterrupt
+    elif not hold_stop():  # SIGINT ignored (a background job of a script): SIGTERM still stops the
+        raise KeyboardInterrupt  # command, held like Ctrl-C in the foreground while a store write completes
 
 
 def sigterm_is_ctrl_c() -> None:
@@ -40,3 +42,4 @@ def ignore_stops() -> None:
     """A pool worker between runs: its supervisor stops it, not a signal to the process group."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the supervisor as it started us

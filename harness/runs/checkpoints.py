@@ -26,12 +26,24 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from ..tracking import TAG, Tracker
+from ..tracking import TAG, Tracker, faults
 from ..tracking.outage import StoreUnavailable
 from ..tracking.store import redact, sqlite_path
 
 STATE_DIR = "harness-state"
 STATE_TAG = f"{TAG}checkpoint"
+
+
+class CheckpointUnwritable(OSError):
+    """An epoch's checkpoint could not be written (a full disk): a rerun resumes, so the run stays
+    resumable (an OSError: lifecycle.permanent says no)."""
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).lower()
+    if "no space" in text or "file write failed" in text or getattr(e, "errno", None) == 28:
+        return "disk full: free space first"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def state_root(store_uri: str | None = None) -> Path:
@@ -45,9 +57,11 @@ def state_root(store_uri: str | None = None) -> Path:
 
 def lock_root(store_uri: str) -> Path:
     """Where this machine keeps the configuration locks of a store: beside a SQLite file, in the
-    user's cache for a server (the same folder whichever folder a command runs in)."""
-    if os.environ.get("HARNESS_STATE_DIR") or sqlite_path(store_uri) is not None:
-        return state_root(store_uri)
+    user's cache for a server. It depends on the store only (never on $HARNESS_STATE_DIR or the
+    folder a command runs in), so two claimers of one store on one machine always meet at one lock."""
+    db = sqlite_path(store_uri)
+    if db is not None:
+        return db.expanduser().resolve().parent / ".harness" / "locks"
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "harness" / "locks"
 
 
@@ -74,11 +88,22 @@ class LocalRunState:
     def save(self, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
+        try:
+            faults.point("checkpoint")
+            torch.save(state, tmp)
+        except (RuntimeError, OSError) as e:  # torch says a full disk as RuntimeError ("file write failed")
+            tmp.unlink(missing_ok=True)
+            raise CheckpointUnwritable(f"checkpoint {self.last} could not be written ({_why(e)}); the previous epoch's is kept") from None
         os.replace(tmp, self.last)  # a kill mid-write leaves the previous checkpoint intact
 
     def load(self, device: torch.device) -> dict | None:
         return _load(self.last, device) if self.last.exists() else None
+
+    def exists(self) -> bool:
+        return self.last.exists()
+
+    def where(self) -> str:
+        return str(self.last)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -97,7 +122,12 @@ class SharedRunState:
     def save(self, state: dict) -> None:
         # written now (the weights change in the next epoch), uploaded now or from the outbox
         path = Path(tempfile.mkdtemp(prefix="harness-ck-")) / "state.pt"
-        torch.save(state, path)
+        try:
+            faults.point("checkpoint")
+            torch.save(state, path)
+        except (RuntimeError, OSError) as e:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise CheckpointUnwritable(f"checkpoint of run {self.run_id} could not be written to {path.parent} ({_why(e)})") from None
         if self.outbox is None:
             return self._upload(path, state["epoch"])
         with self._lock:
@@ -137,6 +167,12 @@ class SharedRunState:
             except Exception as e:
                 raise StoreUnavailable(f"checkpoint {current} of run {self.run_id} could not be downloaded ({type(e).__name__})") from None
             return _load(Path(path), device)
+
+    def exists(self) -> bool:
+        return bool(self.tracker.run_tags(self.run_id).get(STATE_TAG))
+
+    def where(self) -> str:
+        return f"{STATE_DIR}/ of run {self.run_id}"
 
     def clear(self) -> None:
         self.tracker.delete_artifacts(self.run_id, STATE_DIR)

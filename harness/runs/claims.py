@@ -28,15 +28,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..tracking import TAG, RunRecord, Tracker
-from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, TakenOver, claimed_tags, supersede  # noqa: F401
+from ..errors import Interrupted
+from ..tracking import TAG, RunRecord, Tracker, faults
+from ..tracking.guards import sigint_deferred
+from . import lifecycle
+from .checkpoints import run_state
+from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
 from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
 
 
 class ConfigLock:
-    """An flock per configuration, in the store's state root: a second process on the same
-    store (from any folder) skips it instead of training it twice; the kernel drops the lock
-    when a holder dies, even by SIGKILL."""
+    """An flock per configuration, in the store's lock folder (checkpoints.lock_root, which
+    depends on the store only): a second process on the same store (from any folder, with any
+    state folder) skips it instead of training it twice; the kernel drops the lock when a holder
+    dies, even by SIGKILL. The holder removes the file as it releases it, so no lock file outlives
+    its run; a claimer that locked a file removed meanwhile sees it is not the path's any more and
+    locks the new one (the usual unlink-while-locked protocol)."""
 
     def __init__(self, key: str, root: Path):
         root.mkdir(parents=True, exist_ok=True)
@@ -44,17 +51,28 @@ class ConfigLock:
         self.fd = None
 
     def acquire(self) -> bool:
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return False
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)  # its holder removed it as we opened it: lock the path's file now
 
     def release(self) -> None:
         if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still locked: whoever opens the path next makes a new file
+            except FileNotFoundError:
+                pass
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -85,6 +103,7 @@ class Claimed:
     run_id: str
     resumed: bool  # an earlier attempt's run, continued from its checkpoint
     recorded: bool  # it already has its params and config
+    note: str = ""  # what the claim did to earlier runs, to say (a run superseded for want of a checkpoint)
 
 
 @dataclass
@@ -112,8 +131,8 @@ class Claimer:
         seen change or stay still for the stale limit)."""
         if run.status not in ("RUNNING", "KILLED"):
             return DEAD
-        if run.status == "KILLED" and run.tags.get(STATE, RESUMABLE) == RESUMABLE:
-            return DEAD  # left resumable, and nobody has claimed it since
+        if run.status == "KILLED" and run.tags.get(STATE, RESUMABLE) in (RESUMABLE, SUPERSEDED):
+            return DEAD  # left resumable (or retired), and nobody has claimed it since
         owner = run.tags.get(OWNER, "")
         if owner == self.owner:
             return DEAD  # our own claim: ours to take
@@ -136,8 +155,11 @@ class Claimer:
         claims, this owner counts as alive in this process (its heartbeat starts once the claims
         are made)."""
         beating(self.owner, True)
+        proposals: list = []
+        results: list = []
         try:
-            proposals = [self._propose(r) for r in requests]
+            for r in requests:
+                proposals.append(self._propose(r))
             while True:
                 watching = [i for i, p in enumerate(proposals) if isinstance(p, Declined) and p.watching]
                 if not watching:
@@ -145,12 +167,46 @@ class Claimer:
                 self.sleep(min(self._poll_s(proposals[i].run_id, requests[i].chash) for i in watching))
                 for i in watching:
                     proposals[i] = self._propose(requests[i])
-            if any(isinstance(p, _Proposal) for p in proposals):
+            mine = [p.run_id for p in proposals if isinstance(p, _Proposal)]
+            if mine:
+                faults.point("claim", self.tracker, mine[0])
                 self.sleep(self.policy.settle_s)
-            results = [self._confirm(p) if isinstance(p, _Proposal) else p for p in proposals]
-            return self._recheck_takeovers(proposals, results)
+            for p in proposals:
+                results.append(self._confirm(p) if isinstance(p, _Proposal) else p)
+            results = self._recheck_takeovers(proposals, results)
+            won = [r.run_id for r in results if isinstance(r, Claimed)]
+            if won:
+                faults.point("settle", self.tracker, won[0])
+            return results
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM mid-claim: nothing claimed stays RUNNING
+            raise Interrupted(f"interrupted while claiming; {self._release(proposals, results)}") from None
         finally:
             beating(self.owner, False)
+
+    def _release(self, proposals: list, results: list) -> str:
+        """Undo the claims of an interrupted claim_many (Ctrl-C held meanwhile): runs this owner
+        created are deleted, runs it was taking over are left resumable again. What became of them."""
+        made, taken = [], []
+        with sigint_deferred():
+            for k, p in enumerate(proposals):
+                if not isinstance(p, _Proposal) or (k < len(results) and isinstance(results[k], Declined)):
+                    continue  # not ours, or already given up (a creator that lost deletes its own)
+                try:
+                    if p.takeover:
+                        if lifecycle.stop(self.tracker, p.run_id, self.owner, "interrupted while claimed; run again to resume"):
+                            taken.append(p.run_id)
+                    else:
+                        self.tracker.delete_run(p.run_id)
+                        made.append(p.run_id)
+                except Exception:  # noqa: BLE001 - left RUNNING under a dead owner: the next claim takes it at once
+                    pass
+        said = []
+        if made or not taken:
+            said.append("no run had been created for it yet; nothing of it was recorded" if not made else
+                        f"the run(s) it had just created ({', '.join(made)}) were deleted; nothing of them was recorded")
+        if taken:
+            said.append(f"run(s) {', '.join(taken)} it was resuming are left resumable (run the same command again)")
+        return "; ".join(said)
 
     def _recheck_takeovers(self, proposals: list, results: list) -> list:
         """A taker whose owner write was slowed past the settling wait (a loaded store) lands after
@@ -184,14 +240,31 @@ class Claimer:
         if unsure:
             return Declined(f"being trained by {unsure[0].tags.get(OWNER, 'another process')} (watching its heartbeat)", unsure[0].run_id,
                             watching=True)
-        abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED")]
+        abandoned = [r for r in runs if r.status in ("RUNNING", "KILLED") and r.tags.get(STATE) != SUPERSEDED]
         mark = claimed_tags(self.owner, f"{self.clock():.3f}", self.policy.beat_s)
+        why = {}
         if abandoned and not req.force:
             run = max(abandoned, key=lambda r: r.start_time)
-            self.tracker.set_tags(run.run_id, mark)
-            return _Proposal(req, run.run_id, takeover=True)
+            why = {run.run_id: self._unresumable(run)}
+            if not why[run.run_id]:
+                self.tracker.set_tags(run.run_id, mark)
+                return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
-        return _Proposal(req, mine.run_id, takeover=False, superseded=[r.run_id for r in abandoned], known={r.run_id for r in runs})
+        return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id)) for r in abandoned],
+                         known={r.run_id for r in runs})
+
+    def _unresumable(self, run: RunRecord) -> str | None:
+        """Why an abandoned run cannot be resumed (None: it can): epochs logged and no checkpoint
+        to continue them from (another state folder, or deleted). Training it again from epoch 1
+        would log its epochs twice, so a new run supersedes it."""
+        state = run_state(self.tracker, run.run_id)
+        if state.exists():
+            return None
+        logged = self.tracker.logged_steps(run.run_id, "epoch_time_s")
+        if not logged:
+            return None
+        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {state.where()} to resume from "
+                "(another HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
 
     def _confirm(self, p: _Proposal) -> Claimed | Declined:
         if p.takeover:  # every taker wrote its name; the last write is what all of them read back
@@ -202,13 +275,19 @@ class Claimer:
         # every creator made a run; the one created first trains, the others delete theirs (the
         # runs there were before were all finished or dead: only those created since are rivals)
         rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
+        if p.run_id not in {r.run_id for r in rivals}:  # our new run was deleted in the store meanwhile
+            return Declined(f"the run it had just created ({p.run_id}) was deleted in the store while it claimed; "
+                            "run the same command again to train the configuration", p.run_id)
         first = min(rivals, key=lambda r: (r.start_time, r.run_id))
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
-        for rid in p.superseded:
-            supersede(self.tracker, rid)
-        return Claimed(p.run_id, resumed=False, recorded=False)
+        notes = []
+        for rid, why in p.superseded:
+            supersede(self.tracker, rid, *([why] if why else []))
+            if why:
+                notes.append(f"run {rid} {why}")
+        return Claimed(p.run_id, resumed=False, recorded=False, note="; ".join(notes))
 
 
 @dataclass
@@ -228,6 +307,9 @@ class _Proposal:
     takeover: bool
     superseded: list = field(default_factory=list)
     known: set = field(default_factory=set)  # the runs of the configuration when it was proposed
+
+
+DELETED = "(deleted in the store)"  # Heartbeat.lost's value for a run deleted while it trained
 
 
 class Heartbeat:
@@ -275,7 +357,8 @@ class Heartbeat:
 
     def beat(self, run_id: str) -> None:
         if self.owner is not None:
-            now = self.tracker.run_tags(run_id).get(OWNER)
+            run = self.tracker.run_record(run_id)
+            now = DELETED if run.deleted else run.tags.get(OWNER)
             if now != self.owner:
                 self.lost[run_id] = now or "another process"
                 self.drop(run_id)

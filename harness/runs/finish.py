@@ -12,7 +12,7 @@ import torch
 from ..data.cifar_files import Cifar10
 from ..training.recipe_data import Prepared
 from ..recipes.spec import Experiment
-from ..tracking import Tracker
+from ..tracking import Tracker, faults
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -71,11 +71,13 @@ def log_final(tracker: Tracker, run_id: str, model, exp: Experiment, data: Cifar
     artifacts are overwritten with identical files, and the model is logged only if no
     complete copy exists (a half-logged one from a killed attempt is removed)."""
     metrics, cm, per_class = final_metrics(data, prep, test, test_std, train_time, epochs, n_params)
+    faults.point("final_metrics", tracker, run_id)
     if epochs not in tracker.logged_steps(run_id, "test_acc"):
         tracker.log_metrics(run_id, metrics, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tracker, run_id, exp, data, prep, test, cm, per_class)
         tracker.log_artifacts(run_id, tmp)
+    faults.point("model", tracker, run_id)
     if not tracker.has_model(run_id):
         model.eval()
         example = prep.test_x[:2].float().cpu().numpy()

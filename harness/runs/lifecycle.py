@@ -1,9 +1,31 @@
 """A run's life in the store: its states, the transitions between them, and the ownership check
-before every status write. Every status change of a run goes through this module.
+before every status write. Every status change of a run goes through this module (the Tracker's
+model logging writes none: one writer of a run's status).
 
     claimed -> recorded -> training -> finished
                                     -> resumable   (KILLED: a rerun or another claimer resumes it)
                                     -> failed      (FAILED: a rerun would fail the same way)
+    resumable/claimed/... -> superseded            (KILLED: retired, a newer run of its configuration trains instead)
+
+The invariants, held at every crash point (tests/test_crash_matrix.py injects each fault at each
+named step, tracking/faults.py, and checks them all with one checker, then reruns and checks again):
+  1. Every epoch of a run is logged exactly once. A resume continues after the last checkpointed
+     epoch; a run with epochs logged and no checkpoint is never trained again inside itself: a new
+     run supersedes it, and the line says where the checkpoint was expected.
+  2. At most one live process trains a configuration: a claim is ordered by a lock that depends on
+     the store only (checkpoints.lock_root), then by the store itself (claims.py); an owner names
+     its process by start ticks since boot, which no clock step moves (liveness.py); an observer
+     never counts a store outage as an owner's silence; an owner whose run was taken over or
+     deleted writes nothing more (owner checked before each status and final write).
+  3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
+     SIGTERM in the foreground or as a background job, a fault, a claim interrupted) ends it
+     KILLED, FAILED or FINISHED. A process SIGKILLed, or whose store is gone, cannot write: its run
+     stays RUNNING under a dead owner, which the next claim sees at once and takes over.
+  4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
+     a signal or a lost worker leave the run resumable, with its reason.
+  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes, fails
+     for good or is deleted in the store; a lock file is removed by its holder.
+  6. Every stop says in one line what became of each run, and the same command then finishes the work.
 
 The state is the tag `harness.state` beside MLflow's own status, written in the same step.
 Which end a fault leads to is `ending`, after Kubernetes Jobs' podFailurePolicy: only a failure
@@ -29,6 +51,7 @@ STATE = f"{TAG}state"
 REASON = f"{TAG}failure_reason"
 
 CLAIMED, RECORDED_STATE, TRAINING, FINISHED, RESUMABLE, FAILED = "claimed", "recorded", "training", "finished", "resumable", "failed"
+SUPERSEDED = "superseded"  # KILLED and retired: a newer run of its configuration trains instead, nobody resumes it
 # MLflow's status for each end
 _STATUS = {FINISHED: "FINISHED", RESUMABLE: "KILLED", FAILED: "FAILED"}
 
@@ -37,12 +60,22 @@ class TakenOver(Exception):
     """The run was claimed by another process while this one trained it."""
 
 
+class RunDeleted(Exception):
+    """The run was deleted in the store while this process trained it: nothing more is written to
+    it and its checkpoint is removed; the same command then trains a new run."""
+
+
+class NoCheckpoint(Exception):
+    """A run to resume has epochs logged but no checkpoint to continue them from: it is not
+    trained on (its epochs would be logged twice); the next claim supersedes it with a new run."""
+
+
 def permanent(e: BaseException) -> bool:
     """Whether a rerun would fail the same way (the run ends FAILED). A store or network
     fault, memory, a signal or a stopped process is not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
-    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver)) or store_fault(e):
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver, NoCheckpoint)) or store_fault(e):
         return False
     if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
         return False
@@ -124,6 +157,8 @@ def settle(tracker: Tracker, run_id: str, owner: str | None, started: bool, e: B
     return state
 
 
-def supersede(tracker: Tracker, run_id: str) -> None:
-    """An abandoned run replaced by a --force run: resumable no more, but kept."""
-    tracker.terminate(run_id, "KILLED", "abandoned: superseded by a --force run", {STATE: RESUMABLE})
+def supersede(tracker: Tracker, run_id: str, reason: str = "abandoned: superseded by a --force run") -> None:
+    """An abandoned run replaced by a new run of its configuration (a --force run, or one that
+    replaces a run whose checkpoint is gone): KILLED and kept, state superseded, so no claim
+    resumes it."""
+    tracker.terminate(run_id, "KILLED", reason, {STATE: SUPERSEDED})

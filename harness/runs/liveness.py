@@ -1,8 +1,9 @@
 """Whether the owner of a claimed run is alive, decided without trusting how a URI is spelt,
 which user or state folder a process runs with, or any clock but the observer's own.
 
-- On this machine the owner's process decides: the owner tag names its pid and start time
-  (psutil), so a live owner is seen as live from any folder, user or spelling of the store, and a
+- On this machine the owner's process decides: the owner tag names its pid and start time in
+  clock ticks since boot (/proc/<pid>/stat), which no step of the wall clock moves (psutil's
+  create_time is boot time + ticks in wall seconds, and the boot time moves with a clock step), so a live owner is seen as live from any folder, user or spelling of the store, and a
   dead one (even SIGKILLed) as dead at once; a reused pid has another start time. "This machine"
   is the host, its boot and its PID namespace, so containers that share a hostname and boot id
   are told apart (each judges the other by its heartbeat).
@@ -49,10 +50,25 @@ def machine_id() -> str:
     return f"{socket.gethostname()}/{boot}/{pidns}"
 
 
-def new_owner() -> str:
-    """machine|pid|process start time|a claimer's own id."""
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat):
+    monotonic, so a stepped wall clock cannot make a live process look another. None: no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the command may hold spaces
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def new_owner(attempt: str | None = None) -> str:
+    """machine|pid|process start ticks|a claimer's own id (or `attempt`'s)."""
     pid = os.getpid()
-    return f"{machine_id()}|{pid}|{psutil.Process(pid).create_time():.3f}|{uuid.uuid4().hex[:8]}"
+    ticks = start_ticks(pid)
+    start = f"t{ticks}" if ticks is not None else f"{psutil.Process(pid).create_time():.3f}"
+    return f"{machine_id()}|{pid}|{start}|{attempt or uuid.uuid4().hex[:8]}"
 
 
 def owner_machine(owner: str) -> str:
@@ -76,13 +92,16 @@ def process_alive(owner: str) -> bool | None:
     if len(parts) != 4 or parts[0] != machine_id():
         return None
     try:
-        pid, start = int(parts[1]), float(parts[2])
+        pid = int(parts[1])
+        ticks, start = (int(parts[2][1:]), None) if parts[2].startswith("t") else (None, float(parts[2]))
     except ValueError:
         return None
     if pid == os.getpid():
         with _beating_lock:
             return _beating.get(owner, 0) > 0
-    try:
+    if ticks is not None:
+        return start_ticks(pid) == ticks
+    try:  # an owner written by an earlier version: its start in wall seconds
         return abs(psutil.Process(pid).create_time() - start) < 0.01
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
@@ -96,6 +115,7 @@ class Observer:
     def __init__(self, stale_after_s: float, monotonic=time.monotonic):
         self.stale_after_s, self.monotonic = stale_after_s, monotonic
         self.seen: dict[str, tuple[str, float, bool]] = {}  # run id -> (value, since, seen to change)
+        self.looked: dict[str, float] = {}  # run id -> when this process last read its heartbeat
 
     def limit(self, run: RunRecord) -> float:
         """How long an unchanged heartbeat means a dead owner: our limit, and at least four of its beats."""
@@ -114,6 +134,12 @@ class Observer:
         limit), DEAD when unchanged for the limit, WATCHING before either is known."""
         value, now = run.tags.get(HEARTBEAT, ""), self.monotonic()
         prev = self.seen.get(run.run_id)
+        looked, self.looked[run.run_id] = self.looked.get(run.run_id), now
+        if prev is not None and prev[0] == value and looked is not None and now - looked > self.limit(run) / 4:
+            # we could not look for a while (a store outage, or this process stalled): the owner
+            # may not have been able to beat either, so the time unseen does not count as unchanged
+            self.seen[run.run_id] = (value, now, prev[2])
+            return ALIVE if prev[2] else WATCHING
         if prev is None:
             self.seen[run.run_id] = (value, now, False)
             return WATCHING

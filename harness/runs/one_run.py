@@ -18,8 +18,8 @@ import torch
 
 from . import lifecycle
 from .checkpoints import run_state
-from .claims import Heartbeat
-from .lifecycle import FAILED, RESUMABLE, TakenOver
+from .claims import DELETED, Heartbeat
+from .lifecycle import FAILED, RESUMABLE, RunDeleted, TakenOver
 from ..training.environment import choose_conv, choose_threads, configure_backend
 from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
@@ -30,6 +30,7 @@ from .progress import epoch_line, progress_bar
 from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
+from ..tracking import faults
 from ..tracking.guards import sigint_deferred
 from ..tracking.outbox import Outbox
 from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
@@ -89,6 +90,12 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     else resumable (lifecycle.ending); a store that cannot even take that write leaves the run
     RUNNING with a silent heartbeat, which claims take over all the same."""
     reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
+    if isinstance(e, RunDeleted) or _deleted(job.tracker, run_id):
+        run_state(job.tracker, run_id).clear()
+        why = str(e) if isinstance(e, RunDeleted) else "deleted in the store while it trained"
+        return Outcome(job.exp.id, job.seed, "skipped", run_id,
+                       reason=f"run {run_id} was {why}; its checkpoint was removed and nothing more written to it: "
+                              "the same command trains a new run")
     try:
         ended = lifecycle.settle(job.tracker, run_id, owner, started, e, reason)
     except TakenOver as t:
@@ -96,8 +103,10 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     except Exception as w:
         ended = RESUMABLE if started else None
         reason = f"{reason} (its end could not be recorded either: {type(w).__name__})"
-    if ended is None:
-        return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+    if ended is None:  # nothing of it was recorded (deleted, or left to a rerun when the store is gone)
+        if lifecycle.permanent(e):
+            return Outcome(job.exp.id, job.seed, "failed", reason=reason)
+        return Outcome(job.exp.id, job.seed, "resumable", reason=f"{reason}; run the same command again")
     if ended == FAILED:
         if isinstance(e, DivergedError):
             run_state(job.tracker, run_id).clear()
@@ -105,11 +114,20 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     return Outcome(job.exp.id, job.seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
 
 
+def _deleted(tracker, run_id: str) -> bool:
+    """Whether the run was deleted in the store (False when the store cannot say: an outage)."""
+    try:
+        return tracker.impatient().run_record(run_id).deleted
+    except Exception:
+        return False
+
+
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
     """The run's tags, params, config.json and dataset inputs; the last tag marks it complete."""
     tags, params, files = run_record(job, prep, n_params, together=int((extra_params or {}).get("together", 1)))
     job.tracker.record(run_id, tags, params | (extra_params or {}), files)
     job.tracker.log_datasets(run_id, datasets(job, prep))
+    faults.point("record", job.tracker, run_id)
     lifecycle.mark_recorded(job.tracker, run_id)
 
 
@@ -132,8 +150,9 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     came between the checkpoint and the store write)."""
     ck = state.load(job.device)
     if ck is None:
-        if job.tracker.logged_steps(run_id, "epoch_time_s"):
-            job.echo(f"{job.run_name}: restarting run {run_id} from epoch 1 (no checkpoint)")
+        if job.tracker.logged_steps(run_id, "epoch_time_s"):  # gone since the claim looked: never log an epoch twice
+            raise lifecycle.NoCheckpoint(f"run {run_id} has epochs logged but no checkpoint at {state.where()}; "
+                                         "the next command supersedes it with a new run")
         return Progress()
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
@@ -192,6 +211,11 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         pr.train_time += stats.time_s
         # validation as the write-up measured it (for cs598 that is the test set, in training mode)
         val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+        faults.point("epoch_end", job.tracker, run_id)
+        if run_id in heartbeat.lost:  # the run is not ours to write any more: what is queued is dropped too
+            outbox.abandon()
+        if heartbeat.lost.get(run_id) == DELETED:
+            raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
@@ -229,6 +253,10 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
 def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
            owner: str | None) -> Outcome:
     exp = job.exp
+    faults.point("outbox_flush", job.tracker, run_id)
+    # a process that stalled past the stale limit and wakes after another took the run over must
+    # not write its final metrics and model into the new owner's run (its status write checks again)
+    lifecycle.check_owner(job.tracker, run_id, owner)
     outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)
@@ -241,6 +269,7 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
     try:
         with sigint_deferred():
             log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
+            faults.point("finish", job.tracker, run_id)
             lifecycle.finish(job.tracker, run_id, owner)
     except KeyboardInterrupt:
         if job.tracker.run_status(run_id) != "FINISHED":

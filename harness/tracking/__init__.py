@@ -1,5 +1,6 @@
 """Every MLflow call of the harness lives in this package.
 
+- faults.py: named crash points of a run's life, a no-op unless a test sets $HARNESS_FAULT.
 - guards.py: Ctrl-C held over store writes, "database is locked" retried call by call.
 - outage.py: a store briefly unreachable during a run, ridden out for a window; its faults told apart.
 - outbox.py: Outbox, store writes off the training thread, in order.

@@ -33,6 +33,10 @@ def sigint_deferred():
     SQLAlchemy leaves the SQLite connection mid-transaction, holding the write lock, so the
     write that marks the run KILLED then fails with "database is locked" (and the process
     hung at exit). The interrupt is delivered as soon as the write returns; a second one at once."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        with _stops_held():  # a background job: SIGINT stays ignored, a SIGTERM is held (executors/signals.py)
+            yield
+        return
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # not ours to manage: another thread, or a handler someone else installed
         return
@@ -50,6 +54,35 @@ def sigint_deferred():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pending:
         raise KeyboardInterrupt
+
+
+# a background job of a script starts with SIGINT ignored, and SIGTERM then stops it by raising
+# KeyboardInterrupt itself (executors/signals.py): while a store write is held, that waits too
+_hold_depth = 0
+_stop_pending = False
+
+
+@contextlib.contextmanager
+def _stops_held():
+    global _hold_depth, _stop_pending
+    _hold_depth += 1
+    try:
+        yield
+    finally:
+        _hold_depth -= 1
+    if _hold_depth == 0 and _stop_pending:
+        _stop_pending = False
+        raise KeyboardInterrupt
+
+
+def hold_stop() -> bool:
+    """A SIGTERM arrived while SIGINT is ignored: True when a store write holds it (raised as
+    KeyboardInterrupt once the write is complete); False: stop now (none held, or a second one)."""
+    global _stop_pending
+    if _hold_depth > 0 and not _stop_pending:
+        _stop_pending = True
+        return True
+    return False
 
 
 def held(fn):

@@ -19,6 +19,7 @@ import threading
 import time
 
 from ..errors import HarnessError, one_line
+from . import faults
 
 DEFAULT_WINDOW_S = 600.0
 log = logging.getLogger("harness.outage")
@@ -95,6 +96,7 @@ class Outage:
         delay = 1.0
         while True:
             try:
+                faults.store_down()
                 result = fn(*args, **kwargs)
             except Exception as e:
                 if self.window <= 0 or not transient(e):

@@ -19,6 +19,7 @@ class Outbox:
     def __init__(self, maxsize: int = 256):
         self._queue: queue.Queue = queue.Queue(maxsize)
         self.error: BaseException | None = None
+        self.abandoned = False
         self._thread = threading.Thread(target=self._loop, name="harness-outbox", daemon=True)
         self._thread.start()
 
@@ -44,6 +45,10 @@ class Outbox:
                 break
         self.raise_error()
 
+    def abandon(self) -> None:
+        """Drop every write still queued (the run is another process's now, or deleted)."""
+        self.abandoned = True
+
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
@@ -61,7 +66,7 @@ class Outbox:
             if fn is _MARK:
                 args[0].set()
                 continue
-            if self.error is not None:  # keep order: nothing lands after a lost write
+            if self.error is not None or self.abandoned:  # keep order: nothing lands after a lost write
                 continue
             try:
                 fn(*args, **kwargs)

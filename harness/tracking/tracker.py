@@ -65,6 +65,7 @@ class RunRecord:
     tags: dict
     start_time: int
     end_time: int | None = None
+    deleted: bool = False  # deleted in the store (by a user, mid-run)
 
 
 class Tracker:
@@ -190,6 +191,12 @@ class Tracker:
         return dict(self.client.get_run(run_id).data.tags)
 
     @_riding
+    def run_record(self, run_id: str) -> RunRecord:
+        """The run's status and tags, and whether it was deleted (MLflow still answers for a deleted run)."""
+        r = self.client.get_run(run_id)
+        return RunRecord(run_id, r.info.status, dict(r.data.tags), r.info.start_time, r.info.end_time, r.info.lifecycle_stage == "deleted")
+
+    @_riding
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
@@ -302,10 +309,12 @@ class Tracker:
             return
         # pickle format: loads back as the same nn.Module class (pt2 would need tracing);
         # code_paths: a user's network module, copied into the model and put on sys.path at load
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
-                                     input_example=input_example, pip_requirements=pip_requirements)
-        # start_run's context exit marks the run FINISHED: the caller sets the real end status
+        # run_id, not `with mlflow.start_run(run_id)`: that context writes the run's status (RUNNING
+        # on entry, FINISHED on exit) behind the lifecycle's owner check; runs/lifecycle.py is the
+        # one writer of a run's status. The logged model goes to the run's experiment.
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
+                                 input_example=input_example, pip_requirements=pip_requirements, run_id=run_id)
 
     @_riding_held
     def terminate(self, run_id: str, status: str, reason: str | None = None, tags: dict | None = None) -> None:

@@ -1,0 +1,95 @@
+"""Named crash points of a run's life, for the crash-point matrix (tests/test_crash_matrix.py).
+
+Each step of a run's life calls `point(step, ...)` once: claim (the claim written, before the
+settling wait), settle (the claim confirmed), record (params and config written), epoch_end
+(an epoch trained, before its checkpoint), checkpoint (the checkpoint being written), outbox_flush
+(the epochs' writes landing before the final ones), final_metrics, model (before the model is
+logged) and finish (before the status write that ends the run).
+
+In production $HARNESS_FAULT is unset and `point` returns at once. A test sets
+HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached, 1 by default):
+  kill      SIGKILL this process          term   SIGTERM this process (Ctrl-C as signals.py makes it)
+  disk      the disk full: raises torch.save's RuntimeError (at checkpoint)
+  store     the store unreachable from now on: every store call fails as a refused connection
+  delete    the run deleted in the store (by someone else), then go on
+  pause     write $HARNESS_FAULT_DIR/paused, then wait until $HARNESS_FAULT_DIR/go exists (a test
+            runs a second claimer meanwhile, then lets this one go on): ordering by files, no sleeps
+HARNESS_FAKE_CLOCK_STEP=S steps this process's wall clock by S seconds (time.time and what psutil
+derives from it) before anything reads it: a clock step as an observer sees it.
+
+It lives in tracking/ (the lowest layer) because the store fault is injected into the Tracker's calls.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+STEPS = ("claim", "settle", "record", "epoch_end", "checkpoint", "outbox_flush", "final_metrics", "model", "finish")
+FAULTS = ("kill", "term", "disk", "store", "delete", "pause")
+
+_seen: dict[str, int] = {}
+_store_down = False
+
+
+def _wanted() -> tuple[str, int, str] | None:
+    spec = os.environ.get("HARNESS_FAULT")
+    if not spec:
+        return None
+    where, fault = spec.split(":", 1)
+    step, _, nth = where.partition("@")
+    return step, int(nth or 1), fault
+
+
+def point(step: str, tracker=None, run_id: str | None = None) -> None:
+    """The crash point `step`: a no-op unless $HARNESS_FAULT names it."""
+    wanted = _wanted()
+    if wanted is None:
+        return
+    assert step in STEPS, step
+    _seen[step] = _seen.get(step, 0) + 1
+    if (step, _seen[step]) != wanted[:2]:
+        return
+    fault = wanted[2]
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs in the main thread at its next instruction; a crash point off it waits for it
+    elif fault == "disk":
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: file write failed")
+    elif fault == "store":
+        global _store_down
+        _store_down = True
+    elif fault == "delete":
+        if tracker is not None and run_id is not None:
+            tracker.client.delete_run(run_id)
+    elif fault == "pause":
+        folder = Path(os.environ["HARNESS_FAULT_DIR"])
+        (folder / "paused").write_text(str(os.getpid()))
+        while not (folder / "go").exists():
+            time.sleep(0.02)
+    else:
+        raise ValueError(f"HARNESS_FAULT: unknown fault {fault!r} (one of {', '.join(FAULTS)})")
+
+
+def store_down() -> None:
+    """Raise as an unreachable store would, once the `store` fault has fired."""
+    if _store_down:
+        raise ConnectionError("Connection refused (HARNESS_FAULT: the store unreachable)")
+
+
+def _step_clock() -> None:
+    step = float(os.environ.get("HARNESS_FAKE_CLOCK_STEP") or 0)
+    if not step:
+        return
+    import psutil
+
+    real_time, real_create = time.time, psutil.Process.create_time
+    time.time = lambda: real_time() + step
+    psutil.Process.create_time = lambda self: real_create(self) + step  # the boot time moves with the clock
+
+
+_step_clock()

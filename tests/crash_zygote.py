@@ -1,0 +1,75 @@
+"""A fork server for the crash-point matrix: imports the harness (torch, MLflow) once, then forks
+one child per `harness ...` command, so each of the matrix's hundred-odd commands costs its own
+work, not five seconds of imports. Nothing here runs torch before forking (no thread pools to
+inherit). Protocol, one JSON line each way on stdin/stdout:
+  {"op": "start", "argv": [...], "env": {...}, "out": path, "sigint": "default"|"ignore"} -> {"pid": n}
+  {"op": "wait", "pid": n} -> {"rc": exit code, or -signal}
+Each child runs in a session of its own (signals reach it alone), its output in `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import harness.cli  # noqa: F401  (torch, MLflow and every room of the harness, imported once)
+import harness.executors.local  # noqa: F401
+import harness.runs.one_run  # noqa: F401
+import harness.tracking.tracker  # noqa: F401
+import mlflow.pytorch  # noqa: F401
+
+
+def child(req: dict) -> None:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the protocol's pipe is the server's, not the command's
+    os.close(null)
+    fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update(req["env"])
+    from harness.tracking import faults
+
+    faults._step_clock()
+    # a background job of a script starts with SIGINT ignored, as Python then leaves it
+    signal.signal(signal.SIGINT, signal.SIG_IGN if req.get("sigint") == "ignore" else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = 0
+    try:
+        harness.cli.main.main(args=req["argv"], prog_name="harness", standalone_mode=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a traceback is a finding: it goes to the output
+        import traceback
+
+        traceback.print_exc()
+        code = 99
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main() -> None:
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["op"] == "start":
+            open(req["out"], "w").close()  # there before the reply: the test may read it at once
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child(req)
+                finally:
+                    os._exit(98)
+            reply = {"pid": pid}
+        else:
+            _, status = os.waitpid(req["pid"], 0)
+            reply = {"rc": -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

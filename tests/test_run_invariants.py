@@ -1,0 +1,132 @@
+"""The fixes behind a run's invariants, each checked in this process (fast) where it can be; the
+crash-point matrix (test_crash_matrix.py) checks them again end to end, fault by fault."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from harness.runs import lifecycle
+from harness.runs.checkpoints import LocalRunState, lock_root, state_root
+from harness.runs.claims import ClaimPolicy, Claimed, Claimer, ConfigLock, Request
+from harness.runs.liveness import process_alive
+from harness.tracking import Tracker
+
+
+@pytest.fixture
+def tracker(store) -> Tracker:
+    return Tracker(store)
+
+
+def test_logging_the_model_writes_no_status(tracker):
+    """One writer of a run's status (lifecycle.py): `with mlflow.start_run(run_id)` set FINISHED on
+    exit, so a kill between the model and the lifecycle's finish left a FINISHED run mid-state."""
+    rid = tracker.create_run("r", {}).run_id
+    tracker.log_model(rid, torch.nn.Linear(2, 2), np.zeros((1, 2), dtype="float32"), ["torch"])
+    assert tracker.run_status(rid) == "RUNNING" and tracker.has_model(rid)
+    lifecycle.stop(tracker, rid, None, "test")
+    tracker.log_model(rid, torch.nn.Linear(2, 2), np.zeros((1, 2), dtype="float32"), ["torch"])
+    assert tracker.run_status(rid) == "KILLED"
+
+
+def test_a_live_owner_stays_live_across_a_clock_step(monkeypatch):
+    """Liveness by start ticks since boot: a 1-s wall-clock step (psutil's create_time moves with
+    the boot time) made a second process take over a live run."""
+    child = subprocess.Popen([sys.executable, "-c", "from harness.runs.liveness import new_owner; print(new_owner(), flush=True); "
+                              "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        owner = child.stdout.readline().strip()
+        assert process_alive(owner) is True
+        real_create, real_time = psutil.Process.create_time, time.time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: real_create(self) + 1.0)
+        monkeypatch.setattr(time, "time", lambda: real_time() + 1.0)
+        assert process_alive(owner) is True
+    finally:
+        child.kill()
+        child.wait()
+    assert process_alive(owner) is False
+
+
+def test_claimers_with_other_state_folders_meet_at_one_lock(tmp_path, monkeypatch):
+    """The lock folder follows the store only: two claimers of one SQLite store with different
+    HARNESS_STATE_DIRs both won a claim (settle 0 on SQLite), in 3 of 30 tries."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "a"))
+    a = ConfigLock("k", lock_root(uri))
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "b"))
+    b = ConfigLock("k", lock_root(uri))
+    assert a.acquire() and not b.acquire()
+    a.release()
+    assert not list(tmp_path.rglob("*.lock"))  # no lock file outlives its holder
+    assert b.acquire() and not a.acquire()
+    b.release()
+    assert not list(tmp_path.rglob("*.lock"))
+
+
+def _killed_run(tracker: Tracker, chash: str, epochs: int) -> str:
+    claimer = Claimer(tracker, ClaimPolicy(settle_s=0))
+    c = claimer.claim(chash, "r", {}, False, True)
+    assert isinstance(c, Claimed)
+    for e in range(epochs):
+        tracker.log_metrics(c.run_id, {"epoch_time_s": 1.0}, e)
+    lifecycle.stop(tracker, c.run_id, claimer.owner, "killed")
+    return c.run_id
+
+
+def test_a_run_with_epochs_and_no_checkpoint_is_superseded_not_restarted(tracker):
+    """Resumed without its checkpoint (another HARNESS_STATE_DIR, or deleted), a run was trained
+    again from epoch 1 inside the same MLflow run: every epoch logged twice."""
+    old = _killed_run(tracker, "h1", 2)
+    c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h1", "r", {}, False, True)
+    assert isinstance(c, Claimed) and c.run_id != old and not c.resumed
+    assert str(LocalRunState(old, state_root(tracker.uri)).last) in c.note
+    tags = tracker.run_tags(old)
+    assert tracker.run_status(old) == "KILLED" and tags[lifecycle.STATE] == lifecycle.SUPERSEDED
+    assert "no checkpoint" in tags[lifecycle.REASON]
+    # a superseded run is nobody's to resume: the next claim of the configuration leaves it alone
+    lifecycle.stop(tracker, c.run_id, None, "killed")
+    again = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h1", "r", {}, False, True)
+    assert again.run_id == c.run_id and again.resumed
+
+
+def test_a_run_with_its_checkpoint_is_resumed(tracker):
+    old = _killed_run(tracker, "h2", 2)
+    LocalRunState(old, state_root(tracker.uri)).save({"epoch": 1})
+    c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h2", "r", {}, False, True)
+    assert c.run_id == old and c.resumed and not c.note
+
+
+def test_supersede_leaves_the_run_retired_not_resumable(tracker):
+    old = _killed_run(tracker, "h3", 0)
+    c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim_many([Request("h3", "r", {}, True, True)])[0]
+    assert c.run_id != old
+    assert tracker.run_tags(old)[lifecycle.STATE] == lifecycle.SUPERSEDED
+
+
+def test_an_outage_is_not_counted_as_a_silent_heartbeat():
+    """The heartbeat is silent while the store is down: an observer that could not look either
+    (its reads rode out the outage) must not count that time as the owner's silence and take over
+    a live run once the store is back; it watches afresh, and the owner's next beat shows it alive."""
+    from harness.runs.liveness import ALIVE, DEAD, WATCHING, Observer
+    from harness.tracking import RunRecord
+
+    now = [0.0]
+    obs = Observer(120.0, monotonic=lambda: now[0])
+    run = lambda beat: RunRecord("r", "RUNNING", {"harness.heartbeat": beat, "harness.beat_s": "10"}, 0)  # noqa: E731
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 5.0
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 300.0  # the store was down from 5 s to 300 s for both
+    assert obs.liveness(run("1")) == WATCHING
+    now[0] = 310.0
+    assert obs.liveness(run("2")) == ALIVE  # its first beat after the outage
+    for t in range(320, 440, 10):  # a dead owner is still found dead by watching
+        now[0] = float(t)
+        obs.liveness(run("2"))
+    assert obs.liveness(run("2")) == DEAD
