@@ -18,7 +18,7 @@ from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
-from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, pareto_front
+from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
 
 def _writable_target(path: str, what: str) -> Path:
@@ -117,10 +117,11 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
 
 
 def _compare(rows: list, compared: list, ctx: dict) -> dict:
-    tests = compare_to_best(compared, ctx["preds"])
+    fam = family(ranked_rows(compared), ctx["preds"])  # every verdict of the page: one family, all pairs
+    tests = compare_to_best(compared, ctx["preds"], fam)
     figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"])
     figs["time_to_accuracy"] = time_to_accuracy_chart(compared, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN)
-    return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"]), "figs": figs,
+    return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"], fam), "family_size": len(fam), "figs": figs,
             "budgets": budget_table(compared, ctx["curves"]), "basis": best_basis(compared, tests),
             "front": pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in compared])}
 
