@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
-from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
+from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
@@ -105,7 +105,7 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
             else:
                 lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
-            curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in ("epoch_time_s", "val_acc")}) for rid in r.runs["run_id"]]
+            curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
     names = {rid: n for r in rows for rid, n in zip(r.runs["run_id"], r.runs.get("tags.mlflow.runName", r.runs["run_id"]))}
     missing = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
     if missing:
@@ -190,7 +190,7 @@ def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> s
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
                 "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
-BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "verdict"]
+BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "p_holm", "verdict"]
 
 
 def sibling(path: Path, part: str) -> Path:
