@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
+from ..tracking.report_runs import log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
@@ -83,7 +84,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     if csv_target:
         _write_csvs(csv_target, table, ctx["tests"], ctx["budgets"])
     if log_to_mlflow:
-        ctx["report_run"] = tracker.log_report(out_path, tags={"harness.report_rows": len(rows), "harness.report_runs": len(finished)})
+        ctx["report_run"] = log_report(tracker, out_path, tags={"harness.report_rows": len(rows), "harness.report_runs": len(finished)})
         say(f"report logged to MLflow as run {ctx['report_run']}: {ui_link(ui_url, tracker.experiment_id, ctx['report_run'])}")
     return out_path
 
@@ -198,7 +199,7 @@ def _ci(t: dict, i: int):
 
 
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
-                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
+                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
 BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "p_holm", "verdict"]
 

@@ -145,25 +145,10 @@ class Tracker:
         return ui_link(base, self.experiment_id)
 
     def search_runs_df(self, harness_only: bool = True):
-        """Every run of the experiment as a pandas DataFrame (mlflow.search_runs, paged until the
-        last page: no cap, so a big shared experiment loses no run); `harness_only`: the runs the
-        harness made (tagged with an experiment id), filtered by the store itself, so the other
-        runs of a shared experiment are neither read nor counted."""
-        where = f"tags.`{TAG}experiment_id` LIKE '%'" if harness_only else ""
-        return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string=where, max_results=None)
+        """Every (harness) run of the experiment as a pandas DataFrame, uncapped (report_runs.py)."""
+        from .report_runs import search_runs_df
 
-    def log_report(self, html: str | Path, name: str = "harness report", tags: dict | None = None) -> str:
-        """A run of its own in the experiment with the report's HTML as its artifact, so a team on a
-        shared server opens it from the MLflow UI; returns its run id. It carries no harness
-        experiment id, so no report counts it as a training."""
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={f"{TAG}report": "true", **{k: str(v) for k, v in (tags or {}).items()}})
-        try:
-            self.client.log_artifact(run.info.run_id, str(html))
-            self.client.set_terminated(run.info.run_id, "FINISHED")
-        except BaseException:
-            self.client.set_terminated(run.info.run_id, "FAILED")
-            raise
-        return run.info.run_id
+        return search_runs_df(self, harness_only)
 
     def download_artifact(self, run_id: str, path: str, dst: str) -> str | None:
         try:
