@@ -16,7 +16,7 @@ from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
 from ..tracking.report_runs import log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
-from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
+from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
@@ -95,7 +95,7 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
     preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
     with tempfile.TemporaryDirectory() as tmp:
-        for r in rows:
+        for i, r in enumerate(rows):
             first = r.runs["run_id"].iloc[0]
             if r in compared:
                 p = tracker.download_artifact(first, "test_predictions.csv", f"{tmp}/{first}")
@@ -103,6 +103,10 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
                     preds[first] = pd.read_csv(p)
                 else:
                     lost.setdefault(first, []).append("test_predictions.csv")
+            if r in compared:  # the time views and the budget table compare these only
+                curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
+            if i >= SMALL:  # loss curves and confusion matrices are drawn for the first SMALL rows
+                continue
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
             if c:
                 cms[first] = pd.read_csv(c, index_col=0)
@@ -110,7 +114,6 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
             else:
                 lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
-            curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
     names = {rid: n for r in rows for rid, n in zip(r.runs["run_id"], r.runs.get("tags.mlflow.runName", r.runs["run_id"]))}
     missing = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
     if missing:
@@ -189,7 +192,7 @@ def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> s
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
     return env.get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
-        experiment_name=experiment_name, best=ctx["basis"]["best"], front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
+        experiment_name=experiment_name, best=ctx["basis"]["best"], small=SMALL, n_rows=len(ctx["table"]), front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
         ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id), user_keys=[t["key"] for t in ctx["table"] if t["user"]],
         **{k: v for k, v in ctx.items() if k not in ("preds", "cms", "histories", "curves", "classes", "front")})
 

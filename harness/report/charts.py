@@ -3,6 +3,8 @@
 Past a size a chart is drawn as several figures of GROUP rows each (a list of images), so 200
 rows give readable bars and labels rather than one 20,000-pixel figure; lines and points are told
 apart by labels and a palette that never repeats within a figure (at most PALETTE lines each).
+Loss curves and confusion matrices are drawn for the first SMALL rows (the report says so; each
+run's own are in MLflow).
 Time-based charts take only the rows timed on one device (build.py chooses it)."""
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .rows import Row
 
 CLASS_PREFIX = "metrics.test_acc_"
 GROUP = 40  # rows per bar chart or heatmap figure
-SMALL = 24  # panels per small-multiples figure (loss curves, confusion matrices)
+SMALL = 12  # panels of the small multiples (loss curves, confusion matrices): the first SMALL rows; every run's are in MLflow
 PALETTE = 10  # lines per time-to-accuracy figure: tab10 does not repeat
 LABELLED = 25  # above this many points the Pareto chart names the front's points only
 
@@ -46,9 +48,9 @@ def charts(rows: list[Row], histories: dict[str, dict[str, list]], cms: dict[str
            "time": [time_chart(g) for g in chunks(timed, GROUP)] if timed else [],
            "pareto": [pareto_chart(timed, front)] if timed else [],
            "per_class": [per_class_chart(g, classes) for g in chunks(rows, GROUP)],
-           "loss": [loss_chart(g, histories) for g in chunks(rows, SMALL)]}
-    have = [r for r in rows if r.runs["run_id"].iloc[0] in cms]
-    out["confusion"] = [confusion_chart(g, cms) for g in chunks(have, SMALL)] if have else []
+           "loss": [loss_chart(rows[:SMALL], histories)]}
+    have = [r for r in rows[:SMALL] if r.runs["run_id"].iloc[0] in cms]
+    out["confusion"] = [confusion_chart(have, cms)] if have else []
     return out
 
 

@@ -155,21 +155,19 @@ def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return latest.drop(columns=["_when"]), superseded.drop(columns=["_when"])
 
 
-def catalogue_spec(experiment_id: str) -> tuple | None:
-    """The spec items (as run_key reads them) of the catalogue's current recipe `experiment_id`;
-    None for an id the catalogue does not hold (a user's recipe, a removed one)."""
+def catalogue_specs() -> dict[str, tuple]:
+    """The spec items (as run_key reads them) of each recipe the catalogue holds now (read once
+    per report: loading the catalogue checks every network)."""
     from ..errors import HarnessError
     from ..recipes.catalogue import load_catalogue
     from ..recipes.spec import flatten
 
     try:
-        exp = load_catalogue().get(experiment_id)
+        cat = load_catalogue()
     except HarnessError:
-        return None
-    if exp is None:
-        return None
-    flat = flatten(exp.training_dict())
-    return tuple(sorted((k, str(v)) for k, v in flat.items() if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC))
+        return {}
+    return {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
+                              if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
 
 
 def spec_difference(key: Key, ref: dict[str, str] | None, varying: list[str]) -> str:
@@ -183,7 +181,7 @@ def spec_difference(key: Key, ref: dict[str, str] | None, varying: list[str]) ->
     return ", ".join(parts) if parts or ref is not None else f"spec {key.spec[:8]}"
 
 
-def labels(counts: dict[Key, int]) -> dict[Key, str]:
+def labels(counts: dict[Key, int], catalogue: dict[str, tuple] | None = None) -> dict[Key, str]:
     """Each key's row label: the experiment id, followed by what differs from that experiment's
     reference setup, which is labelled by its id alone: `tutorial-base`, `tutorial-base · bf16`,
     `tutorial-base · data 13a2d975`, `tutorial-base · model.args.dropout=0.3`.
@@ -191,7 +189,9 @@ def labels(counts: dict[Key, int]) -> dict[Key, str]:
     The reference recipe parameters are the catalogue's current recipe; for an id it does not
     hold, the setup with strictly the most runs (on a tie, none is bare: each names its values,
     never the newest by default). The other fields' reference: uncapped, fp32, on the data set with
-    most runs, the device with most runs, with most runs itself."""
+    most runs, the device with most runs, with most runs itself. `catalogue`: catalogue_specs()
+    (read here when not given)."""
+    catalogue = catalogue_specs() if catalogue is None else catalogue
     per_data: dict[str, int] = {}
     per_device: dict[str, int] = {}
     for k, n in counts.items():
@@ -203,7 +203,7 @@ def labels(counts: dict[Key, int]) -> dict[Key, str]:
     out = {}
     for eid, ks in by_exp.items():
         ref = max(ks, key=lambda k: (not k.capped, k.precision == "fp32", per_data[k.data], per_device[k.device], counts[k], k.data, k.device, k.spec))
-        ref_spec = _reference_spec(eid, ks, counts)
+        ref_spec = _reference_spec(catalogue.get(eid), ks, counts)
         names = sorted({n for k in ks for n, _ in k.spec_items})
         varying = [n for n in names if len({dict(k.spec_items).get(n, ABSENT) for k in ks}) > 1]
         for k in ks:
@@ -217,9 +217,8 @@ def labels(counts: dict[Key, int]) -> dict[Key, str]:
     return _unique(out)
 
 
-def _reference_spec(eid: str, ks: list[Key], counts: dict[Key, int]) -> dict[str, str] | None:
-    """The recipe parameters labelled by the bare id: the catalogue's, else a unique commonest."""
-    cat = catalogue_spec(eid)
+def _reference_spec(cat: tuple | None, ks: list[Key], counts: dict[Key, int]) -> dict[str, str] | None:
+    """The recipe parameters labelled by the bare id: the catalogue's (`cat`), else a unique commonest."""
     if cat is not None:
         names = {n for k in ks for n, _ in k.spec_items}
         full = dict(cat)
