@@ -328,14 +328,16 @@ def new_cmd(name, like, folder, force):
 @click.option("--data", "data", type=str, default=None, metavar="FINGERPRINT",
               help="Data set whose rows the significance tests and budget table compare (a fingerprint or its first characters, "
                    "as the report lists them; default: the one with the most rows to compare, then the most finished runs).")
+@click.option("--log-to-mlflow", is_flag=True, default=False,
+              help="Also log the HTML as the artifact of a run named 'harness report' in the experiment, to open from the MLflow UI.")
 @friendly
-def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data):
+def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data, log_to_mlflow):
     """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv, FILE-budgets.csv and
     FILE-decisions.csv)."""
     from .report import build_report
 
     path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True),
-                        data=data)
+                        data=data, log_to_mlflow=log_to_mlflow, say=click.echo)
     click.echo(f"report written to {path}")
 
 

@@ -14,12 +14,13 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
-from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
-from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
+from ..tracking.report_runs import log_report
+from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
+from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
+from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .decided import decided_section, decisions_frame
-from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
-from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, pareto_front
+from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
 
 def _writable_target(path: str, what: str) -> Path:
@@ -52,9 +53,10 @@ def _write_text(path: Path, text: str, what: str) -> None:
 
 
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
-                 data: str | None = None) -> Path:
+                 data: str | None = None, log_to_mlflow: bool = False, say=lambda msg: None) -> Path:
     """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
-    prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first)."""
+    prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first);
+    `log_to_mlflow`: also log the HTML as the artifact of a report run in the experiment."""
     out_path = _writable_target(out, "--out")
     csv_target = _writable_target(csv_path, "--csv") if csv_path else None
     tracker = Tracker(uri, experiment_name, create=False)
@@ -84,6 +86,9 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     if csv_target:
         _write_csvs(csv_target, table, ctx["tests"], ctx["budgets"])
         _write_text(sibling(csv_target, "decisions"), decisions_frame(ctx["decided"]).to_csv(index=False), "--csv")
+    if log_to_mlflow:
+        ctx["report_run"] = log_report(tracker, out_path, tags={"harness.report_rows": len(rows), "harness.report_runs": len(finished)})
+        say(f"report logged to MLflow as run {ctx['report_run']}: {ui_link(ui_url, tracker.experiment_id, ctx['report_run'])}")
     return out_path
 
 
@@ -93,7 +98,7 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
     preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
     with tempfile.TemporaryDirectory() as tmp:
-        for r in rows:
+        for i, r in enumerate(rows):
             first = r.runs["run_id"].iloc[0]
             if r in compared:
                 p = tracker.download_artifact(first, "test_predictions.csv", f"{tmp}/{first}")
@@ -101,6 +106,10 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
                     preds[first] = pd.read_csv(p)
                 else:
                     lost.setdefault(first, []).append("test_predictions.csv")
+            if r in compared:  # the time views and the budget table compare these only
+                curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
+            if i >= SMALL:  # loss curves and confusion matrices are drawn for the first SMALL rows
+                continue
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
             if c:
                 cms[first] = pd.read_csv(c, index_col=0)
@@ -108,7 +117,6 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
             else:
                 lost.setdefault(first, []).append("confusion_matrix.csv")
             histories[first] = {k: tracker.metric_history(first, k) for k in ("train_loss", "val_loss")}
-            curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in ("epoch_time_s", "val_acc")}) for rid in r.runs["run_id"]]
     names = {rid: n for r in rows for rid, n in zip(r.runs["run_id"], r.runs.get("tags.mlflow.runName", r.runs["run_id"]))}
     missing = [{"run_id": rid, "name": names.get(rid, rid), "files": ", ".join(f)} for rid, f in lost.items()]
     if missing:
@@ -120,12 +128,15 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
 
 
 def _compare(rows: list, compared: list, ctx: dict) -> dict:
-    tests = compare_to_best(compared, ctx["preds"])
-    figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"])
-    figs["time_to_accuracy"] = time_to_accuracy_chart(compared, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN)
-    return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"]), "figs": figs,
-            "budgets": budget_table(compared, ctx["curves"]), "basis": best_basis(compared, tests),
-            "front": pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in compared])}
+    fam = family(ranked_rows(compared), ctx["preds"])  # every verdict of the page: one family, all pairs
+    tests = compare_to_best(compared, ctx["preds"], fam)
+    device, timed = timing_device(compared)  # times are compared on one device only
+    front = pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in timed])
+    figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"], timed, front)
+    figs["time_to_accuracy"] = time_to_accuracy_chart(timed, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN, device)
+    return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"], fam), "family_size": len(fam), "figs": figs,
+            "budgets": budget_table(timed, ctx["curves"]), "basis": best_basis(compared, tests), "front": front,
+            "timed_device": device, "untimed": [{"row": r.key, "device": r.ckey.device or "unrecorded"} for r in compared if r not in timed]}
 
 
 def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
@@ -184,15 +195,19 @@ def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> s
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
     return env.get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
-        experiment_name=experiment_name, best=ctx["basis"]["best"], front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
+        experiment_name=experiment_name, best=ctx["basis"]["best"], small=SMALL, n_rows=len(ctx["table"]), front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
         ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id), user_keys=[t["key"] for t in ctx["table"] if t["user"]],
         **{k: v for k, v in ctx.items() if k not in ("preds", "cms", "histories", "curves", "classes", "front")})
 
 
+def _ci(t: dict, i: int):
+    return None if not t["ci95"] else round(t["ci95"][i], 4)
+
+
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
-                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "verdict"]
+                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
-BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "verdict"]
+BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "p_holm", "verdict"]
 
 
 def sibling(path: Path, part: str) -> Path:
@@ -201,7 +216,8 @@ def sibling(path: Path, part: str) -> Path:
 
 
 def _write_csvs(target: Path, table: list[dict], tests: list[dict], budgets: list[dict]) -> None:
-    summary = pd.DataFrame([{k: t[k] for k in SUMMARY_COLS} | {"run_ids": " ".join(rid for rid, _ in t["runs"])} for t in table]).rename(
+    summary = pd.DataFrame([{k: t[k] for k in SUMMARY_COLS} | {"ci95_low": _ci(t, 0), "ci95_high": _ci(t, 1), "run_ids": " ".join(rid for rid, _ in t["runs"])}
+                            for t in table]).rename(
         columns={"key": "row", "user": "user_recipe", "mean": "test_acc_mean", "std": "test_acc_std", "diff": "diff_to_published", "train_time": "train_time_s",
                  "published_mean": "published_acc_mean"})
     _write_text(target, summary.to_csv(index=False), "--csv")

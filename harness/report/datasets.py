@@ -118,3 +118,16 @@ def store_contents(rows: list[Row]) -> dict[str, str]:
             modes[m] += 1
     line = lambda c: "; ".join(f"{k} ({v} run{'s' if v != 1 else ''})" for k, v in c.most_common())
     return {"precisions": line(prec), "caps": line(caps), "execution": line(modes)}
+
+
+def timing_device(rows: list[Row]) -> tuple[str, list[Row]]:
+    """(the device the time-based views compare on, the rows timed on it): times from different
+    machines are not comparable, so train time, accuracy per second, the budget table and the
+    Pareto front take the rows of one device: the one with most rows (then most runs, then name)."""
+    per: dict[str, list[Row]] = {}
+    for r in rows:
+        per.setdefault(r.ckey.device if r.ckey else "", []).append(r)
+    if not per:
+        return "", []
+    device = min(per, key=lambda d: (-len(per[d]), -sum(r.stats["n"] for r in per[d]), d))
+    return device, per[device]

@@ -3,16 +3,19 @@ recorded (tags and params), not from its config hash, so runs made before a hash
 a cap that capped nothing, or on another machine are matched by what they trained.
 
 A key is one experiment under one effective training setup: data set (fingerprint, which covers
-the test images too), epochs actually trained, training images actually used, precision, and the
-recipe's own training parameters. Runs with different keys are never pooled; within one key a
-seed counts once (its latest finished run), and the seed's other runs are superseded.
+the test images too), epochs actually trained, training images actually used, precision, the
+recipe's own training parameters, and the device it trained on. A parameter one run recorded and
+another did not is a difference (absent is a value of its own: an older version that did not
+record it may have trained otherwise). Runs with different keys are never pooled; within one key
+a seed counts once (its latest finished run), and the seed's other runs are superseded; a run
+that recorded no seed at all is a sample of its own (never merged with another seedless run).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -20,6 +23,8 @@ from ..tracking import TAG
 
 EXEC = f"tags.{TAG}execution"
 FP = f"tags.{TAG}data_fingerprint"
+DEVICE = f"tags.{TAG}device"
+ABSENT = "(absent)"  # a spec parameter the run did not record
 CODE = f"tags.{TAG}model_code_sha256"  # a user's network: each version of its code is a key of its own
 # params that describe the data a run saw rather than the recipe (they are in the key by themselves)
 _NOT_SPEC = ("params.data.n_train", "params.data.n_val", "params.data.n_test", "params.data.val_on", "params.data.n_train_available",
@@ -37,6 +42,9 @@ class Key:
     precision: str
     spec: str  # digest of the recipe's training parameters as recorded
     code: str = ""  # SHA-256 of a user's network code ("" for the documented networks)
+    device: str = ""  # the device tag (CPU model or GPU name): times are only comparable on one
+    # the parameters behind `spec` (name, value; ABSENT where the run did not record it), for labels
+    spec_items: tuple = field(default=(), compare=False, hash=False)
 
     @property
     def capped(self) -> bool:
@@ -54,10 +62,13 @@ class Key:
             return f"{self.n_train} images"
         if field == "code":
             return f"code {self.code[:8]}"
+        if field == "device":
+            return self.device or "device unrecorded"
         return f"spec {self.spec[:8]}"
 
 
-FIELDS = ("data", "precision", "epochs", "n_train", "spec", "code")
+FIELDS = ("data", "precision", "epochs", "n_train", "spec", "code", "device")
+SPEC_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.eval.")
 
 
 def _int(v) -> int | None:
@@ -72,18 +83,19 @@ def _str(v, default: str) -> str:
 
 
 def spec_columns(runs: pd.DataFrame) -> list[str]:
-    """The recipe's training parameters that every one of `runs` recorded: a parameter a newer
-    version added (absent from older runs) does not split runs that trained alike."""
-    cols = [c for c in runs.columns if c.startswith(("params.model.", "params.data.", "params.train.", "params.eval.")) and c not in _NOT_SPEC]
-    return [c for c in cols if runs[c].notna().all()]
+    """The recipe's training parameters that any one of `runs` recorded. A parameter some runs
+    lack stays: absent is a value of its own (a recipe edited by adding `model.args.dropout`, or a
+    run from a version that did not record `data.crop_style`, is a setup of its own)."""
+    cols = [c for c in runs.columns if c.startswith(SPEC_PREFIXES) and c not in _NOT_SPEC]
+    return [c for c in cols if runs[c].notna().any()]
 
 
 def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
     """The key of one run (a row of the runs DataFrame); `spec_cols`: the parameters that
     identify its recipe (spec_columns of its experiment's runs; default: all it recorded)."""
     if spec_cols is None:
-        spec_cols = [k for k in run.index if k.startswith(("params.model.", "params.data.", "params.train.", "params.eval.")) and k not in _NOT_SPEC]
-    spec_items = sorted((k, str(run[k])) for k in spec_cols if isinstance(run.get(k), str))
+        spec_cols = [k for k in run.index if k.startswith(SPEC_PREFIXES) and k not in _NOT_SPEC and isinstance(run.get(k), str)]
+    spec_items = tuple(sorted((k.removeprefix("params."), run[k] if isinstance(run.get(k), str) else ABSENT) for k in spec_cols))
     n_train, available = _int(run.get("params.data.n_train")), _int(run.get("params.data.n_train_available"))
     cap = _int(run.get("params.override.max_train_images"))
     if available is not None:
@@ -93,7 +105,14 @@ def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
         images_capped = cap is not None and n_train is not None and n_train >= cap
     return Key(str(run[f"tags.{TAG}experiment_id"]), _str(run.get(FP), "unknown"), _int(run.get("params.epochs")),
                _int(run.get("params.recipe_epochs")), n_train, images_capped, _str(run.get("params.precision"), "fp32"),
-               hashlib.sha256(json.dumps(spec_items).encode()).hexdigest()[:16], _str(run.get(CODE), ""))
+               spec_digest(spec_items), _str(run.get(CODE), ""), _str(run.get(DEVICE), ""), spec_items)
+
+
+def spec_digest(items) -> str:
+    """The digest of the parameters a run recorded (ABSENT ones left out: the set recorded already
+    tells a run that lacks one from a run that has it), so a run's key does not depend on what
+    other runs of the store recorded."""
+    return hashlib.sha256(json.dumps([[f"params.{k}", v] for k, v in sorted(items) if v != ABSENT]).encode()).hexdigest()[:16]
 
 
 def infer_available(runs: pd.DataFrame) -> pd.DataFrame:
@@ -121,34 +140,107 @@ def execution(run: pd.Series) -> str:
 
 
 def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the latest finished run of each seed, the seeds' earlier runs: superseded), both sorted by seed."""
+    """(the latest finished run of each seed, the seeds' earlier runs: superseded), both sorted by
+    seed. A run that recorded no seed (neither tag nor param) is kept as a sample of its own, with
+    `_seed` NaN: which seed it trained is unknown, so it supersedes nothing and is superseded by nothing."""
     runs = runs.copy()
     none = pd.Series(index=runs.index, dtype=object)
     seed = pd.to_numeric(runs.get(f"tags.{TAG}seed", none), errors="coerce")
-    runs["_seed"] = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce")).fillna(-1)  # the param where the tag was lost
+    runs["_seed"] = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce"))  # the param where the tag was lost
     runs["_when"] = runs["end_time"].fillna(runs["start_time"]) if "end_time" in runs else runs["start_time"]
-    runs = runs.sort_values(["_seed", "_when", "start_time"])
-    latest = runs.groupby("_seed", sort=True).tail(1)
-    superseded = runs.drop(latest.index)
+    runs = runs.sort_values(["_seed", "_when", "start_time"], na_position="last")
+    known = runs[runs["_seed"].notna()]
+    latest = pd.concat([known.groupby("_seed", sort=True).tail(1), runs[runs["_seed"].isna()]])
+    superseded = known.drop(latest.index.intersection(known.index))
     return latest.drop(columns=["_when"]), superseded.drop(columns=["_when"])
 
 
-def labels(counts: dict[Key, int]) -> dict[Key, str]:
+def catalogue_specs() -> dict[str, tuple]:
+    """The spec items (as run_key reads them) of each recipe the catalogue holds now (read once
+    per report: loading the catalogue checks every network)."""
+    from ..errors import HarnessError
+    from ..recipes.catalogue import load_catalogue
+    from ..recipes.spec import flatten
+
+    try:
+        cat = load_catalogue()
+    except HarnessError:
+        return {}
+    return {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
+                              if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
+
+
+def spec_difference(key: Key, ref: dict[str, str] | None, varying: list[str]) -> str:
+    """How `key`'s recipe parameters read against the reference values (`ref`: name -> value, the
+    catalogue's recipe or the experiment's unique commonest setup; "" where they are the same), or
+    without a reference, its values of the parameters that vary among the experiment's keys:
+    `train.phases.0.lr=0.5`, `data.crop_style absent`."""
+    mine = dict(key.spec_items)
+    names = [n for n in sorted(ref) if mine.get(n, ABSENT) != ref[n]] if ref is not None else varying
+    parts = [f"{n} absent" if mine.get(n, ABSENT) == ABSENT else f"{n}={mine[n]}" for n in names]
+    return ", ".join(parts) if parts or ref is not None else f"spec {key.spec[:8]}"
+
+
+def labels(counts: dict[Key, int], catalogue: dict[str, tuple] | None = None) -> dict[Key, str]:
     """Each key's row label: the experiment id, followed by what differs from that experiment's
-    reference key (uncapped, fp32, on the data set with most runs, with most runs itself), which
-    is labelled by its id alone: `tutorial-base`, `tutorial-base · bf16`, `tutorial-base · data 13a2d975`."""
+    reference setup, which is labelled by its id alone: `tutorial-base`, `tutorial-base · bf16`,
+    `tutorial-base · data 13a2d975`, `tutorial-base · model.args.dropout=0.3`.
+
+    The reference recipe parameters are the catalogue's current recipe; for an id it does not
+    hold, the setup with strictly the most runs (on a tie, none is bare: each names its values,
+    never the newest by default). The other fields' reference: uncapped, fp32, on the data set with
+    most runs, the device with most runs, with most runs itself. `catalogue`: catalogue_specs()
+    (read here when not given)."""
+    catalogue = catalogue_specs() if catalogue is None else catalogue
     per_data: dict[str, int] = {}
+    per_device: dict[str, int] = {}
     for k, n in counts.items():
         per_data[k.data] = per_data.get(k.data, 0) + n
+        per_device[k.device] = per_device.get(k.device, 0) + n
     by_exp: dict[str, list[Key]] = {}
     for k in counts:
         by_exp.setdefault(k.experiment_id, []).append(k)
     out = {}
     for eid, ks in by_exp.items():
-        ref = max(ks, key=lambda k: (not k.capped, k.precision == "fp32", per_data[k.data], counts[k], k.data))
+        ref = max(ks, key=lambda k: (not k.capped, k.precision == "fp32", per_data[k.data], per_device[k.device], counts[k], k.data, k.device, k.spec))
+        ref_spec = _reference_spec(catalogue.get(eid), ks, counts)
+        names = sorted({n for k in ks for n, _ in k.spec_items})
+        varying = [n for n in names if len({dict(k.spec_items).get(n, ABSENT) for k in ks}) > 1]
         for k in ks:
-            out[k] = " · ".join([eid, *(k.part(f) for f in FIELDS if getattr(k, f) != getattr(ref, f))])
-    return out
+            parts = []
+            for f in FIELDS:
+                if f == "spec":
+                    parts.append(spec_difference(k, ref_spec, varying))
+                elif getattr(k, f) != getattr(ref, f):
+                    parts.append(k.part(f))
+            out[k] = " · ".join([eid, *(p for p in parts if p)])
+    return _unique(out)
+
+
+def _reference_spec(cat: tuple | None, ks: list[Key], counts: dict[Key, int]) -> dict[str, str] | None:
+    """The recipe parameters labelled by the bare id: the catalogue's (`cat`), else a unique commonest."""
+    if cat is not None:
+        names = {n for k in ks for n, _ in k.spec_items}
+        full = dict(cat)
+        return {n: full.get(n, ABSENT) for n in names | set(full)}
+    per_spec: dict[str, int] = {}
+    for k in ks:
+        per_spec[k.spec] = per_spec.get(k.spec, 0) + counts[k]
+    if len(per_spec) == 1:
+        return dict(ks[0].spec_items)
+    ranked = sorted(per_spec.values(), reverse=True)
+    if ranked[0] == ranked[1]:
+        return None
+    top = max(per_spec, key=per_spec.get)
+    return dict(next(k for k in ks if k.spec == top).spec_items)
+
+
+def _unique(out: dict[Key, str]) -> dict[Key, str]:
+    """Two keys never share a label (a difference the parts above cannot name: add the digest)."""
+    seen: dict[str, int] = {}
+    for v in out.values():
+        seen[v] = seen.get(v, 0) + 1
+    return {k: (f"{v} · spec {k.spec[:8]}" if seen[v] > 1 else v) for k, v in out.items()}
 
 
 def settle_flags(key: Key, cap: int | None) -> str:

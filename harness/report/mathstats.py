@@ -59,3 +59,49 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
         return None
     p = ttest_ind(a, b, equal_var=False).pvalue
     return None if np.isnan(p) else float(p)
+
+
+def welch_matrix(samples: list[np.ndarray]) -> np.ndarray:
+    """Two-sided Welch p-values of every pair of `samples` (k x k, NaN on the diagonal and where a
+    side has fewer than 2 values or both have no spread and equal means), as welch_p, vectorised."""
+    from scipy.stats import t
+
+    k = len(samples)
+    n = np.array([len(s) for s in samples], dtype=float)
+    mean = np.array([np.mean(s) if len(s) else np.nan for s in samples])
+    var = np.array([np.var(s, ddof=1) if len(s) > 1 else np.nan for s in samples])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se2 = var / n
+        s = se2[:, None] + se2[None, :]
+        stat = (mean[:, None] - mean[None, :]) / np.sqrt(s)
+        df = s**2 / ((se2**2 / (n - 1))[:, None] + (se2**2 / (n - 1))[None, :])
+        p = 2 * t.sf(np.abs(stat), df)
+    p[np.eye(k, dtype=bool)] = np.nan
+    return p
+
+
+def mcnemar_matrix(correct: np.ndarray) -> np.ndarray:
+    """Exact two-sided McNemar p-values of every pair of rows of `correct` (k x n_images, bool),
+    as mcnemar, vectorised (the binomial is symmetric at 1/2: p = min(1, 2 P(X <= min(b, c))))."""
+    from scipy.stats import binom
+
+    c = correct.astype(np.int64)
+    b = c @ (1 - c).T  # b[i, j]: images i gets right and j wrong
+    lo, tot = np.minimum(b, b.T), b + b.T
+    p = np.where(tot == 0, 1.0, np.minimum(1.0, 2 * binom.cdf(lo, np.maximum(tot, 1), 0.5)))
+    p = p.astype(float)
+    p[np.eye(len(c), dtype=bool)] = np.nan
+    return p
+
+
+def holm_array(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values of a flat array (NaN: no test, not counted in the family)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if not len(ok):
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    return out

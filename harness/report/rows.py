@@ -44,8 +44,9 @@ class Row:
         return self.runs["metrics.test_acc"].to_numpy(dtype=float)
 
     @property
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.runs["_seed"]] if "_seed" in self.runs else []
+    def seeds(self) -> list[int | None]:
+        """Each counted run's seed; None for a run that recorded none (a sample of its own)."""
+        return [None if pd.isna(s) else int(s) for s in self.runs["_seed"]] if "_seed" in self.runs else []
 
 
 def _num(v):
@@ -105,7 +106,7 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
             "n_train": "?" if k.n_train is None else str(k.n_train),
             "precision": k.precision,
             "data": k.data,
-            "seeds": ", ".join(str(s) for s in r.seeds),
+            "seeds": ", ".join("?" if s is None else str(s) for s in r.seeds),
             "execution": modes.index[0] if len(modes) == 1 else ", ".join(f"{c} {m}" for m, c in modes.items()),
             "val_on": str(g.get("params.data.val_on", pd.Series(["?"])).fillna("?").iloc[0]),
             "cap": _num(g.get("params.override.max_train_images", pd.Series([None])).iloc[0]),

@@ -1,16 +1,24 @@
-"""Is a difference real? Each comparison the report makes, corrected per family (Holm).
+"""Is a difference real? Every verdict of the page is one family: all pairs of compared rows.
 
 A difference between recipes is called real only when the seed-to-seed spread was measured:
 at least MIN_SEEDS seeds a side, tested over the seeds (Welch). With fewer, the McNemar test on
 the test images still says whether two *runs* differ, and the verdict says that this is all it
-compares and which command would settle it."""
+compares and which command would settle it.
+
+The best row is chosen because its mean is highest; testing it against the k - 1 others as if it
+had been fixed in advance calls some pair real in 8-14% of stores of equal rows. So the family
+is every pair of compared rows (k(k-1)/2 tests, Holm over all of them): whichever rows turn out
+best or neighbours, and however the best was chosen, the chance that any verdict of the page
+calls equal recipes different is at most ALPHA (tests/test_report_fwer.py simulates it)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from .keys import settle_flags
-from .mathstats import holm, mcnemar, paired_bootstrap, welch_p
+import numpy as np
+
+from .mathstats import holm, holm_array, mcnemar, mcnemar_matrix, paired_bootstrap, welch_matrix, welch_p
 from .rows import Row
 
 ALPHA = 0.05
@@ -41,7 +49,7 @@ def seeds_measured(*rows: Row) -> bool:
     return all(r.stats["n"] >= MIN_SEEDS for r in rows)
 
 
-def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame]) -> dict:
+def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame], p_seeds: float | None = None) -> dict:
     """a (the higher) against b: McNemar and a paired bootstrap on the same test images (each
     row's lowest seed), and Welch over the seeds where both rows have MIN_SEEDS of them."""
     entry = {"best": a.key, "other": b.key, "diff": a.stats["mean"] - b.stats["mean"], "b": None, "c": None, "p": None, "ci": None,
@@ -56,8 +64,8 @@ def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame]) -> dict:
         entry["ci"] = paired_bootstrap(ca, cb)
     entry["spread"] = max([s for s in (a.stats["std"], b.stats["std"]) if s is not None], default=None)
     entry["seeds_measured"] = seeds_measured(a, b)
-    if entry["seeds_measured"]:
-        entry["p_seeds"] = welch_p(list(a.acc), list(b.acc))
+    if entry["seeds_measured"]:  # `p_seeds`: already computed (pair_pvalues), else here
+        entry["p_seeds"] = p_seeds if p_seeds is not None and not np.isnan(p_seeds) else welch_p(list(a.acc), list(b.acc))
     entry["settle"] = "" if entry["seeds_measured"] else settle_command([a, b])
     entry["p_test"] = entry["p_seeds"] if entry["seeds_measured"] else entry["p"]  # what the verdict rests on
     entry["p_holm"] = entry["p_test"]  # until holm_family() adjusts it among its family
@@ -86,15 +94,86 @@ def ranked_rows(rows: list[Row]) -> list[Row]:
     return sorted(ranked, key=lambda r: -r.stats["mean"])
 
 
-def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
-    ranked = ranked_rows(rows)
-    return holm_family([paired_compare(ranked[0], r, preds) for r in ranked[1:]]) if ranked else []
+def _correct(r: Row, preds: dict[str, pd.DataFrame]) -> np.ndarray | None:
+    p = preds.get(r.runs["run_id"].iloc[0])
+    return None if p is None else (p["pred"] == p["label"]).to_numpy()
 
 
-def compare_neighbours(rows: list[Row], preds: dict[str, pd.DataFrame]) -> list[dict]:
-    """Each rank against the next one down: where the ordering itself is inside the noise."""
+def pair_pvalues(rows: list[Row], preds: dict[str, pd.DataFrame]) -> np.ndarray:
+    """The p-value each pair's verdict rests on (k x k, NaN where untested): Welch over seeds where
+    both rows have MIN_SEEDS of them, else McNemar on the two rows' first runs where their
+    predictions cover the same test images of one data set."""
+    k = len(rows)
+    p = np.full((k, k), np.nan)
+    if k < 2:
+        return p
+    measured = np.array([r.stats["n"] >= MIN_SEEDS for r in rows])
+    welch = welch_matrix([r.acc for r in rows])
+    both = measured[:, None] & measured[None, :]
+    p[both] = welch[both]
+    need = ~both & ~np.eye(k, dtype=bool)
+    if need.any():
+        correct = [_correct(r, preds) for r in rows]
+        labels = [preds[r.runs["run_id"].iloc[0]]["label"].to_numpy() if c is not None else None for r, c in zip(rows, correct)]
+        # rows whose predictions are on identical test images (same data set, same labels) are paired
+        groups: dict[tuple, list[int]] = {}
+        for i, (r, c, y) in enumerate(zip(rows, correct, labels)):
+            if c is not None:
+                groups.setdefault((r.data, len(y), y.tobytes()), []).append(i)
+        for idx in groups.values():
+            mc = mcnemar_matrix(np.array([correct[i] for i in idx]))
+            sub = np.ix_(idx, idx)
+            p[sub] = np.where(need[sub], mc, p[sub])
+    return p
+
+
+class Family:
+    """Every tested pair of `rows` (by identity): the raw p-value each verdict rests on and its
+    Holm adjustment over all of them, the one family every verdict of the page is drawn from."""
+
+    def __init__(self, rows: list[Row], preds: dict[str, pd.DataFrame]):
+        p = pair_pvalues(rows, preds)
+        iu = np.triu_indices(len(rows), 1)
+        adj = holm_array(p[iu])
+        self.raw, self.adj = {}, {}
+        for i, j, a in zip(*iu, adj):
+            for x, y in ((i, j), (j, i)):
+                self.raw[(id(rows[x]), id(rows[y]))] = float(p[i, j])
+                if not np.isnan(a):
+                    self.adj[(id(rows[x]), id(rows[y]))] = float(a)
+
+    def __len__(self) -> int:
+        return len(self.adj) // 2
+
+    def entries(self, pairs: list[tuple[Row, Row]], preds: dict[str, pd.DataFrame]) -> list[dict]:
+        out = []
+        for a, b in pairs:
+            e = paired_compare(a, b, preds, self.raw.get((id(a), id(b))))
+            e["p_holm"] = self.adj.get((id(a), id(b))) if e["p_test"] is not None else None
+            e["verdict"] = _verdict(e)
+            out.append(e)
+        return out
+
+
+def family(rows: list[Row], preds: dict[str, pd.DataFrame]) -> Family:
+    return Family(rows, preds)
+
+
+def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame], fam: Family | None = None) -> list[dict]:
+    """The best row against each other one, adjusted within the family of all pairs (`fam`:
+    family(ranked_rows(rows), preds), computed here when not given)."""
     ranked = ranked_rows(rows)
-    return holm_family([paired_compare(a, b, preds) for a, b in zip(ranked, ranked[1:])])
+    if not ranked:
+        return []
+    fam = Family(ranked, preds) if fam is None else fam
+    return fam.entries([(ranked[0], r) for r in ranked[1:]], preds)
+
+
+def compare_neighbours(rows: list[Row], preds: dict[str, pd.DataFrame], fam: Family | None = None) -> list[dict]:
+    """Each rank against the next one down: where the ordering itself is inside the noise (same family)."""
+    ranked = ranked_rows(rows)
+    fam = Family(ranked, preds) if fam is None else fam
+    return fam.entries(list(zip(ranked, ranked[1:])), preds)
 
 
 def best_basis(rows: list[Row], tests: list[dict]) -> dict:
@@ -107,7 +186,7 @@ def best_basis(rows: list[Row], tests: list[dict]) -> dict:
         return {"best": None, "measured": False, "text": f"Only one row compared ({best.key}): nothing to rank, no best", "settle": ""}
     if seeds_measured(*ranked) and all(t["verdict"] == REAL for t in tests):
         return {"best": best.key, "measured": True, "beyond": True,
-                "text": f"ahead of every other row beyond seed noise ({MIN_SEEDS}+ seeds each, Welch, Holm)", "settle": ""}
+                "text": f"ahead of every other row beyond seed noise ({MIN_SEEDS}+ seeds each, Welch, Holm over all pairs of compared rows)", "settle": ""}
     if seeds_measured(*ranked):
         return {"best": best.key, "measured": True, "beyond": False, "text": "highest mean, but not beyond seed noise against every other row",
                 "settle": ""}

@@ -21,7 +21,7 @@ from .claims import Heartbeat
 from ..errors import DivergedError, Interrupted
 from .job import Job, Outcome, Progress
 from .lifecycle import TakenOver
-from .one_run import build, checkpoint, ended_outcome, epoch_metrics, finish, keep_best, record, relog_missing
+from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, finish, keep_best, record, relog_missing
 from ..tracking.outbox import Outbox
 from .progress import epoch_line
 from ..training.recipe_data import prepare_data
@@ -135,6 +135,7 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
             val = evaluate(models[i], preps[i].val_x, preps[i].val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
             stack.generators[i].set_state(torch.get_rng_state())
             metrics, series = epoch_metrics(stats[i], val, epoch, steps)
+            metrics.update(epoch_test_acc(exp, models[i], preps[i], loss_fn, job.opts.precision))  # eval mode: no RNG drawn
             keep_best(exp, models[i], val, pr)
             pr.history[epoch] = {"metrics": metrics, "series": series}
             states[i].save(checkpoint(job, models[i].state_dict(), optimizer_state_of(optimizer, i, n), stack.rng_state(i), epoch, pr, metrics, series))

@@ -219,6 +219,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
         metrics, series = epoch_metrics(stats, val, epoch, steps)
+        metrics.update(epoch_test_acc(exp, model, prep, loss_fn, job.opts.precision))
         metrics["threads"] = job.threads  # what this epoch trained on: the run's fixed count (param `threads`)
         keep_best(exp, model, val, pr)
         pr.scaler = scaler.state_dict() if scaler is not None else None
@@ -233,6 +234,18 @@ def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:
     metrics = {"train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
                "lr": stats.lr, "epoch_time_s": stats.time_s, "epoch_images_per_s": stats.images / max(stats.time_s, 1e-9)}
     return metrics, {"train_loss_step": [(epoch * steps + s, v) for s, v in stats.step_losses]}
+
+
+def epoch_test_acc(exp: Experiment, model, prep: Prepared, loss_fn, precision: str) -> dict:
+    """`test_acc_epoch`: the test accuracy after this epoch, for a recipe with a validation split
+    (one that validates on the test set has it as val_acc already). The budget table chooses an
+    epoch on the validation split and scores it here, on images that did not choose it. Measured in
+    eval mode under no_grad: no dropout draw (no RNG consumed), BatchNorm's running statistics
+    untouched, so training is bit-identical with or without it (tests/test_epoch_test_acc.py);
+    nothing of training reads it, and its time is not training time."""
+    if prep.val_is_test:
+        return {}
+    return {"test_acc_epoch": evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, precision, "eval").acc}
 
 
 def keep_best(exp: Experiment, model, val, pr: Progress) -> None:

@@ -8,7 +8,7 @@ import json
 import torch
 
 from .. import __version__
-from ..training.environment import device_name, git_commit
+from ..training.environment import all_cores, cpu_model, device_name, git_commit
 from ..training.recipe_data import Prepared
 from ..recipes.spec import flatten
 from ..tracking import TAG
@@ -32,6 +32,8 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
         f"{TAG}source": exp.source.seed if exp.source else "your own recipe",
         f"{TAG}capped": str(capped).lower(), f"{TAG}git_commit": commit, f"{TAG}version": __version__,
         f"{TAG}torch_version": torch.__version__, f"{TAG}device": device_name(job.device),
+        # the machine in full: CPU model, cores this process may use, intra-op threads the run started on
+        f"{TAG}cpu_model": cpu_model(), f"{TAG}cpu_cores": all_cores(), f"{TAG}threads": job.threads,
         f"{TAG}data_fingerprint": job.data.fingerprint, f"{TAG}data_dir": str(job.data.root),
         f"{TAG}published_accuracy": json.dumps(exp.published.test_accuracy), f"{TAG}assumed": ",".join(exp.assumed),
         f"{TAG}published_interval": json.dumps(exp.published.interval()), f"{TAG}eval_mode": exp.eval.mode,

@@ -6,6 +6,7 @@
 - outbox.py: Outbox, store writes off the training thread, in order.
 - store.py: which store a URI names, whether it is reachable, usable and writable, and
   creating a new SQLite store all-or-nothing; one-line reasons for store errors.
+- report_runs.py: what `harness report` reads (every harness run, uncapped) and writes (the report as a run's artifact).
 - tracker.py: Tracker, the connection to one store and experiment (runs, metrics,
   artifacts, logged models).
 """

@@ -145,9 +145,11 @@ class Tracker:
             base = redact(self.uri)
         return ui_link(base, self.experiment_id)
 
-    def search_runs_df(self):
-        """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
-        return mlflow.search_runs(experiment_ids=[self.experiment_id], max_results=50000)
+    def search_runs_df(self, harness_only: bool = True):
+        """Every (harness) run of the experiment as a pandas DataFrame, uncapped (report_runs.py)."""
+        from .report_runs import search_runs_df
+
+        return search_runs_df(self, harness_only)
 
     def download_artifact(self, run_id: str, path: str, dst: str) -> str | None:
         try:

@@ -136,7 +136,39 @@ def git_commit() -> str:
     return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name", lscpu's "Model name", else the
+    platform's words): on Linux platform.processor() is empty and every x86 CPU read `x86_64`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line and line.split(":", 1)[1].strip():
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:") and line.split(":", 1)[1].strip():
+                return " ".join(line.split(":", 1)[1].split())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def device_name(device: torch.device) -> str:
+    """What a run's times were measured on: the GPU's name, or the CPU's model and the cores this
+    process may use (`cpu:Intel(R) Xeon(R) Processor, 2 cores`). Times are only comparable
+    between runs of one device name (the report compares them so)."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"{device.type}:{platform.processor() or platform.machine()}"
+    if device.type == "cpu":
+        return f"cpu:{cpu_model()}, {all_cores()} cores"
+    return f"{device.type}:{cpu_model()}"
