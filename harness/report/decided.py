@@ -27,7 +27,8 @@ def decided_section(compared: list[Row], alpha: float = ALPHA, margin: float = M
     if len(rows) < 2:
         return {"pairs": [], "top": [r.key for r in rows], "answered": False, "recipes": [], "alpha": alpha, "margin": margin, "m": 0,
                 "why": "fewer than two rows compared: nothing to decide"}
-    d = decide({r.key: dict(zip(r.seeds, r.acc)) for r in rows}, alpha, margin)  # each pair on the seeds both rows have
+    # each pair on the seeds both rows have (a run without a seed tag pairs with nothing)
+    d = decide({r.key: {s: a for s, a in zip(r.seeds, r.acc) if s is not None} for r in rows}, alpha, margin)
     pairs = [{"row_a": p.a, "row_b": p.b, "verdict": p.verdict, "n_a": p.n_a, "n_b": p.n_b, "n_paired": p.n_paired, "e_value": p.e_value,
               "diff": p.diff,
               "diff_lo": _finite(p.lo), "diff_hi": _finite(p.hi), "seeds_needed": p.seeds_needed,
