@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from harness.runs.liveness import UNREADABLE, process_alive, start_ticks
 from harness.runs.claims import BEAT_INTERVAL, HEARTBEAT, OWNER, ClaimPolicy, Claimed, Claimer, Declined, beating, machine_id
 from harness.tracking import Tracker
 
@@ -57,9 +58,9 @@ def other_run(tracker, chash, beat: float, status="RUNNING", owner=ELSEWHERE):
 def dead_owner_here() -> str:
     """An owner on this machine whose process has ended."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = psutil.Process(p.pid).create_time()
+    start = start_ticks(p.pid)
     p.wait()
-    return f"{machine_id()}|{p.pid}|{start:.3f}|cafecafe"
+    return f"{machine_id()}|{p.pid}|t{start}|cafecafe"
 
 
 def test_a_run_whose_heartbeat_changes_elsewhere_is_left_alone(tracker):
@@ -135,7 +136,7 @@ def test_an_owner_on_this_machine_is_judged_by_its_process_whatever_the_lock(tra
     holds "its" lock), a dead owner's is taken over at once, without waiting for the stale limit."""
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        owner = f"{machine_id()}|{p.pid}|{psutil.Process(p.pid).create_time():.3f}|0123abcd"
+        owner = f"{machine_id()}|{p.pid}|t{start_ticks(p.pid)}|0123abcd"
         rid = tracker.create_run("x", {"harness.config_hash": "c4", OWNER: owner, HEARTBEAT: "1.000"}).run_id
         fake = FakeTime()
         got = claimer(tracker, fake=fake).claim("c4", "x", {}, force=False, lock_held=True)
@@ -268,3 +269,40 @@ def test_a_killed_run_under_the_old_hash_of_the_same_configuration_is_resumed(tr
     [got] = claimer(tracker, settle=0.0).claim_many([Request("new-hash", "x", {}, False, True, aliases=("old-hash",))])
     assert isinstance(got, Claimed) and got.run_id == rid and got.resumed
     assert tracker.find_runs("new-hash") == []
+
+
+def test_a_process_that_proc_will_not_show_is_left_to_the_heartbeat(monkeypatch):
+    """Under /proc mounted hidepid (or another user's process), an unreadable stat is no proof of
+    death: liveness says "cannot tell" (None), so the heartbeat decides instead of a takeover."""
+    import harness.runs.liveness as liveness
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{machine_id()}|{p.pid}|t{start_ticks(p.pid)}|0123abcd"
+        assert process_alive(owner) is True
+        real_read = liveness.Path.read_text
+
+        def hidden(self, *a, **k):
+            if str(self) == f"/proc/{p.pid}/stat":
+                raise PermissionError(13, "hidepid")
+            return real_read(self, *a, **k)
+
+        monkeypatch.setattr(liveness.Path, "read_text", hidden)
+        assert start_ticks(p.pid) == UNREADABLE and process_alive(owner) is None
+    finally:
+        p.kill()
+        p.wait()
+    assert start_ticks(p.pid) is None  # gone: dead, whatever /proc says
+
+
+def test_an_owner_in_the_old_wall_clock_format_is_never_called_dead_while_its_pid_lives():
+    """Owners written before start ticks carry wall seconds, which a stepped clock moves: a live
+    pid is left to the heartbeat (None), a missing one is dead."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stepped = psutil.Process(p.pid).create_time() + 1.0  # as a 1-s clock step would read it
+        assert process_alive(f"{machine_id()}|{p.pid}|{stepped:.3f}|0123abcd") is None
+    finally:
+        p.kill()
+        p.wait()
+    assert process_alive(f"{machine_id()}|{p.pid}|{stepped:.3f}|0123abcd") is False

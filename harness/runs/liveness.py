@@ -50,15 +50,23 @@ def machine_id() -> str:
     return f"{socket.gethostname()}/{boot}/{pidns}"
 
 
+UNREADABLE = -1  # start_ticks: the process may exist, but /proc does not say (hidepid, permissions)
+
+
 def start_ticks(pid: int) -> int | None:
     """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat):
-    monotonic, so a stepped wall clock cannot make a live process look another. None: no such process."""
+    monotonic, so a stepped wall clock cannot make a live process look another. None: no such
+    process; UNREADABLE: /proc would not say (mounted hidepid=1/2, another user's process)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
     except OSError:
-        return None
+        try:  # a missing /proc entry under hidepid=2 is not proof of death: ask the kernel
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:  # EPERM: it exists, not ours
+            return UNREADABLE
+        return UNREADABLE
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the command may hold spaces
     return None if fields[0] == "Z" else int(fields[19])
 
@@ -67,7 +75,7 @@ def new_owner(attempt: str | None = None) -> str:
     """machine|pid|process start ticks|a claimer's own id (or `attempt`'s)."""
     pid = os.getpid()
     ticks = start_ticks(pid)
-    start = f"t{ticks}" if ticks is not None else f"{psutil.Process(pid).create_time():.3f}"
+    start = f"t{ticks}" if ticks not in (None, UNREADABLE) else f"{psutil.Process(pid).create_time():.3f}"
     return f"{machine_id()}|{pid}|{start}|{attempt or uuid.uuid4().hex[:8]}"
 
 
@@ -93,20 +101,20 @@ def process_alive(owner: str) -> bool | None:
         return None
     try:
         pid = int(parts[1])
-        ticks, start = (int(parts[2][1:]), None) if parts[2].startswith("t") else (None, float(parts[2]))
+        ticks = int(parts[2][1:]) if parts[2].startswith("t") else None
+        if ticks is None:
+            float(parts[2])  # an earlier version's start in wall seconds
     except ValueError:
         return None
     if pid == os.getpid():
         with _beating_lock:
             return _beating.get(owner, 0) > 0
     if ticks is not None:
-        return start_ticks(pid) == ticks
-    try:  # an owner written by an earlier version: its start in wall seconds
-        return abs(psutil.Process(pid).create_time() - start) < 0.01
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.Error:  # not ours to inspect: it exists
-        return True
+        now = start_ticks(pid)
+        return None if now == UNREADABLE else now == ticks  # unreadable: the heartbeat decides
+    # an owner written by an earlier version (its start in wall seconds, which a stepped clock
+    # moves): a missing process is dead, a present one is left to the heartbeat
+    return False if not psutil.pid_exists(pid) else None
 
 
 class Observer:
