@@ -85,11 +85,13 @@ def pytest_xdist_auto_num_workers(config):
 SHARED = {"server": "tracking-server", "admin": "tracking-server"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which names each test's group from the mark
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which names each test's group from the mark, and -m's selection
 def pytest_collection_modifyitems(config, items):
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         names = set(getattr(item, "fixturenames", ()))
+        if "server" in names:  # starting PostgreSQL and the server alone takes longer than the quick tier's share
+            item.add_marker(pytest.mark.slow)
         group = next((SHARED[n] for n in sorted(names) if n in SHARED), None)
         if group is None and info is not None:
             scoped = [d[-1] for n, d in info.name2fixturedefs.items() if n in names and d and d[-1].scope in ("module", "class", "package")]

@@ -16,6 +16,7 @@ from harness.training.loop import build_optimizer, loss_function, lr_at, train_o
 CAT = load_catalogue()
 
 
+@pytest.mark.slow
 def test_bench_prints_the_comparison_lines(store):
     # the smallest measurement bench accepts (1 timed step after its 2 warm-up ones, 64-image
     # overhead epochs): what is checked here is what it prints, not the numbers
@@ -150,6 +151,7 @@ def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
     assert runs["tutorial-base"].data.params["conv"] == "aten" and runs["fastai-convnet"].data.params["conv"] == "onednn"
 
 
+@pytest.mark.slow
 def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store):
     """Runs the real measurement, including five `harness run` processes for the fixed cost."""
     r = CliRunner().invoke(main, ["bench", "--repeats", "2", "--steps", "1"])  # the smallest it accepts

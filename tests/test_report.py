@@ -126,6 +126,7 @@ def offline(cmd: list[str]) -> list[str]:
     return cmd
 
 
+@pytest.mark.slow
 def test_renders_in_headless_chromium(built, tmp_path):
     """The report in a real browser with no network: every image decodes, every run is there."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

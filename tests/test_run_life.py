@@ -267,6 +267,7 @@ def test_runs_starting_at_once_into_a_new_experiment_register_their_data_sets(st
         assert {d.dataset.name for d in c.get_run(rid).inputs.dataset_inputs} == {"cifar10-subset-test", "cifar10-subset-train"}
 
 
+@pytest.mark.slow
 def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_root, tmp_path):
     """Same machine, same store, different HARNESS_STATE_DIR (so different lock folders): the
     second sees the first's process alive and leaves the run to it."""

@@ -100,6 +100,7 @@ def _history(store, run_id, key):
     return [(m.step, m.value) for m in sorted(MlflowClient(store).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
     args = ["run", "medium-three-conv", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "4", "--no-progress"]
     p = start_and_wait_for_checkpoint(*args)
@@ -123,6 +124,7 @@ def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
     assert [v for _, v in _history(store, other.info.run_id, "train_loss_step")] == [v for _, v in _history(store, done.info.run_id, "train_loss_step")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_killed_then_resumes(synthetic_root, store):
     args = ["run", "skl-cnn", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", "--max-train-images", "400", "--no-progress"]
     p = start_and_wait_for_checkpoint(*args)

@@ -107,6 +107,7 @@ def test_a_run_follows_free_cores_between_epochs_within_its_policy(monkeypatch):
     assert big.threads == 4  # never more than its policy
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(all_cores() < 2, reason="needs 2 cores to free one")
 def test_with_jobs_the_long_run_takes_the_core_a_short_one_freed(synthetic_root, store):
     """Two runs side by side on 2 cores, one thread each; when the short one ends, the long one

@@ -46,6 +46,7 @@ def check_each_trained_once(store: str, ids: list[str], epochs: int) -> None:
         assert len(c.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling", ["two folders", "relative and absolute URI"])
 def test_two_run_alls_on_one_store_train_each_configuration_once(tmp_path, synthetic_root, spelling):
     a = folder(tmp_path, "a")
@@ -62,6 +63,7 @@ def test_two_run_alls_on_one_store_train_each_configuration_once(tmp_path, synth
     check_each_trained_once(store_abs, IDS, 2)
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthetic_root):
     a, b = folder(tmp_path, "a"), folder(tmp_path, "b")
     store = f"sqlite:///{a}/mlflow.db"

@@ -138,6 +138,7 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
         assert len(c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
 
 
+@pytest.mark.slow
 def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_stopped(synthetic_root, tmp_path, monkeypatch, store):
     import harness.runs.group_run as group_run
 
