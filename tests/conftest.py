@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -49,12 +50,28 @@ def real_root() -> Path:
     return REAL_SUBSET
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite store, its schema built once per session as harness builds one (MLflow
+    creates and migrates it on first use: over a second each time)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    client.search_experiments(max_results=1)
+    client._tracking_client.store.engine.dispose()
+    return db
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite store and state dir; the cwd is the repo so experiments/ is found."""
+def store(tmp_path, monkeypatch, empty_store) -> str:
+    """A fresh sqlite store (a copy of empty_store: the same file harness would create, without
+    the migration's cost) and state dir; the cwd is the repo so experiments/ is found. The tests
+    of creating a store (test_reliability, test_bad_inputs) make their own."""
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 

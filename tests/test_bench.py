@@ -71,7 +71,7 @@ def test_sgdr_follows_fastai_cos_anneal_over_a_whole_fit():
     assert lr_at(phases, 0, 10, nb) == 0.1
 
 
-@pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), ("medium-vgg-bn", 100)])
+@pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), pytest.param("medium-vgg-bn", 100, marks=pytest.mark.slow)])
 def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
     """Same seed and data order: the harness loop (device-side bookkeeping, foreach optimizer,
     schedule) must give the losses of the plainest PyTorch loop."""

@@ -101,6 +101,7 @@ def test_an_outage_within_the_window_is_ridden_out_and_every_epoch_lands_once(sy
     assert "test_acc" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_an_outage_past_the_window_stops_the_run_resumable_in_one_line_and_a_rerun_resumes_it(synthetic_root, store, monkeypatch):
     monkeypatch.setenv("HARNESS_OUTAGE_WINDOW_S", "2")
     outage = Outage(monkeypatch)

@@ -90,6 +90,7 @@ def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthe
     check_each_trained_once(store, ["medium-vgg-bn"], 4)
 
 
+@pytest.mark.slow
 def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, monkeypatch):
     """By default one process per core (2 here): worker processes share the queue; every run is
     trained once, with the same lines, table and exit code as one process, and a rerun skips them."""
