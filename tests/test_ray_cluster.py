@@ -205,9 +205,7 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
     a rerun resumes it (and is stopped in turn). Meanwhile the driver showed the tasks' epoch lines, prefixed by run."""
     name = f"ray-stop-{sig.name}"
     # fastai-simplenet: 4 short epochs; medium-vgg-bn: 30 (long still training when the other is done)
-    # 200 images: both runs' epochs 3x shorter than the whole synthetic set's, in the same ratio
-    args = ["--only", "fastai-simplenet", "--only", "medium-vgg-bn", "--data-dir", synthetic_root, "--epochs", "30", "--max-train-images", "200",
-            "--no-system-metrics"]
+    args = ["--only", "fastai-simplenet", "--only", "medium-vgg-bn", "--data-dir", synthetic_root, "--epochs", "30", "--no-system-metrics"]
     p = run_all(server, cluster, name, *args)
 
     def by_exp():
