@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +50,94 @@ def real_root() -> Path:
     return REAL_SUBSET
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite store, its schema built once per session as harness builds one (MLflow
+    creates and migrates it on first use: over a second each time)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    client.search_experiments(max_results=1)
+    client._tracking_client.store.engine.dispose()
+    return db
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite store and state dir; the cwd is the repo so experiments/ is found."""
+def store(tmp_path, monkeypatch, empty_store) -> str:
+    """A fresh sqlite store (a copy of empty_store: the same file harness would create, without
+    the migration's cost) and state dir; the cwd is the repo so experiments/ is found. The tests
+    of creating a store (test_reliability, test_bad_inputs) make their own."""
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+# --- pytest-xdist (pyproject: -n auto --dist loadgroup) ------------------------------------------
+# Most of the suite waits, not computes: `harness` subprocesses importing torch and MLflow, fresh
+# SQLite stores migrating their schema, servers answering. Two workers on 2 cores overlap that.
+# Tests that build something costly once (a tracking server, a trained store, a Ray cluster) are
+# kept on one worker, which builds it once: xdist_group, given here by the fixtures a test uses.
+
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: a worker per core for the suite or several files; none (in-process, no start-up
+    cost) when the command names one file or tests of one file. PYTEST_XDIST_AUTO_NUM_WORKERS
+    (xdist's own variable) still decides where set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    files = {a.split("::")[0] for a in config.args if a.split("::")[0].endswith(".py")}
+    if config.args and len(files) == 1 and all(a.split("::")[0].endswith(".py") for a in config.args):
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# session fixtures whose tests share one worker (the group's name); a test using a module-scoped
+# fixture runs on the worker of its module's other tests (that fixture is then built once)
+SHARED = {"server": "tracking-server", "admin": "tracking-server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which names each test's group from the mark, and -m's selection
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        names = set(getattr(item, "fixturenames", ()))
+        if "server" in names:  # starting PostgreSQL and the server alone takes longer than the quick tier's share
+            item.add_marker(pytest.mark.slow)
+        group = next((SHARED[n] for n in sorted(names) if n in SHARED), None)
+        if group is None and info is not None:
+            scoped = [d[-1] for n, d in info.name2fixturedefs.items() if n in names and d and d[-1].scope in ("module", "class", "package")]
+            if scoped:
+                group = item.module.__name__ if item.module else item.nodeid.split("::")[0]
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sigint_as_in_a_terminal():
+    """Ctrl-C as a terminal delivers it, however pytest was started.
+
+    A background job of a non-interactive shell (`nohup python -m pytest &` in a script, some CI
+    runners) starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    the tests that send Ctrl-C to themselves, or to a child started from here (which inherits
+    the ignored disposition through fork and exec, new session or not), would wait for an
+    interrupt that never comes. For the session the default handler is back, so an os.kill(...,
+    SIGINT) raises KeyboardInterrupt here and every child starts with SIGINT's default action;
+    the disposition pytest was started with is restored at the end.
+    test_started_in_background runs such tests from a process with SIGINT ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")

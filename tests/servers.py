@@ -91,7 +91,10 @@ def tracking_server(auth_cache_ttl_s: int = 0):
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
             # 0: MLflow's default, every request re-checks the password hash (measure_scale_out compares)
             f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n")
-        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests")
+        # no job runner: MLflow 3's server otherwise starts 8 more processes (huey consumers) that
+        # harness never gives work, seconds of CPU at each start and restart of the server
+        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests",
+                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         log = root / "server.log"
         url = f"http://127.0.0.1:{port}"
 

@@ -16,8 +16,11 @@ from harness.training.loop import build_optimizer, loss_function, lr_at, train_o
 CAT = load_catalogue()
 
 
+@pytest.mark.slow
 def test_bench_prints_the_comparison_lines(store):
-    r = CliRunner().invoke(main, ["bench", "--steps", "5", "--overhead-images", "256"])
+    # the smallest measurement bench accepts (1 timed step after its 2 warm-up ones, 64-image
+    # overhead epochs): what is checked here is what it prints, not the numbers
+    r = CliRunner().invoke(main, ["bench", "--steps", "1", "--overhead-images", "64"])
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-vgg-bn@20"):
         assert re.search(rf"^{re.escape(case)} seed-style \d+ img/s \| harness \d+ img/s \| speedup \d+\.\d\dx \(median of 3 rounds in turn, .*: \d+\.\d\dx\)$", r.output, re.M), r.output
@@ -68,7 +71,7 @@ def test_sgdr_follows_fastai_cos_anneal_over_a_whole_fit():
     assert lr_at(phases, 0, 10, nb) == 0.1
 
 
-@pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), ("medium-vgg-bn", 100)])
+@pytest.mark.parametrize("eid, n", [("tutorial-base", 200), ("fastai-convbnnet", 600), pytest.param("medium-vgg-bn", 100, marks=pytest.mark.slow)])
 def test_fast_loop_trains_exactly_like_a_plain_loop(synthetic_root, eid, n):
     """Same seed and data order: the harness loop (device-side bookkeeping, foreach optimizer,
     schedule) must give the losses of the plainest PyTorch loop."""
@@ -150,12 +153,13 @@ def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
     assert runs["tutorial-base"].data.params["conv"] == "aten" and runs["fastai-convnet"].data.params["conv"] == "onednn"
 
 
+@pytest.mark.slow
 def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store):
     """Runs the real measurement, including five `harness run` processes for the fixed cost."""
-    r = CliRunner().invoke(main, ["bench", "--repeats", "3", "--steps", "3"])
+    r = CliRunner().invoke(main, ["bench", "--repeats", "2", "--steps", "1"])  # the smallest it accepts
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-three-conv@20"):
-        assert re.search(rf"^{re.escape(case)} x 3 seeds: sequential \d+ img/s per network \| together \d+ img/s per network \| "
+        assert re.search(rf"^{re.escape(case)} x 2 seeds: sequential \d+ img/s per network \| together \d+ img/s per network \| "
                          rf"speedup \d+\.\d\dx \(1 thread\)$", r.output, re.M), r.output
     assert re.search(r"^fixed cost of a run outside training .*: new store \d+\.\d s \| existing store \d+\.\d s \| rerun that skips "
                      r"\d+\.\d s \| each further run in one process -?\d+\.\d s$", r.output, re.M), r.output

@@ -234,6 +234,7 @@ def test_a_heartbeat_notices_its_run_was_taken_over(tracker):
     assert tracker.run_tags(rid)[HEARTBEAT] == before  # it no longer keeps the new owner's claim alive
 
 
+@pytest.mark.slow
 def test_a_trainer_whose_run_was_taken_over_stops_and_leaves_it_alone(store, synthetic_root, monkeypatch):
     """A process that stalled past the stale limit finds, at its next heartbeat, that another
     process resumed its run: it stops at the epoch's end without logging, failing or killing it."""

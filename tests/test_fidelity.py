@@ -132,6 +132,7 @@ def test_train_mode_evaluation_uses_batch_statistics_and_dropout_and_leaves_runn
     assert not model.training
 
 
+@pytest.mark.slow
 def test_cs598_logs_both_protocols_and_tutorial_logs_equal_ones(synthetic_root, store):
     for eid in ("cs598-vgg-bn-aug", "tutorial-base"):
         r = CliRunner().invoke(main, ["run", eid, "--data-dir", str(synthetic_root), "--tracking-uri", store, "--epochs", "1",
@@ -177,6 +178,7 @@ def test_cs598_spec_clamps_as_written():
     assert CAT["cs598-vgg-bn-aug"].eval.mode == "train"
 
 
+@pytest.mark.slow
 def test_runner_applies_the_clamp_after_its_epoch(synthetic_root, store, monkeypatch):
     import harness.runs.one_run as runner
 

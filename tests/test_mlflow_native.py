@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -64,6 +65,7 @@ def test_system_metrics_are_recorded_for_training_runs(synthetic_root, store, mo
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_one_line_per_epoch(synthetic_root, tmp_path):
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", HARNESS_STATE_DIR=str(tmp_path / "state"))
     env.pop("MLFLOW_TRACKING_URI", None)

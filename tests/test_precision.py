@@ -1,6 +1,7 @@
 """fp16 training scales the loss: gradients too small for fp16 still update the weights, as
 they do in fp32 (tested on the CPU, where autocast runs fp16 too)."""
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ def test_only_fp16_gets_a_scaler():
     assert isinstance(grad_scaler(cpu, "fp16"), torch.amp.GradScaler)
 
 
+@pytest.mark.slow
 def test_a_killed_fp16_run_resumes_with_its_loss_scale(synthetic_root, store):
     """The scaler's state (scale, growth counter) is part of each epoch's checkpoint, so a resumed
     fp16 run goes on with the scale it had, not a fresh one."""

@@ -258,7 +258,7 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
 
 def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, admin, synthetic_root):
     """Last in this module: it kills the worker node."""
-    args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", "4", "--max-train-images", "400",
+    args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", "4", "--max-train-images", "200",
             "--no-progress", "--no-system-metrics"]
     p = run_all(server, cluster, "ray-kill", *args)
     worker, head = cluster["nodes"]["worker"], cluster["nodes"]["head"]

@@ -49,8 +49,11 @@ def create_store_in_subprocess(db: Path, sig: int, after_s: float) -> int:
     return p.returncode
 
 
-@pytest.mark.parametrize("sig,after_s", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 0.3), (signal.SIGKILL, 1.0),
-                                         (signal.SIGINT, 0.3), (signal.SIGINT, 0.8), (signal.SIGINT, 1.0)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig,after_s", [pytest.param(signal.SIGKILL, 0.0, marks=SLOW), (signal.SIGKILL, 0.3), pytest.param(signal.SIGKILL, 1.0, marks=SLOW),
+                                         (signal.SIGINT, 0.3), pytest.param(signal.SIGINT, 0.8, marks=SLOW), pytest.param(signal.SIGINT, 1.0, marks=SLOW)])
 def test_a_store_killed_while_it_is_created_is_absent_or_complete(tmp_path, sig, after_s):
     db = tmp_path / "mlflow.db"
     rc = create_store_in_subprocess(db, sig, after_s)
@@ -83,6 +86,7 @@ class HardKill(BaseException):
     exactly as a killed process leaves it (RUNNING, partly logged)."""
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_final_logging_completes_without_repeats(synthetic_root, store, monkeypatch):
     import harness.runs.finish as finish
 

@@ -42,6 +42,7 @@ def built(tmp_path_factory, synthetic_root):
     return {"html": out.read_text(), "csv": pd.read_csv(csv), "runs": runs, "store": store, "out": out, "proj": proj}
 
 
+@pytest.mark.slow
 def test_every_run_appears(built):
     html = built["html"]
     assert len(built["runs"]) == 5
@@ -53,6 +54,7 @@ def test_every_run_appears(built):
     assert "missing" in html.lower()
 
 
+@pytest.mark.slow
 def test_self_contained(built):
     html = built["html"]
     assert html.count("data:image/png;base64,") >= 6  # accuracy, time, pareto, per-class, loss, confusion
@@ -64,6 +66,7 @@ def test_self_contained(built):
         assert href.startswith("http://ui.example:5000/#/experiments/"), href
 
 
+@pytest.mark.slow
 def test_summary_numbers_equal_the_store(built):
     runs = [r for r in built["runs"] if r.info.status == "FINISHED"]
     html = built["html"]
@@ -84,6 +87,7 @@ def test_summary_numbers_equal_the_store(built):
     assert "capped" in summary
 
 
+@pytest.mark.slow
 def test_csv_matches_table(built):
     html = built["html"]
     for _, row in built["csv"].iterrows():
@@ -91,6 +95,7 @@ def test_csv_matches_table(built):
         assert f"{row['test_acc_mean']:.2f}" in html and f"{row['train_time_s']:.1f}" in html
 
 
+@pytest.mark.slow
 def test_significance_section(built):
     html = built["html"]
     sig = html[html.index('id="significance"'):]
@@ -102,6 +107,7 @@ def test_significance_section(built):
     assert "recipes untested" in sig and '<span class="tag real">' not in sig
 
 
+@pytest.mark.slow
 def test_empty_store_and_unknown_experiment_fail_cleanly(tmp_path, built):
     r = CliRunner().invoke(main, ["report", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--out", str(tmp_path / "x.html")])
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
@@ -126,6 +132,7 @@ def offline(cmd: list[str]) -> list[str]:
     return cmd
 
 
+@pytest.mark.slow
 def test_renders_in_headless_chromium(built, tmp_path):
     """The report in a real browser with no network: every image decodes, every run is there."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -192,6 +199,7 @@ def test_budget_table_picks_the_best_within_each_budget():
         ("validation split (10%, random)", "slow", None, None), ("validation split (20%, random)", "fast", None, None)]
 
 
+@pytest.mark.slow
 def test_report_has_the_budget_table_ci_and_holm(built):
     html = built["html"]
     assert 'id="budgets"' in html and "time_to_accuracy" not in html  # the figure is embedded, not named

@@ -255,6 +255,7 @@ def test_an_unknown_data_set_is_a_one_line_error(mixed, tmp_path):
     assert not (mixed["tmp"] / "c.html").exists()
 
 
+@pytest.mark.slow
 def test_done_when_single_seed_runs_on_two_data_sets_and_precisions(synthetic_root, store, tmp_path):
     """The issue's scenario, trained for real (tiny): tutorial-base on one data set, `--epochs 2`
     on that 2-epoch recipe (skipped as identical), on a second data set, a --force rerun and a bf16

@@ -15,10 +15,13 @@ from tests.test_report_mixtures import DATA_A, DATA_B, html_rows, table, write_r
 
 
 @pytest.fixture
-def tracker(tmp_path, monkeypatch):
+def tracker(tmp_path, monkeypatch, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # (conftest: the schema built once)
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db")
 
 
@@ -115,6 +118,7 @@ def test_a_best_within_seed_noise_of_another_row_is_not_called_best(tracker, tmp
     assert '<span class="tag best">' not in table(rep["html"], "summary")
 
 
+@pytest.mark.slow
 def test_the_budget_table_ranks_a_validation_split_apart_from_the_test_set(tracker, tmp_path):
     """medium-three-conv scores its best epoch on its own validation split, fastai-simplenet its last
     epoch on the test set: different images, so neither is ranked above the other, whatever the seeds

@@ -101,6 +101,7 @@ def test_an_outage_within_the_window_is_ridden_out_and_every_epoch_lands_once(sy
     assert "test_acc" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_an_outage_past_the_window_stops_the_run_resumable_in_one_line_and_a_rerun_resumes_it(synthetic_root, store, monkeypatch):
     monkeypatch.setenv("HARNESS_OUTAGE_WINDOW_S", "2")
     outage = Outage(monkeypatch)
@@ -267,6 +268,7 @@ def test_runs_starting_at_once_into_a_new_experiment_register_their_data_sets(st
         assert {d.dataset.name for d in c.get_run(rid).inputs.dataset_inputs} == {"cifar10-subset-test", "cifar10-subset-train"}
 
 
+@pytest.mark.slow
 def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_root, tmp_path):
     """Same machine, same store, different HARNESS_STATE_DIR (so different lock folders): the
     second sees the first's process alive and leaves the run to it."""

@@ -80,6 +80,7 @@ def test_run_records_everything(synthetic_root, store):
     assert r2.exit_code == 0 and "skipped" in r2.output and len(runs(store)) == 1
 
 
+@pytest.mark.slow
 def test_repeats_and_same_seed_same_metrics(synthetic_root, store):
     r = cli("run", "fastai-convnet", "--repeats", "2", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP)
     assert r.exit_code == 0, r.output
@@ -100,6 +101,7 @@ def _history(store, run_id, key):
     return [(m.step, m.value) for m in sorted(MlflowClient(store).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
     args = ["run", "medium-three-conv", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "4", "--no-progress"]
     p = start_and_wait_for_checkpoint(*args)
@@ -123,6 +125,7 @@ def test_sigkill_resumes_with_the_same_history(synthetic_root, store, tmp_path):
     assert [v for _, v in _history(store, other.info.run_id, "train_loss_step")] == [v for _, v in _history(store, done.info.run_id, "train_loss_step")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_killed_then_resumes(synthetic_root, store):
     args = ["run", "skl-cnn", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", "--max-train-images", "400", "--no-progress"]
     p = start_and_wait_for_checkpoint(*args)
@@ -218,6 +221,7 @@ def test_diverging_run_fails_and_run_all_goes_on(synthetic_root, store, tmp_path
     assert by["fastai-simplenet"].info.status == "FINISHED"  # it ran after the failure (alphabetical order)
 
 
+@pytest.mark.slow
 def test_two_processes_never_train_the_same_configuration_twice(synthetic_root, store):
     args = ["run", "tutorial-c16", "--data-dir", synthetic_root, "--tracking-uri", store, *CAP]
     env = {"HARNESS_STATE_DIR": os.environ["HARNESS_STATE_DIR"]}

@@ -46,6 +46,7 @@ def check_each_trained_once(store: str, ids: list[str], epochs: int) -> None:
         assert len(c.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling", ["two folders", "relative and absolute URI"])
 def test_two_run_alls_on_one_store_train_each_configuration_once(tmp_path, synthetic_root, spelling):
     a = folder(tmp_path, "a")
@@ -62,6 +63,7 @@ def test_two_run_alls_on_one_store_train_each_configuration_once(tmp_path, synth
     check_each_trained_once(store_abs, IDS, 2)
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthetic_root):
     a, b = folder(tmp_path, "a"), folder(tmp_path, "b")
     store = f"sqlite:///{a}/mlflow.db"
@@ -88,6 +90,7 @@ def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthe
     check_each_trained_once(store, ["medium-vgg-bn"], 4)
 
 
+@pytest.mark.slow
 def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, monkeypatch):
     """By default one process per core (2 here): worker processes share the queue; every run is
     trained once, with the same lines, table and exit code as one process, and a rerun skips them."""
@@ -113,3 +116,24 @@ def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, mo
     again = harness(a, *args)
     out2 = again.communicate(timeout=600)[0]
     assert again.returncode == 0 and out2.count("skipped") >= 6, out2
+
+
+def test_every_spelling_of_a_store_names_one_store_and_one_lock_folder(tmp_path, monkeypatch):
+    """What the processes above agree on without training: a SQLite file by its resolved path
+    (relative, absolute, through `..` or a symlink), its locks and state beside it; a server by
+    its address without the password, its locks in the user's cache (the same from any folder)."""
+    from harness.runs.checkpoints import lock_root, shared_store, state_root, store_identity
+
+    monkeypatch.delenv("HARNESS_STATE_DIR", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.chdir(tmp_path / "a")
+    spellings = ["sqlite:///mlflow.db", f"sqlite:///{tmp_path}/a/mlflow.db", f"sqlite:///{tmp_path}/a/../a/mlflow.db",
+                 f"sqlite:///{tmp_path}/link/mlflow.db"]
+    assert len({store_identity(u) for u in spellings}) == 1
+    assert {lock_root(u) for u in spellings} == {state_root(u) for u in spellings} == {(tmp_path / "a" / ".harness" / "state").resolve()}
+    assert not any(shared_store(u) for u in spellings)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    server = ["http://user:secret@Tracking.example:5000/", "http://user:other@tracking.example:5000"]
+    assert len({store_identity(u) for u in server}) == 1 and "secret" not in store_identity(server[0])
+    assert all(shared_store(u) for u in server) and {lock_root(u) for u in server} == {tmp_path / "cache" / "harness" / "locks"}

@@ -68,6 +68,7 @@ def check_each_finished_once(store: str, keys: set, epochs: int) -> None:
         assert steps == list(range(min(epochs, int(r.data.params["epochs"])))), (r.info.run_name, steps)
 
 
+@pytest.mark.slow
 def test_a_pool_worker_killed_is_replaced_and_its_run_resumed(synthetic_root, store):
     ids = ["medium-three-conv", "fastai-simplenet", "tutorial-base"]
     args = ["run", *ids, "--jobs", "2", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", *SMALL]
@@ -83,6 +84,7 @@ def test_a_pool_worker_killed_is_replaced_and_its_run_resumed(synthetic_root, st
     assert MlflowClient(store).get_run(victim.info.run_id).info.status == "FINISHED"  # the same run, not a new one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_ends_runs_resumable_and_starts_nothing_more(synthetic_root, store, jobs):
     ids = ["medium-three-conv", "fastai-simplenet", "tutorial-base"]
@@ -110,6 +112,7 @@ def test_sigterm_ends_runs_resumable_and_starts_nothing_more(synthetic_root, sto
     check_each_finished_once(store, {(i, "0") for i in ids}, 3)
 
 
+@pytest.mark.slow
 def test_two_ctrl_c_on_jobs_stop_the_workers_runs_resumable_not_failed(synthetic_root, store):
     """A terminal's Ctrl-C reaches the command's process group; pressed twice, the second is not
     a worker's death: no run is reported failed, and the rerun resumes what was stopped."""

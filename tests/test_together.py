@@ -56,7 +56,7 @@ def test_the_recipes_that_train_together():
     assert "medium-vgg-bn" not in TOGETHER and "cs598-vgg-bn-aug" not in TOGETHER
 
 
-@pytest.mark.parametrize("exp_id", TOGETHER + ["medium-vgg-bn"])
+@pytest.mark.parametrize("exp_id", TOGETHER + [pytest.param("medium-vgg-bn", marks=pytest.mark.slow)])
 def test_each_seed_matches_its_sequential_run(exp_id):
     """Seeds 0..2 for 24 steps (12 for the VGG: BatchNorm + Dropout2d + Dropout, stacked here
     although the policy trains it one by one), with each recipe's own optimizer and loss."""
@@ -111,6 +111,7 @@ def runs_by_seed(store):
     return out
 
 
+@pytest.mark.slow
 def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path, monkeypatch, store):
     """End to end: the same command with --together always and never gives, per seed, an ordinary
     FINISHED run with the same step losses, test accuracy and artifacts."""
@@ -138,6 +139,7 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
         assert len(c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 1
 
 
+@pytest.mark.slow
 def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_stopped(synthetic_root, tmp_path, monkeypatch, store):
     import harness.runs.group_run as group_run
 
