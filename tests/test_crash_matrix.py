@@ -21,8 +21,12 @@ another clock, and the owner's liveness it tests does not change between the ste
 machine a SQLite store's lock (beside the file) orders the two claimers before liveness is asked,
 so the liveness under a stepped clock itself is checked in test_run_invariants.py.
 
-Run time: about 14 minutes for the 60 tests on 2 cores shared with other work (each cell is two
-or three commands); the cells are independent, so `pytest -n 2` (pytest-xdist) splits them.
+Run time: about 4 minutes for the 60 tests on 2 cores shared with other work (3 to 6 s a cell:
+two or three commands of about a second each, their imports paid once by the fork server), plus
+a few seconds for the fork server and the template store. The quick tier (`-m "not slow"`) keeps
+three cells (a resume from a checkpoint, the final writes held, two claimers) and the stalled
+owner; the rest are marked slow. The cells are independent (each its own folder and store copy;
+the fork server and template are per module, so per xdist worker), so `pytest -n 2` splits them.
 The cells' artifacts share the template store's artifact folder; every check reads the store.
 """
 
@@ -61,6 +65,7 @@ def skipped(step: str, fault: str) -> str | None:
 
 
 CELLS = [(s, f) for f in FAULTS for s in STEPS if not skipped(s, f)]
+QUICK = {("epoch_end", "kill"), ("finish", "term"), ("claim", "claimer")}  # the quick tier's sample of the matrix
 
 
 class Zygote:
@@ -217,7 +222,8 @@ def fault_run(cell: Cell, step: str, fault: str) -> tuple[int, str]:
     return cell.z.wait(pid), out.read_text() + out2
 
 
-@pytest.mark.parametrize("step,fault", CELLS, ids=[f"{f}-{s}" for s, f in CELLS])
+@pytest.mark.parametrize("step,fault", [pytest.param(s, f, id=f"{f}-{s}", marks=() if (s, f) in QUICK else pytest.mark.slow)
+                                        for s, f in CELLS])
 def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     cell = Cell(tmp_path, zygote, tiny, template)
     rc, out = fault_run(cell, step, fault)
@@ -227,6 +233,7 @@ def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     check(cell, rc2, out2, done=True)
 
 
+@pytest.mark.slow  # --jobs starts worker processes of their own (imports each): about 20 s
 def test_a_jobs_worker_killed_then_the_supervisor_stopped(tmp_path, zygote, tiny, template):
     """--jobs: a worker SIGKILLed at an epoch's end, then SIGTERM to the supervisor while the run
     waits for a new worker: the run is marked KILLED (resumable) and said so, not left RUNNING

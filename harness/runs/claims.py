@@ -2,12 +2,12 @@
 that shares a tracking store, on this machine or any other.
 
 Two layers:
-- ConfigLock, an flock per configuration in the store's state root: a quick way for processes
-  of one machine that share a state root to skip each other's configurations.
+- ConfigLock (config_lock.py), an flock per configuration in the store's state root: a quick
+  way for processes of one machine that share a state root to skip each other's configurations.
 - The store itself, for every process: the MLflow run is the claim. Its owner tag names the
-  process that trains it and a heartbeat tag, refreshed every `beat_s` by a background thread,
-  says it is alive. Whether its owner is alive is liveness.py's: on this machine its process
-  decides, at once; elsewhere the heartbeat, watched on this process's monotonic clock until it
+  process that trains it and a heartbeat tag, refreshed every `beat_s` by a background thread
+  (heartbeat.py), says it is alive. Whether its owner is alive is liveness.py's: on this machine
+  its process decides, at once; elsewhere the heartbeat, watched on this process's monotonic clock until it
   changes (alive: declined) or stays unchanged for the stale limit (dead: taken over and resumed
   from its checkpoint). A run left resumable (KILLED) is free at once.
 
@@ -21,61 +21,19 @@ clocks agree to better than `settle_s` (NTP does).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import Interrupted
 from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.guards import sigint_deferred
 from . import lifecycle
 from .checkpoints import run_state
+from .config_lock import ConfigLock  # noqa: F401  (moved; its callers still import it from here)
+from .heartbeat import DELETED, Heartbeat  # noqa: F401  (moved; likewise)
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
 from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
-
-
-class ConfigLock:
-    """An flock per configuration, in the store's lock folder (checkpoints.lock_root, which
-    depends on the store only): a second process on the same store (from any folder, with any
-    state folder) skips it instead of training it twice; the kernel drops the lock when a holder
-    dies, even by SIGKILL. The holder removes the file as it releases it, so no lock file outlives
-    its run; a claimer that locked a file removed meanwhile sees it is not the path's any more and
-    locks the new one (the usual unlink-while-locked protocol)."""
-
-    def __init__(self, key: str, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = root / f"{key}.lock"
-        self.fd = None
-
-    def acquire(self) -> bool:
-        while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return True
-            os.close(fd)  # its holder removed it as we opened it: lock the path's file now
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)  # while still locked: whoever opens the path next makes a new file
-            except FileNotFoundError:
-                pass
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 # --------------------------------------------------------------------------- the store's claim
@@ -307,61 +265,3 @@ class _Proposal:
     takeover: bool
     superseded: list = field(default_factory=list)
     known: set = field(default_factory=set)  # the runs of the configuration when it was proposed
-
-
-DELETED = "(deleted in the store)"  # Heartbeat.lost's value for a run deleted while it trained
-
-
-class Heartbeat:
-    """Refreshes the heartbeat tag of the runs it holds, from a daemon thread, until stopped.
-    With `owner`, each beat first checks the run is still that owner's: one taken over meanwhile
-    (this process stalled past the stale limit and another resumed the run) is put in `lost`
-    instead, and its trainer stops at the next epoch's end rather than train it a second time."""
-
-    def __init__(self, tracker: Tracker, interval_s: float, owner: str | None = None, clock=time.time):
-        # a beat is repeated anyway: it never waits out a store outage (the trainer's writes do)
-        self.tracker, self.interval_s, self.owner, self.clock = tracker.impatient(), interval_s, owner, clock
-        self.runs: set[str] = set()
-        self.lost: dict[str, str] = {}  # run id -> its new owner
-        self._stop = threading.Event()
-        self._mutex = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        beating(self.owner, True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        beating(self.owner, False)
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def hold(self, run_id: str) -> None:
-        with self._mutex:
-            self.runs.add(run_id)
-
-    def drop(self, run_id: str) -> None:
-        with self._mutex:
-            self.runs.discard(run_id)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            with self._mutex:
-                runs = list(self.runs)
-            for run_id in runs:
-                try:
-                    self.beat(run_id)
-                except Exception:  # a store hiccup: the next beat retries; missing several makes the run stale
-                    pass
-
-    def beat(self, run_id: str) -> None:
-        if self.owner is not None:
-            run = self.tracker.run_record(run_id)
-            now = DELETED if run.deleted else run.tags.get(OWNER)
-            if now != self.owner:
-                self.lost[run_id] = now or "another process"
-                self.drop(run_id)
-                return
-        self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}", BEAT_INTERVAL: f"{self.interval_s:g}"})
-

@@ -7,8 +7,11 @@
 - store.py: which store a URI names, whether it is reachable, usable and writable, and
   creating a new SQLite store all-or-nothing; one-line reasons for store errors.
 - report_runs.py: what `harness report` reads (every harness run, uncapped) and writes (the report as a run's artifact).
-- tracker.py: Tracker, the connection to one store and experiment (runs, metrics,
-  artifacts, logged models).
+- records.py: the plain records (the tag prefix, RunRecord as read back, links into the MLflow UI).
+- tracker.py: Tracker, the connection to one store and experiment (runs, tags, params, metrics,
+  artifacts, status writes); two of its parts in files of their own:
+- run_context.py: a run's data set inputs and system metrics (Tracker's).
+- logged_models.py: a run's logged model, written once and loaded back (Tracker's).
 """
 
 import os
@@ -29,6 +32,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from .store import DEFAULT_EXPERIMENT, DEFAULT_URI, redact, resolve_uri  # noqa: E402
-from .tracker import TAG, RunRecord, Tracker, load_model, ui_link  # noqa: E402
+from .logged_models import load_model  # noqa: E402
+from .records import TAG, RunRecord, ui_link  # noqa: E402
+from .tracker import Tracker  # noqa: E402
 
 __all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_URI", "TAG", "RunRecord", "Tracker", "load_model", "redact", "resolve_uri", "ui_link"]

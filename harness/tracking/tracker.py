@@ -7,17 +7,14 @@ process is retried rather than crashing.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -25,11 +22,12 @@ from ..errors import HarnessError, UsageError
 from .guards import guarded as _guarded
 from .guards import held as _held
 from .guards import retry_locked as _retry_locked
+from .logged_models import LoggedModels
 from .outage import Outage, riding, window_s
+from .records import EXPERIMENT_KIND, TAG, RunRecord, ui_link
+from .run_context import RunContext
 from .store import DEFAULT_EXPERIMENT, artifact_location, check_reachable, describe, init_lock, prepare, redact, resolve_uri
 
-# the pickle format is chosen deliberately (see log_model); its warning on every run is noise
-logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 # schema creation/migration notices are MLflow internals, not news for a harness user
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 # MLflow logs every SQLAlchemy error with its traceback before raising it; the harness
@@ -37,12 +35,6 @@ logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # "Started/Stopping system metrics monitoring" at INFO for every run is noise in a suite
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-
-TAG = "harness."
-EXPERIMENT_KIND = "mlflow.experimentKind"
-# MLflow 3.17's UI ignores the experiment kind: it opens in the browser's last "GenAI" / "Model
-# training" mode, GenAI by default; this query parameter selects (and remembers) training
-UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 # a call made while a run trains is retried through a store outage (outage.py) for the Tracker's
@@ -52,24 +44,9 @@ _riding = riding(_guarded)
 _riding_held = riding(_held)
 
 
-def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
-    """A page of the MLflow UI at `base`, in its Model training view."""
-    page = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
-    return f"{base.rstrip('/')}{page}?{UI_TRAINING_VIEW}"
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    status: str
-    tags: dict
-    start_time: int
-    end_time: int | None = None
-    deleted: bool = False  # deleted in the store (by a user, mid-run)
-
-
-class Tracker:
-    """A connection to one tracking store and one MLflow experiment."""
+class Tracker(RunContext, LoggedModels):
+    """A connection to one tracking store and one MLflow experiment (its data set and system
+    metric calls in run_context.py, its logged model's in logged_models.py)."""
 
     def __init__(self, uri: str | None, experiment_name: str = DEFAULT_EXPERIMENT, create: bool = True,
                  outage_window_s: float | None = None):
@@ -243,81 +220,6 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: str | Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
-    @_riding
-    def log_datasets(self, run_id: str, datasets: list[dict]) -> None:
-        """MLflow dataset inputs (the runs table's Dataset column): each dict has name, digest,
-        source (a folder or URL), profile (a dict) and context (training, validation, test)."""
-        inputs = []
-        for d in datasets:
-            source_type = "http" if str(d["source"]).startswith(("http://", "https://")) else "local"
-            entity = Dataset(name=d["name"], digest=d["digest"], source_type=source_type,
-                             source=json.dumps({"url" if source_type == "http" else "uri": str(d["source"])}),
-                             profile=json.dumps(d["profile"]))
-            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", d["context"])]))
-        # runs starting at once into a new experiment race to register the same data set
-        # (MLflow's store: "UNIQUE constraint failed: datasets..."); once one has, the others
-        # find it and only link their inputs, so a retry succeeds
-        for attempt in range(6):
-            try:
-                self.client.log_inputs(run_id, datasets=inputs)
-                return
-            except Exception as e:
-                text = str(e).lower()
-                if attempt == 5 or not any(k in text for k in ("unique constraint", "duplicate key", "uniqueviolation", "integrityerror")):
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-
-    @contextlib.contextmanager
-    def system_metrics(self, run_id: str, enabled: bool, interval_s: float, resume: bool):
-        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) sampled by a
-        background thread every `interval_s` seconds for the duration of the block."""
-        monitor = None
-        if enabled:
-            try:
-                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-                monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resume, tracking_uri=self.uri)
-                monitor.start()
-            except Exception:  # psutil missing or a platform it cannot read: training goes on without
-                monitor = None
-        try:
-            yield
-        finally:
-            if monitor is not None:
-                monitor.finish()
-
-    @_riding_held
-    def has_model(self, run_id: str, name: str = "model") -> bool:
-        """Whether the run has a complete (READY) logged model `name`. Incomplete ones, left by
-        a process killed while logging, are deleted so that the next attempt leaves one model."""
-        return self._complete_model(run_id, name)
-
-    def _complete_model(self, run_id: str, name: str = "model") -> bool:
-        found = _retry_locked(self.client.search_logged_models)(
-            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
-        ready = False
-        for m in found:
-            if str(m.status).endswith("READY"):
-                ready = True
-            else:
-                _retry_locked(self.client.delete_logged_model)(m.model_id)
-        return ready
-
-    @_riding_held
-    def log_model(self, run_id: str, model, input_example, pip_requirements: list[str], code_paths: list[str] | None = None) -> None:
-        """Log the model unless a complete one exists; an attempt cut short by an outage leaves an
-        incomplete one, which the next attempt removes (has_model), so repeating it is safe."""
-        if self._complete_model(run_id):
-            return
-        # pickle format: loads back as the same nn.Module class (pt2 would need tracing);
-        # code_paths: a user's network module, copied into the model and put on sys.path at load
-        # run_id, not `with mlflow.start_run(run_id)`: that context writes the run's status (RUNNING
-        # on entry, FINISHED on exit) behind the lifecycle's owner check; runs/lifecycle.py is the
-        # one writer of a run's status. The logged model goes to the run's experiment.
-        mlflow.set_experiment(experiment_id=self.experiment_id)
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
-                                 input_example=input_example, pip_requirements=pip_requirements, run_id=run_id)
-
     @_riding_held
     def terminate(self, run_id: str, status: str, reason: str | None = None, tags: dict | None = None) -> None:
         """End the run with `status` and `tags`; FAILED and KILLED say why, FINISHED clears an
@@ -330,8 +232,3 @@ class Tracker:
         if not reason and status == "FINISHED" and f"{TAG}failure_reason" in _retry_locked(self.client.get_run)(run_id).data.tags:
             _retry_locked(self.client.delete_tag)(run_id, f"{TAG}failure_reason")
         _retry_locked(self.client.set_terminated)(run_id, status=status)
-
-
-def load_model(uri: str, run_id: str):
-    mlflow.set_tracking_uri(uri)
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
