@@ -59,6 +59,8 @@ CLOCK_STEPS = ("claim", "epoch_end", "model")
 def skipped(step: str, fault: str) -> str | None:
     if fault == "disk" and step != "checkpoint":
         return "the disk fault is torch.save's: only the checkpoint writes a local file"
+    if fault == "delete" and step == "checkpoint":
+        return "the checkpoint follows the epoch's end with no store call between: delete-epoch_end is that moment"
     if fault == "clock" and step not in CLOCK_STEPS:
         return "a stepped clock is the claimer cell seen with another clock: three steps suffice"
     return None
@@ -227,6 +229,10 @@ def fault_run(cell: Cell, step: str, fault: str) -> tuple[int, str]:
 def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     cell = Cell(tmp_path, zygote, tiny, template)
     rc, out = fault_run(cell, step, fault)
+    fired = cell.root / "faults" / f"fired-{step}"
+    assert fired.exists(), f"the {fault} fault never fired at {step}:\n{out}"  # no cell passes vacuously
+    if fault == "kill":
+        assert rc == -9, out
     check(cell, rc, out, done=fault in ("claimer", "clock"), unwritable=fault in ("kill", "store"),
           held=fault in ("term", "term_bg") and step in ("final_metrics", "model", "finish"))
     rc2, out2 = cell.run()  # the same command again finishes the work

@@ -11,7 +11,8 @@ HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached, 1 by 
   kill      SIGKILL this process          term   SIGTERM this process (Ctrl-C as signals.py makes it)
   disk      the disk full: raises torch.save's RuntimeError (at checkpoint)
   store     the store unreachable from now on: every store call fails as a refused connection
-  delete    the run deleted in the store (by someone else), then go on
+  delete    the run deleted in the store (by someone else), then go on (only where the step knows its run)
+Each fault that fires first writes $HARNESS_FAULT_DIR/fired-<step> (when that variable is set).
   pause     write $HARNESS_FAULT_DIR/paused, then wait until $HARNESS_FAULT_DIR/go exists (a test
             runs a second claimer meanwhile, then lets this one go on): ordering by files, no sleeps
 HARNESS_FAKE_CLOCK_STEP=S steps this process's wall clock by S seconds (time.time and what psutil
@@ -53,6 +54,9 @@ def point(step: str, tracker=None, run_id: str | None = None) -> None:
     if (step, _seen[step]) != wanted[:2]:
         return
     fault = wanted[2]
+    if fault == "delete" and (tracker is None or run_id is None):
+        return  # not fired: the test sees no fired-<step> file and fails the cell
+    _fired(step, fault)
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault == "term":
@@ -73,6 +77,14 @@ def point(step: str, tracker=None, run_id: str | None = None) -> None:
             time.sleep(0.02)
     else:
         raise ValueError(f"HARNESS_FAULT: unknown fault {fault!r} (one of {', '.join(FAULTS)})")
+
+
+def _fired(step: str, fault: str) -> None:
+    """$HARNESS_FAULT_DIR/fired-<step>: the fault did fire (a cell whose hook is never reached fails)."""
+    folder = os.environ.get("HARNESS_FAULT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"fired-{step}").write_text(fault)
 
 
 def store_down() -> None:
