@@ -307,3 +307,29 @@ def test_an_owner_in_the_old_wall_clock_format_is_never_called_dead_while_its_pi
         p.kill()
         p.wait()
     assert process_alive(f"{machine_id()}|{p.pid}|{stepped:.3f}|0123abcd") is False
+
+
+def test_a_run_taken_over_while_another_claimer_retires_it_is_trained_once(tracker):
+    """Two claimers of an abandoned run whose checkpoint is not here (a server store, two machines):
+    one proposes to retire it and train a new run, the other takes it over meanwhile. The retiring
+    one backs off (its new run deleted), so the configuration has one trainer, not two."""
+    from harness.runs.claims import Request
+    from harness.runs.lifecycle import STATE, SUPERSEDED
+
+    old = tracker.create_run("x", {"harness.config_hash": "c9", OWNER: dead_owner_here(), HEARTBEAT: "1.000"}).run_id
+    tracker.log_metrics(old, {"epoch_time_s": 1.0}, step=0)  # an epoch logged, no checkpoint here: unresumable
+    tracker.terminate(old, "KILLED")
+    a, b = claimer(tracker), claimer(tracker)
+    proposal = a._propose(Request("c9", "x", {}, force=False, lock_held=True))
+    assert not proposal.takeover and proposal.superseded[0][0] == old
+    tracker.set_tags(old, {OWNER: b.owner})  # b took the old run over between a's proposal and confirmation
+    got = a._confirm(proposal)
+    assert isinstance(got, Declined) and b.owner in got.reason
+    assert [r.run_id for r in tracker.find_runs("c9")] == [old]  # a's new run is gone
+    assert tracker.run_tags(old).get(STATE) != SUPERSEDED
+    # and the other order: a retired it first, then b's takeover reads it back superseded and declines
+    tracker.set_tags(old, {OWNER: b.owner, STATE: SUPERSEDED})
+    from harness.runs.claims import _Proposal
+
+    got = b._confirm(_Proposal(Request("c9", "x", {}, force=False, lock_held=True), old, takeover=True))
+    assert isinstance(got, Declined) and "superseded" in got.reason

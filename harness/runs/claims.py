@@ -153,7 +153,7 @@ class Claimer:
                     if p.takeover:
                         if lifecycle.stop(self.tracker, p.run_id, self.owner, "interrupted while claimed; run again to resume"):
                             taken.append(p.run_id)
-                    else:
+                    elif self.tracker.run_tags(p.run_id).get(OWNER) == self.owner:  # still ours (not taken over meanwhile)
                         self.tracker.delete_run(p.run_id)
                         made.append(p.run_id)
                 except Exception:  # noqa: BLE001 - left RUNNING under a dead owner: the next claim takes it at once
@@ -208,7 +208,7 @@ class Claimer:
                 self.tracker.set_tags(run.run_id, mark)
                 return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
-        return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id)) for r in abandoned],
+        return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id), r.tags.get(OWNER)) for r in abandoned],
                          known={r.run_id for r in runs})
 
     def _unresumable(self, run: RunRecord) -> str | None:
@@ -229,6 +229,8 @@ class Claimer:
             tags = self.tracker.run_tags(p.run_id)
             if tags.get(OWNER) != self.owner:
                 return Declined(f"taken over by {tags.get(OWNER)}", p.run_id)
+            if tags.get(STATE) == SUPERSEDED:  # a claimer that could not resume it retired it meanwhile
+                return Declined("superseded by another claimer's new run while this took it over", p.run_id)
             return Claimed(p.run_id, resumed=True, recorded=RECORDED in tags)
         # every creator made a run; the one created first trains, the others delete theirs (the
         # runs there were before were all finished or dead: only those created since are rivals)
@@ -240,8 +242,14 @@ class Claimer:
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
+        if not p.req.force:  # a run this would retire that another claimer took over meanwhile: that one trains it
+            for rid, _, owner_then in p.superseded:
+                now = self.tracker.run_tags(rid).get(OWNER)
+                if now != owner_then:
+                    self.tracker.delete_run(p.run_id)
+                    return Declined(f"run {rid} was taken over by {now} while this claimed", rid)
         notes = []
-        for rid, why in p.superseded:
+        for rid, why, _ in p.superseded:
             supersede(self.tracker, rid, *([why] if why else []))
             if why:
                 notes.append(f"run {rid} {why}")
