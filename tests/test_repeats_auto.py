@@ -220,3 +220,82 @@ def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine)
     summary = list(csv.DictReader(open(d / "r.csv")))
     for s in summary:  # no seed counted or superseded twice: each seed trained once
         assert s["superseded"] == "0"
+
+
+def test_a_round_whose_runs_are_all_skipped_stops_with_the_reason_instead_of_looping(fake):
+    """A run the executor counts as done but the loop cannot see (an old hash, say) comes back
+    "skipped" every round: the loop says so and stops rather than planning the same seeds forever."""
+    store = fake({"a": 70.0, "b": 70.2})
+    calls = []
+
+    def skip(todo):
+        calls.append(todo)
+        assert len(calls) < 5, "still planning the same seeds"
+        return [Outcome(e.id, s, "skipped", "r", reason="identical finished run exists") for e, s in todo]
+
+    store.execute = skip
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)
+    assert r.reason == loop.STUCK and len(calls) == 1
+    assert "its runs were skipped" in lines[-1] and "identical finished run exists" in lines[-1]
+
+
+def test_runs_held_by_another_driver_are_waited_for_then_the_loop_goes_on(fake, monkeypatch):
+    """A second driver on the store trains the seed this one planned: this one reads the store
+    again until that seed is finished, then continues (and stops, bounded, if it never is)."""
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    other = FakeStore({"a": 90.0, "b": 70.0}, sd=1.0, seed=7)
+    held: list = []
+    trains = store.execute
+
+    def execute(todo):  # the other driver holds seed 0 of a: skipped here, trained there
+        mine = [(e, s) for e, s in todo if (e.id, s) != ("a", 0) or ("a", 0) in store.trained]
+        held.extend((e, s) for e, s in todo if (e, s) not in mine)
+        return trains(mine) + [Outcome(e.id, s, "skipped", "r", reason="being trained by host:123") for e, s in todo if (e, s) not in mine]
+
+    def sleep(s):
+        store.now += s
+        for e, seed in held:  # the other driver's run finishes while this one waits
+            store.seeds[e.id].acc[seed], store.seeds[e.id].wall[seed] = other.means[e.id], 10.0
+            store.trained.append((e.id, seed))
+        held.clear()
+
+    store.execute = execute
+    exps = [SimpleNamespace(id=i) for i in store.means]
+    lines = []
+    # round 1 trains a1, b0, b1: progress; whichever round finds only a0 held waits for it
+    store.seeds["b"].acc.update({0: 70.0, 1: 71.0})
+    store.seeds["a"].acc.update({1: 90.5})
+    r = loop.run_auto(exps, SimpleNamespace(train_x=[0]), None, RunOptions(), loop.AutoOptions(max_repeats=10), store.execute,
+                      echo=lines.append, clock=lambda: store.now, sleep=sleep)
+    assert r.reason == loop.ANSWERED and 0 in r.seeds["a"].acc and any("held by another process" in x for x in lines)
+
+    store = fake({"a": 70.0, "b": 70.2})
+    store.execute = lambda todo: [Outcome(e.id, s, "skipped", "r", reason="being trained by host:123") for e, s in todo]
+    slept = []
+    r = loop.run_auto([SimpleNamespace(id=i) for i in store.means], SimpleNamespace(train_x=[0]), None, RunOptions(),
+                      loop.AutoOptions(max_repeats=10), store.execute, echo=lines.append, clock=lambda: store.now, sleep=slept.append)
+    assert r.reason == loop.HELD and sum(slept) <= loop.WAIT_MAX_S and "host:123" in r.detail
+
+
+def test_the_loop_counts_a_seed_stored_under_an_old_hash_as_the_executor_does(synthetic_root, store):
+    """A finished run recorded before effective overrides (`--epochs 5` on a 2-epoch recipe) is
+    skipped by the executor as done: the loop's state must hold it too."""
+    from harness.auto.state import read_state, seed_hashes, with_aliases
+    from harness.data.cifar_files import load_cifar10, resolve_data_dir
+    from harness.recipes.catalogue import load_catalogue
+    from harness.recipes.spec import config_hash
+    from harness.tracking import Tracker
+
+    exp = load_catalogue()["tutorial-base"]
+    data = load_cifar10(resolve_data_dir(str(synthetic_root), download=False))
+    t = Tracker(store)
+    tags = {"harness.config_hash": config_hash(exp, {"epochs": 5, "max_train_images": 100000}, 1, data.fingerprint),
+            "harness.experiment_id": "tutorial-base", "harness.seed": 1, "harness.data_fingerprint": data.fingerprint}
+    rid = t.start_run("tutorial-base", tags, {"override.epochs": 5, "override.max_train_images": 100000, "precision": "fp32"})
+    t.log_metrics(rid, {"test_acc": 41.5}, 0)
+    t.terminate(rid, "FINISHED")
+    opts = RunOptions()
+    hashes = {exp.id: seed_hashes(exp, data, opts, range(0, 4))}
+    assert read_state(t, [exp], hashes)[exp.id].acc == {}  # the current hash alone misses it
+    assert read_state(t, [exp], with_aliases(t, [exp], data, opts, hashes))[exp.id].acc == {1: 41.5}

@@ -19,10 +19,14 @@ from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, nex
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from .budget import fit_round, fmt_duration, seed_costs, wave
-from .state import Seeds, read_state, seed_hashes
+from .state import Seeds, read_state, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
 ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
+STUCK, HELD = "runs skipped", "runs held by another process"
+POLL_S = 15.0  # how often the store is read again while another process trains this loop's seeds
+WAIT_MAX_S = 3600.0  # the longest such wait without a seed finishing (also capped by the budget left)
+HELD_BY = ("being trained by", "claimed first by", "taken over by")  # skip reasons of a run another live process holds
 
 # hands the executor a round: [(experiment, seed)] -> their outcomes
 Execute = Callable[[list[tuple[Experiment, int]]], list[Outcome]]
@@ -55,6 +59,7 @@ class AutoResult:
     rounds: int
     elapsed_s: float
     outcomes: list[Outcome] = field(default_factory=list)
+    detail: str = ""  # what stopped it, where the reason alone does not say (a skip's reason)
 
 
 def _verdict_text(p) -> str:
@@ -63,18 +68,19 @@ def _verdict_text(p) -> str:
 
 
 def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, execute: Execute,
-             echo=print, clock=time.monotonic) -> AutoResult:
-    """Rounds until answered, out of budget, or at the cap (AutoResult.reason)."""
+             echo=print, clock=time.monotonic, sleep=time.sleep) -> AutoResult:
+    """Rounds until answered, out of budget, at the cap, or a round that finished nothing and
+    cannot wait for another process (AutoResult.reason, .detail)."""
     auto.check(len(experiments))
     start = clock()
     by_id = {e.id: e for e in experiments}
     seeds = range(opts.seed, opts.seed + auto.max_repeats)
-    hashes = {e.id: seed_hashes(e, data, opts, seeds) for e in experiments}
+    hashes = with_aliases(tracker, experiments, data, opts, {e.id: seed_hashes(e, data, opts, seeds) for e in experiments})
     train_images = len(data.train_x)
     failed: set[str] = set()  # recipes a seed of which failed in this command (a rerun repeats such faults)
     outcomes: list[Outcome] = []
     closed_before: dict[tuple[str, str], str] = {}
-    rounds, overhead = 0, 0.0
+    rounds, overhead, detail = 0, 0.0, ""
     while True:
         state = read_state(tracker, experiments, hashes)
         d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
@@ -110,15 +116,47 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         began = clock()  # the round's own wall time, for _overhead
         got = execute(todo)
         outcomes += got
-        overhead = max(overhead, _overhead(clock() - began, todo, read_state(tracker, experiments, hashes), auto.workers))
+        after = read_state(tracker, experiments, hashes)
+        overhead = max(overhead, _overhead(clock() - began, todo, after, auto.workers))
         for o in got:
             if o.status == "failed":
                 failed.add(o.experiment_id)
                 echo(f"{o.experiment_id}: a seed failed ({o.reason}); it gets no more seeds in this command")
         rounds += 1
-    result = AutoResult(reason, d, state, rounds, clock() - start, outcomes)
+        if _count(after) == _count(state) and not any(o.status == "failed" for o in got):
+            reason, detail = _no_progress(got, tracker, experiments, hashes, state, auto, start, clock, sleep, echo)
+            if reason:
+                break
+    result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
     echo(stop_line(result, auto))
     return result
+
+
+def _count(state: dict[str, Seeds]) -> int:
+    return sum(len(s.acc) for s in state.values())
+
+
+def _no_progress(got: list[Outcome], tracker, experiments, hashes, state, auto: AutoOptions, start: float, clock, sleep, echo) -> tuple[str, str]:
+    """A round that finished no seed: its runs were skipped. Runs another live process holds
+    (a second driver on the store): wait for one of them to finish, reading the store every
+    POLL_S, at most WAIT_MAX_S and never past the budget; ("", "") when one did. Anything else
+    (a run the executor counts as done but the loop cannot see) would be planned again forever:
+    (STUCK, the skip's reason). Out of time waiting: (HELD, the holder)."""
+    skipped = [o for o in got if o.status == "skipped"]
+    held = [o for o in skipped if o.reason.startswith(HELD_BY)]
+    if not held:
+        why = skipped[0].reason if skipped else "the executor returned no finished run"
+        return STUCK, f"{skipped[0].experiment_id} seed {skipped[0].seed}: {why}" if skipped else why
+    limit = WAIT_MAX_S if auto.budget_s is None else min(WAIT_MAX_S, auto.budget_s - (clock() - start))
+    echo(f"{len(held)} run(s) of this round are held by another process ({held[0].reason}); waiting for them, "
+         f"reading the store every {fmt_duration(POLL_S)} for at most {fmt_duration(limit)}")
+    waited, before = 0.0, _count(state)
+    while waited + POLL_S <= limit:
+        sleep(POLL_S)
+        waited += POLL_S
+        if _count(read_state(tracker, experiments, hashes)) > before:
+            return "", ""
+    return HELD, f"{held[0].experiment_id} seed {held[0].seed}: {held[0].reason}; no seed finished in {fmt_duration(waited)}"
 
 
 def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budget_s: float | None, newly: list) -> str:
@@ -148,7 +186,9 @@ def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experi
 def stop_line(r: AutoResult, auto: AutoOptions) -> str:
     d = r.decisions
     why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
-           CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train"}[r.reason]
+           CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train",
+           STUCK: f"a round finished no seed, its runs were skipped ({r.detail})",
+           HELD: f"another process holds the open recipes' next seeds ({r.detail})"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
     return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
             f"{verdicts} of {len(d.pairs)} pair(s) decided at alpha {auto.alpha} (anytime-valid, over {d.m} pairs)"
