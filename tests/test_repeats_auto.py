@@ -299,3 +299,26 @@ def test_the_loop_counts_a_seed_stored_under_an_old_hash_as_the_executor_does(sy
     hashes = {exp.id: seed_hashes(exp, data, opts, range(0, 4))}
     assert read_state(t, [exp], hashes)[exp.id].acc == {}  # the current hash alone misses it
     assert read_state(t, [exp], with_aliases(t, [exp], data, opts, hashes))[exp.id].acc == {1: 41.5}
+
+
+def test_a_failed_recipe_stays_in_the_family_and_is_never_answered_away(fake):
+    """A recipe whose seed fails keeps its pairs (undecided, the family's size fixed): a two-recipe
+    loop ends saying which recipe failed and why, never "answered"; in a three-recipe loop the
+    other two still get their seeds."""
+    store = fake({"a": 70.0, "b": 70.0})
+    trains = store.execute
+    store.execute = lambda todo: trains([x for x in todo if x[0].id != "b"]) + [
+        Outcome("b", s, "failed", None, reason="loss diverged") for e, s in todo if e.id == "b"]
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)
+    assert r.reason == loop.FAILED and r.decisions.m == 1 and r.decisions.pairs[0].verdict == "undecided"
+    assert "recipe b failed: loss diverged" in lines[-1] and "answered" not in lines[-1]
+
+    store = fake({"a": 90.0, "b": 70.0, "c": 70.0}, sd=1.0)
+    trains = store.execute
+    store.execute = lambda todo: trains([x for x in todo if x[0].id != "c"]) + [
+        Outcome("c", s, "failed", None, reason="out of memory") for e, s in todo if e.id == "c"]
+    r = run(store, loop.AutoOptions(max_repeats=10))
+    assert r.decisions.m == 3 and r.reason == loop.FAILED and "recipe c failed: out of memory" in r.detail
+    assert next(p for p in r.decisions.pairs if {p.a, p.b} == {"a", "b"}).verdict == "a_better"
+    assert len(r.seeds["a"].acc) < 10, "a's only open pair is with the failed c: more seeds of a cannot close it"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .state import Seeds, read_state, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
 ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
-STUCK, HELD = "runs skipped", "runs held by another process"
+STUCK, HELD, FAILED = "runs skipped", "runs held by another process", "a recipe failed"
 POLL_S = 15.0  # how often the store is read again while another process trains this loop's seeds
 WAIT_MAX_S = 3600.0  # the longest such wait without a seed finishing (also capped by the budget left)
 HELD_BY = ("being trained by", "claimed first by", "taken over by")  # skip reasons of a run another live process holds
@@ -77,13 +77,14 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     seeds = range(opts.seed, opts.seed + auto.max_repeats)
     hashes = with_aliases(tracker, experiments, data, opts, {e.id: seed_hashes(e, data, opts, seeds) for e in experiments})
     train_images = len(data.train_x)
-    failed: set[str] = set()  # recipes a seed of which failed in this command (a rerun repeats such faults)
+    failed: dict[str, str] = {}  # recipe -> why a seed of it failed in this command (a rerun repeats such faults)
     outcomes: list[Outcome] = []
     closed_before: dict[tuple[str, str], str] = {}
     rounds, overhead, detail = 0, 0.0, ""
     while True:
         state = read_state(tracker, experiments, hashes)
-        d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
+        # paired by seed; a failed recipe stays in the family (its pairs undecided, m fixed)
+        d = decide({i: state[i].acc for i in by_id}, auto.alpha, auto.margin)
         closed = {(p.a, p.b): p for p in d.pairs if p.verdict != "undecided"}
         newly = [p for k, p in closed.items() if closed_before.get(k) != p.verdict]
         closed_before = {k: p.verdict for k, p in closed.items()}
@@ -96,9 +97,13 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             break
         walls = {i: [w for w in state[i].wall.values() if w == w] for i in by_id}
         cost = seed_costs(experiments, train_images, opts, walls)
-        plan = next_seeds(d, n, cost, auto.max_repeats, auto.workers)
+        # a failed recipe gets no more seeds (as if at its cap), so it holds no other recipe back
+        plan = next_seeds(replace(d, open_rows=_open_without(d, failed)), {i: auto.max_repeats if i in failed else k for i, k in n.items()},
+                          cost, auto.max_repeats, auto.workers)
         if not plan:
-            reason = CAP if d.open_rows else NOTHING
+            stuck = [i for i in d.open_rows if i in failed]
+            reason = FAILED if stuck else CAP if d.open_rows else NOTHING
+            detail = "; ".join(f"recipe {i} failed: {failed[i]}" for i in stuck)
             break
         kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead)
         if not kept:
@@ -120,7 +125,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         overhead = max(overhead, _overhead(clock() - began, todo, after, auto.workers))
         for o in got:
             if o.status == "failed":
-                failed.add(o.experiment_id)
+                failed.setdefault(o.experiment_id, o.reason)
                 echo(f"{o.experiment_id}: a seed failed ({o.reason}); it gets no more seeds in this command")
         rounds += 1
         if _count(after) == _count(state) and not any(o.status == "failed" for o in got):
@@ -130,6 +135,14 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
     echo(stop_line(result, auto))
     return result
+
+
+def _open_without(d: Decisions, failed: dict[str, str]) -> list[str]:
+    """The open rows a further seed can still help: those with an undecided top-group pair whose
+    other row did not fail (a pair with a failed row stays undecided whatever its partner gets)."""
+    live = {x for p in d.pairs if p.verdict == "undecided" and p.a in d.top and p.b in d.top and p.a not in failed and p.b not in failed
+            for x in (p.a, p.b)}
+    return [r for r in d.open_rows if r in live]
 
 
 def _count(state: dict[str, Seeds]) -> int:
@@ -188,7 +201,8 @@ def stop_line(r: AutoResult, auto: AutoOptions) -> str:
     why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
            CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train",
            STUCK: f"a round finished no seed, its runs were skipped ({r.detail})",
-           HELD: f"another process holds the open recipes' next seeds ({r.detail})"}[r.reason]
+           HELD: f"another process holds the open recipes' next seeds ({r.detail})",
+           FAILED: f"{r.detail}; its pairs stay undecided"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
     return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
             f"{verdicts} of {len(d.pairs)} pair(s) decided at alpha {auto.alpha} (anytime-valid, over {d.m} pairs)"
