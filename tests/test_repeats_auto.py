@@ -62,7 +62,8 @@ def fake(monkeypatch):
     def make(means, **kw):
         store = FakeStore(means, **kw)
         monkeypatch.setattr(loop, "seed_hashes", lambda e, data, opts, seeds: {})
-        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall)) for i, s in store.seeds.items()})
+        monkeypatch.setattr(loop, "with_aliases", lambda tracker, exps, data, opts, hashes: hashes)
+        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall), dict(s.run)) for i, s in store.seeds.items()})
         monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: store.cost for e in exps})
         return store
 
@@ -322,3 +323,83 @@ def test_a_failed_recipe_stays_in_the_family_and_is_never_answered_away(fake):
     assert r.decisions.m == 3 and r.reason == loop.FAILED and "recipe c failed: out of memory" in r.detail
     assert next(p for p in r.decisions.pairs if {p.a, p.b} == {"a", "b"}).verdict == "a_better"
     assert len(r.seeds["a"].acc) < 10, "a's only open pair is with the failed c: more seeds of a cannot close it"
+
+
+def _loop_store(tmp_path, monkeypatch, looked: bool):
+    """Two recipes, 4 seeds each, 10 points apart, written as the harness records them; with
+    `looked`, as `--repeats auto` at alpha 0.2, margin 1.0 leaves them."""
+    from harness.recipes.catalogue import load_catalogue
+    from harness.tracking import Tracker
+
+    from .test_report_mixtures import write_run
+
+    monkeypatch.chdir(REPO)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker(store, "cifar10-harness")
+    cat = load_catalogue()
+    for exp_id, mean in (("tutorial-base", 50.0), ("fastai-simplenet", 60.0)):
+        for s in range(4):
+            rid = write_run(t, exp_id, s, mean + (0.3, -0.2, 0.1, -0.4)[s], [40.0] * cat[exp_id].train.epochs, 1.0)
+            if looked:
+                t.set_tags(rid, {"harness.repeats": "auto", "harness.auto_alpha": "0.2", "harness.auto_margin": "1.0",
+                                 "harness.auto_stop": "stopped after 2 round(s), 10s: the question is answered."})
+    return store
+
+
+def _report(store, tmp_path, **kw):
+    import pandas as pd
+
+    from harness.report import build_report
+
+    out = build_report(store, "cifar10-harness", str(tmp_path / "r.html"), str(tmp_path / "r.csv"), "http://x", **kw)
+    return (out.read_text(), pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False),
+            pd.read_csv(tmp_path / "r-decisions.csv", keep_default_na=False))
+
+
+def test_on_seeds_a_loop_chose_the_report_shows_no_fixed_n_verdicts_and_decides_as_the_loop_did(tmp_path, monkeypatch):
+    from harness.report.decided import LOOKED
+
+    store = _loop_store(tmp_path, monkeypatch, looked=True)
+    html, tests, dec = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""] and tests["p_holm"].tolist() == [""]
+    assert html.count('<span class="tag real">real</span>') == 1  # the one in the prose that explains the label, no verdict
+    assert "seed counts chosen by `--repeats auto`" in html and LOOKED in html
+    assert dec["m"].tolist() == [1] and dec["threshold"].tolist() == [5.0]  # the loop's alpha 0.2: e >= 1/0.2
+    assert "alpha 0.2, margin 1.0 (the loop&#39;s)" in html and "the question is answered" in html[html.index('id="decided-loop"'):]
+    _, _, dec = _report(store, tmp_path, alpha=0.01)
+    assert dec["threshold"].tolist() == [100.0]  # harness report --alpha overrides
+
+
+def test_a_store_of_fixed_seed_counts_keeps_its_fixed_n_verdicts(tmp_path, monkeypatch):
+    html, tests, dec = _report(_loop_store(tmp_path, monkeypatch, looked=False), tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05
+    assert dec["threshold"].tolist() == [20.0] and "(default;" in html and 'id="decided-looked"' not in html
+
+
+def test_the_loop_records_on_its_runs_that_it_chose_their_seeds_and_why_it_stopped(fake):
+    """Each run the loop trains carries harness.repeats=auto and the loop's alpha and margin (set
+    at its start, so a killed loop's runs carry them too); at the end every run its verdicts rest
+    on records the stop line. The report reads these (decided.loop_record)."""
+    import torch
+
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import Job
+    from harness.runs.run_record import run_record
+    from harness.auto.state import loop_tags
+
+    exp = load_catalogue()["tutorial-base"]
+    opts = RunOptions(loop_tags=loop_tags(0.1, 0.25))
+    data = SimpleNamespace(fingerprint="f" * 16, root=Path("/d"), train_x=range(10), test_x=range(10))
+    job = Job(exp, data, None, opts, 3, torch.device("cpu"), "h", "tutorial-base-s3", exp.train.epochs, overrides={}, train_images=10)
+    tags, _, _ = run_record(job, SimpleNamespace(n_train=10, val_is_test=True, val_x=[], test_x=range(10)), 1)
+    assert tags["harness.repeats"] == "auto" and float(tags["harness.auto_alpha"]) == 0.1 and float(tags["harness.auto_margin"]) == 0.25
+
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    for s in store.seeds.values():
+        s.run.update({k: f"r{k}" for k in range(3)})
+    written = {}
+    tracker = SimpleNamespace(set_tags=lambda rid, t: written.__setitem__(rid, t))
+    r = loop.run_auto([SimpleNamespace(id=i) for i in store.means], SimpleNamespace(train_x=[0]), tracker, RunOptions(),
+                      loop.AutoOptions(max_repeats=10, alpha=0.1), store.execute, echo=lambda m: None, clock=lambda: store.now)
+    assert r.reason == loop.ANSWERED and written and all(t["harness.auto_alpha"] == "0.1" and "question is answered" in t["harness.auto_stop"]
+                                                          for t in written.values())

@@ -19,7 +19,7 @@ from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, nex
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from .budget import fit_round, fmt_duration, seed_costs, wave
-from .state import Seeds, read_state, seed_hashes, with_aliases
+from .state import Seeds, read_state, record_stop, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
 ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
@@ -133,7 +133,9 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             if reason:
                 break
     result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
-    echo(stop_line(result, auto))
+    line = stop_line(result, auto)
+    record_stop(tracker, state, auto.alpha, auto.margin, line)
+    echo(line)
     return result
 
 

@@ -23,6 +23,7 @@ class Seeds:
 
     acc: dict[int, float] = field(default_factory=dict)
     wall: dict[int, float] = field(default_factory=dict)
+    run: dict[int, str] = field(default_factory=dict)  # seed -> the run id that counts
 
     @property
     def values(self) -> np.ndarray:
@@ -80,6 +81,24 @@ def read_state(tracker: Tracker, experiments: list[Experiment], hashes: dict[str
         for _, run in mine.iterrows():
             seed = by_hash[run[col]]
             out[eid].acc[seed] = float(run["metrics.test_acc"])
+            out[eid].run[seed] = str(run["run_id"])
             end, start = run.get("end_time"), run.get("start_time")
             out[eid].wall[seed] = float((end - start).total_seconds()) if isinstance(end, pd.Timestamp) and isinstance(start, pd.Timestamp) else float("nan")
     return out
+
+
+def loop_tags(alpha: float, margin: float) -> tuple[tuple[str, str], ...]:
+    """What each run the loop trains records (RunOptions.loop_tags): its seeds were chosen by
+    looking, and the level and margin the loop decided at (the report decides at the same)."""
+    return (("repeats", "auto"), ("auto_alpha", repr(float(alpha))), ("auto_margin", repr(float(margin))))
+
+
+def record_stop(tracker: Tracker | None, state: dict[str, Seeds], alpha: float, margin: float, stop: str) -> None:
+    """At the loop's end: every run its verdicts rest on (trained by it or found in the store)
+    records that a loop looked at it, the level and margin, and why the loop stopped."""
+    if tracker is None:
+        return
+    tags = {f"{TAG}{k}": v for k, v in loop_tags(alpha, margin)} | {f"{TAG}auto_stop": stop[:4000]}
+    for s in state.values():
+        for rid in s.run.values():
+            tracker.set_tags(rid, tags)

@@ -11,6 +11,7 @@ from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from .budget import fmt_duration
 from .loop import AutoOptions, run_auto, seeds_per_recipe
+from .state import loop_tags
 
 
 def _contiguous(seeds: list[int]) -> list[tuple[int, int]]:
@@ -56,6 +57,7 @@ def executor_for(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
 def run_auto_command(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, jobs: int,
                      ray_opts, echo=print) -> list[Outcome]:
     """The loop on the chosen executor; prints the seeds and time each recipe used."""
+    opts = replace(opts, loop_tags=loop_tags(auto.alpha, auto.margin))  # each run says a loop chose its seeds
     execute, workers = executor_for(experiments, data, tracker, opts, jobs, ray_opts, echo)
     result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers), execute, echo=echo)
     echo("seeds and time per recipe: " + "; ".join(f"{i} {n} seed(s), {fmt_duration(t)}" for i, (n, t) in seeds_per_recipe(result).items()))

@@ -16,7 +16,7 @@ from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
 from .budget import BUDGETS_MIN, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, charts, time_to_accuracy_chart
-from .decided import decided_section, decisions_frame
+from .decided import decided_section, decisions_frame, mark_looked
 from .datasets import choose_data, compared_rows, data_sets, store_contents
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, pareto_front
@@ -52,7 +52,7 @@ def _write_text(path: Path, text: str, what: str) -> None:
 
 
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
-                 data: str | None = None) -> Path:
+                 data: str | None = None, alpha: float | None = None, margin: float | None = None) -> Path:
     """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
     prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first)."""
     out_path = _writable_target(out, "--out")
@@ -74,7 +74,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
             r.stats["settle_data_dir"] = folder if "," not in folder and folder != "?" else "DIR"
     ctx = _gather(tracker, rows, compared, warn)
     ctx.update(_compare(rows, compared, ctx))
-    ctx["decided"] = decided_section(compared)  # anytime-valid verdicts (decided.py)
+    ctx["decided"] = decided_section(compared, alpha, margin)  # anytime-valid verdicts, at the loop's alpha/margin (decided.py)
+    mark_looked(ctx, compared)  # seeds chosen by a loop: the fixed-n tests' verdicts and advice say so (decided.py)
     table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))
     ctx.update(table=table, data_sets=sets, chosen_data=chosen, left_out=left_out, contents=store_contents(rows),
                superseded=_superseded(rows, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),
