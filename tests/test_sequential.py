@@ -216,3 +216,16 @@ def test_a_huge_gap_is_decided_in_a_few_seeds():
     rng = np.random.default_rng(4)
     n = [len(sequence(rng, [90.0, 70.0], 1.5, 10)[1]["r0"]) for _ in range(200)]
     assert max(n) <= 4 and np.mean(n) <= 3.5
+
+
+def test_seeds_that_agree_to_the_test_image_still_leave_an_interval_of_one_image():
+    """Accuracies move in steps of one test image (0.1 points on 1,000): three seeds equal to the
+    image measure a spread of 0. With the floor (half an image) the interval is not of zero width,
+    identical rows are not tied on 3 seeds, and a real gap is still decided at once."""
+    same = {s: 61.3 for s in range(3)}
+    floor = sq.se_floor(1000)
+    assert floor == 0.05 and sq.compare(same, same, ALPHA).hi == 0.0  # without a floor: zero width
+    p = sq.compare(same, same, ALPHA, floor=floor)
+    assert p.verdict == "undecided" and p.lo == -p.hi and p.hi == pytest.approx(sq.critical_t(ALPHA, 3) * floor)
+    assert sq.compare({s: 61.3 for s in range(4)}, {s: 61.3 for s in range(4)}, ALPHA, floor=floor).verdict == "tied"
+    assert sq.compare({s: 71.3 for s in range(3)}, same, ALPHA, floor=floor).verdict == "a_better"

@@ -15,7 +15,7 @@ import numpy as np
 from ..data.cifar_files import Cifar10
 from ..errors import UsageError
 from ..recipes.spec import Experiment
-from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds
+from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds, se_floor
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from .budget import fit_round, fmt_duration, seed_costs, wave
@@ -77,6 +77,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     seeds = range(opts.seed, opts.seed + auto.max_repeats)
     hashes = with_aliases(tracker, experiments, data, opts, {e.id: seed_hashes(e, data, opts, seeds) for e in experiments})
     train_images = len(data.train_x)
+    floor = se_floor(len(getattr(data, "test_x", ())))  # accuracies move in steps of one test image
     failed: dict[str, str] = {}  # recipe -> why a seed of it failed in this command (a rerun repeats such faults)
     outcomes: list[Outcome] = []
     closed_before: dict[tuple[str, str], str] = {}
@@ -84,7 +85,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     while True:
         state = read_state(tracker, experiments, hashes)
         # paired by seed; a failed recipe stays in the family (its pairs undecided, m fixed)
-        d = decide({i: state[i].acc for i in by_id}, auto.alpha, auto.margin)
+        d = decide({i: state[i].acc for i in by_id}, auto.alpha, auto.margin, floor)
         closed = {(p.a, p.b): p for p in d.pairs if p.verdict != "undecided"}
         newly = [p for k, p in closed.items() if closed_before.get(k) != p.verdict]
         closed_before = {k: p.verdict for k, p in closed.items()}

@@ -12,7 +12,7 @@ import pandas as pd
 from ..tracking import TAG
 from .keys import settle_flags
 from .rows import Row
-from .sequential import ALPHA, MARGIN, MIN_SEEDS, decide
+from .sequential import ALPHA, MARGIN, MIN_SEEDS, decide, se_floor
 
 # m: the family's size (pairs corrected over); threshold: the e-value a pair needs, m / alpha
 DECISION_COLS = ["row_a", "row_b", "verdict", "n_a", "n_b", "n_paired", "e_value", "diff", "diff_lo", "diff_hi", "seeds_needed", "m", "threshold"]
@@ -93,7 +93,7 @@ def _section(compared: list[Row], alpha: float, margin: float) -> dict:
     if len(rows) < 2:
         return {"pairs": [], "top": [r.key for r in rows], "answered": False, "recipes": [], "alpha": alpha, "margin": margin, "m": 0,
                 "why": "fewer than two rows compared: nothing to decide"}
-    d = decide({r.key: dict(zip(r.seeds, r.acc)) for r in rows}, alpha, margin)  # each pair on the seeds both rows have
+    d = decide({r.key: dict(zip(r.seeds, r.acc)) for r in rows}, alpha, margin, se_floor(_n_test(rows)))  # on the seeds both rows have
     pairs = [{"row_a": p.a, "row_b": p.b, "verdict": p.verdict, "n_a": p.n_a, "n_b": p.n_b, "n_paired": p.n_paired, "e_value": p.e_value,
               "diff": p.diff,
               "diff_lo": _finite(p.lo), "diff_hi": _finite(p.hi), "seeds_needed": p.seeds_needed, "m": d.m, "threshold": d.m / alpha,
@@ -111,6 +111,13 @@ def _section(compared: list[Row], alpha: float, margin: float) -> dict:
     recipes = [{"row": r.key, "n": r.stats["n"], "mean": r.stats["mean"], "train_s": float(np.nansum(r.runs["metrics.train_time_s"].to_numpy(float))),
                 "top": r.key in d.top, "below": d.below.get(r.key)} for r in rows]
     return {"pairs": pairs, "top": d.top, "answered": d.answered, "why": why, "recipes": recipes, "alpha": alpha, "margin": margin, "m": d.m}
+
+
+def _n_test(rows: list[Row]) -> int | None:
+    """The test images the compared rows were scored on (one data set: the same for all)."""
+    col = "params.data.n_test"
+    vals = [int(v) for r in rows if col in r.runs for v in r.runs[col] if isinstance(v, str) and v.isdigit()]
+    return min(vals) if vals else None
 
 
 def decisions_frame(section: dict) -> pd.DataFrame:

@@ -96,10 +96,18 @@ def differences(a, b) -> np.ndarray:
     return np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
 
 
-def one_sample_t(d: np.ndarray, shift: float = 0.0) -> tuple[float, float]:
-    """(t of mean(d) - shift, its standard error)."""
+def se_floor(n_test: int | None) -> float:
+    """The smallest standard error a mean difference is given: half a test image, in points.
+    Accuracies move in steps of one test image, so seeds that agree to the image (a recipe and
+    its copy, or a saturated one) measure a spread of 0, which would give a zero-width interval
+    and a verdict on 2-3 seeds; a larger standard error only lowers the e-value (still valid)."""
+    return 0.5 * 100.0 / n_test if n_test else 0.0
+
+
+def one_sample_t(d: np.ndarray, shift: float = 0.0, floor: float = 0.0) -> tuple[float, float]:
+    """(t of mean(d) - shift, its standard error, at least `floor`)."""
     n = len(d)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+    se = max(float(d.std(ddof=1)) / math.sqrt(n), floor)
     diff = float(d.mean()) - shift
     if se == 0.0:
         return (0.0 if diff == 0 else math.copysign(math.inf, diff)), 0.0
@@ -123,17 +131,17 @@ class Pair:
     n_paired: int = 0  # seeds both have: what the test uses
 
 
-def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] = ("a", "b")) -> Pair:
+def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] = ("a", "b"), floor: float = 0.0) -> Pair:
     """The pair's e-value against "equal means" on the seeds both have, its confidence sequence
     at `level` (alpha over the family's size) and the verdict they give. `a`, `b`: accuracies
-    by seed (dicts), or arrays whose i-th is seed i."""
+    by seed (dicts), or arrays whose i-th is seed i; `floor`: se_floor of their test set."""
     a, b = by_seed(a), by_seed(b)
     d = differences(a, b)
     n = len(d)
     diff = float(d.mean()) if n else math.nan
     if n < MIN_SEEDS:
         return Pair(*names, len(a), len(b), diff, 1.0, -math.inf, math.inf, "undecided", None, n)
-    t, se = one_sample_t(d)
+    t, se = one_sample_t(d, floor=floor)
     e = e_value(t, n)
     crit = critical_t(level, n)
     half = crit * se if se > 0 else (0.0 if crit < math.inf else math.inf)
@@ -179,7 +187,7 @@ class Decisions:
     answered: bool = field(default=False)
 
 
-def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float = MARGIN) -> Decisions:
+def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float = MARGIN, floor: float = 0.0) -> Decisions:
     """Every pair of `samples` (row -> accuracies of its seeds, in points), corrected over all
     k(k-1)/2 pairs (so any pair a reader picks, the leader's included, is covered), and the
     question the loop answers: the top group (rows no row is decided better than) with each pair
@@ -187,7 +195,7 @@ def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float =
     (a row decided worse than another stops: racing)."""
     names = list(samples)
     m = max(1, len(names) * (len(names) - 1) // 2)
-    pairs = [compare(samples[x], samples[y], alpha / m, margin, (x, y)) for x, y in combinations(names, 2)]
+    pairs = [compare(samples[x], samples[y], alpha / m, margin, (x, y), floor) for x, y in combinations(names, 2)]
     below: dict[str, str] = {}
     for p in pairs:
         if p.verdict == "a_better":
