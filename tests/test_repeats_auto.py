@@ -406,3 +406,18 @@ def test_the_loop_records_on_its_runs_that_it_chose_their_seeds_and_why_it_stopp
                       loop.AutoOptions(max_repeats=10, alpha=0.1), store.execute, echo=lambda m: None, clock=lambda: store.now)
     assert r.reason == loop.ANSWERED and written and all(t["harness.auto_alpha"] == "0.1" and "question is answered" in t["harness.auto_stop"]
                                                           for t in written.values())
+
+
+def test_with_jobs_a_round_is_timed_on_the_pools_own_packing(fake):
+    """--jobs 2 on 2 cores with recipes whose runs each hold both cores (run_width 2): the pool
+    trains them one after the other, so a round's estimate and the budget must not count them as
+    side by side (which overshot the budget by a factor of up to the jobs)."""
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None)[1] == 100.0  # independent slots
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None, {"a": 2, "b": 2}, 2)[1] == 200.0
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, 150.0, {"a": 2, "b": 2}, 2)[0] == ["a"]
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None, {"a": 1, "b": 1}, 2)[1] == 100.0  # one core each: side by side
+    assert wave(["a", "b", "a", "b"], {"a": 100.0, "b": 100.0}, 2, 250.0, {"a": 2, "b": 2}, 2) == (["a", "b"], 200.0)
+
+    store = fake({"a": 70.0, "b": 70.2}, sd=0.8, cost=100.0)  # its clock: one run after the other, as the pool runs them
+    r = run(store, loop.AutoOptions(max_repeats=10, budget_s=650.0, workers=2, widths={"a": 2, "b": 2}, cores=2))
+    assert r.reason == loop.BUDGET and store.now <= 650.0 and len(store.trained) == 6

@@ -18,7 +18,7 @@ from ..recipes.spec import Experiment
 from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds, se_floor
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from .budget import fit_round, fmt_duration, seed_costs, wave
+from .budget import fit_round, fmt_duration, round_time, seed_costs, wave
 from .state import Seeds, read_state, record_stop, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
@@ -39,6 +39,10 @@ class AutoOptions:
     alpha: float = ALPHA
     margin: float = MARGIN
     workers: int = 1
+    # the --jobs pool: recipe -> cores a run holds (schedule.run_width) and the cores it packs them
+    # into, so a round's time is estimated on the pool's own schedule; None: independent slots
+    widths: dict[str, int] | None = None
+    cores: int = 0
 
     def check(self, n_recipes: int) -> None:
         if self.max_repeats < MIN_SEEDS:
@@ -106,14 +110,14 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             reason = FAILED if stuck else CAP if d.open_rows else NOTHING
             detail = "; ".join(f"recipe {i} failed: {failed[i]}" for i in stuck)
             break
-        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead)
+        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead, auto.widths, auto.cores)
         if not kept:
             reason = BUDGET
             break
         fits = len(kept)
         if left is not None:  # under a budget, a round no longer than a quarter of what is left: costs recalibrated, budget checked again;
             # nothing timed yet on this store: one run a worker first, which calibrates the cost model
-            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0)
+            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0, auto.widths, auto.cores)
         todo = _seeds_for(kept, state, by_id, seeds)
         echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
              + f"), about {fmt_duration(eta)} by the cost model"
@@ -123,7 +127,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         got = execute(todo)
         outcomes += got
         after = read_state(tracker, experiments, hashes)
-        overhead = max(overhead, _overhead(clock() - began, todo, after, auto.workers))
+        overhead = max(overhead, _overhead(clock() - began, todo, after, auto))
         for o in got:
             if o.status == "failed":
                 failed.setdefault(o.experiment_id, o.reason)
@@ -183,13 +187,14 @@ def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budge
             + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
 
 
-def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], workers: int) -> float:
+def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], auto: AutoOptions) -> float:
     """What a round cost beyond its runs (worker processes started, the store read): its wall time
     less the schedule of its runs' own wall times as the store recorded them (learnt, and kept out
     of the budget in later rounds)."""
     walls = {f"{e.id}#{s}": after[e.id].wall.get(s) for e, s in todo}
     walls = {k: w for k, w in walls.items() if w is not None and w == w}
-    return max(0.0, wall - fit_round(list(walls), walls, workers, None)[1]) if walls else 0.0
+    widths = {f"{e.id}#{s}": auto.widths[e.id] for e, s in todo} if auto.widths else None
+    return max(0.0, wall - round_time(list(walls), walls, auto.workers, widths, auto.cores)) if walls else 0.0
 
 
 def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
