@@ -139,10 +139,12 @@ def test_next_seeds_move_open_rows_up_together_cheapest_first():
 @pytest.mark.parametrize("k,n_seq,heavy", [(2, 3000, False), (2, 3000, True), (4, 1000, False), (4, 1000, True)])
 def test_family_wise_error_at_or_below_alpha_under_the_null(k, n_seq, heavy):
     """k identical recipes, the loop looking after every seed up to 10 a side: P(any pair called
-    different) <= alpha."""
+    different) <= alpha. Simulated 0.5-1.7% (the cap at 10 seeds and Ville's slack leave room), so
+    the bound is alpha / 2: a statistic whose e-values were 3x too large gives 2.6-7.2% here and
+    must not pass (at alpha it passed 3 of these 4 cases)."""
     rate = fwer(k, n_seq, heavy=heavy, seed=k + 10 * heavy)
     print(f"\nanytime-valid, k={k}, heavy tail={heavy}: FWER {rate:.4f} over {n_seq} sequences")
-    assert rate <= ALPHA
+    assert rate <= ALPHA / 2
 
 
 def test_unequal_spreads_and_costs_keep_the_error_rate():
