@@ -231,3 +231,17 @@ def test_seeds_that_agree_to_the_test_image_still_leave_an_interval_of_one_image
     assert p.verdict == "undecided" and p.lo == -p.hi and p.hi == pytest.approx(sq.critical_t(ALPHA, 3) * floor)
     assert sq.compare({s: 61.3 for s in range(4)}, {s: 61.3 for s in range(4)}, ALPHA, floor=floor).verdict == "tied"
     assert sq.compare({s: 71.3 for s in range(3)}, same, ALPHA, floor=floor).verdict == "a_better"
+
+
+def test_a_verdict_reached_at_one_look_is_not_undone_by_later_seeds():
+    """The interval is intersected over the looks (seed order): a pair decided on 5 seeds stays
+    decided when 5 more, less favourable, seeds arrive, which alone would put 0 back inside."""
+    first = [3.0, 3.2, 2.9, 3.1, 3.0]
+    later = first + [-1.0, 0.0, -0.5, 1.0, 0.5]
+    early = sq.compare(dict(enumerate(first)), {i: 0.0 for i in range(5)}, ALPHA)
+    assert early.verdict == "a_better"
+    d = np.array(later)
+    t, se = sq.one_sample_t(d)
+    assert d.mean() - sq.critical_t(ALPHA, 10) * se < 0  # today's interval alone includes 0
+    now = sq.compare(dict(enumerate(later)), {i: 0.0 for i in range(10)}, ALPHA)
+    assert now.verdict == "a_better" and now.lo >= early.lo and now.hi <= early.hi

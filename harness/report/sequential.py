@@ -25,7 +25,8 @@ Family: Bonferroni over e-values, a pair decided when E >= m / alpha for the m p
 family (valid whatever the dependence between pairs, and whichever pairs a reader looks at).
 Interval: the anytime-valid confidence sequence of the difference a - b, every shift d whose
 e-value (of d_s - d) stays below m / alpha; E is increasing in |t|, so it is the t interval with
-a critical value from the e-process instead of Student's quantile. Verdicts read off one
+a critical value from the e-process instead of Student's quantile, intersected over the looks
+(the first k seeds, every k: running_interval) so a verdict once reached stays. Verdicts read off one
 interval: a better (lower bound > 0, equivalently E(0) >= m/alpha), b better, tied (the whole
 interval inside +-margin), else undecided.
 
@@ -143,9 +144,7 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
         return Pair(*names, len(a), len(b), diff, 1.0, -math.inf, math.inf, "undecided", None, n)
     t, se = one_sample_t(d, floor=floor)
     e = e_value(t, n)
-    crit = critical_t(level, n)
-    half = crit * se if se > 0 else (0.0 if crit < math.inf else math.inf)
-    lo, hi = max(diff - half, -SPAN), min(diff + half, SPAN)  # a difference of accuracies lies within +-100 points
+    lo, hi = running_interval(d, level, floor)
     if lo > 0:
         verdict = "a_better"
     elif hi < 0:
@@ -158,6 +157,24 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     if verdict == "undecided":
         pair.seeds_needed = seeds_needed(diff, se * math.sqrt(n), n, level, margin)
     return pair
+
+
+def running_interval(d: np.ndarray, level: float, floor: float = 0.0) -> tuple[float, float]:
+    """The confidence sequence of mean(d) at `level`, intersected over the looks: the interval
+    on the first k differences (seed order, the order the loop adds them) for every k, all at
+    once. The guarantee holds for all k together, so the intersection holds too, and a verdict
+    reached at one look cannot be undone by a later one (the interval only narrows)."""
+    k = np.arange(1, len(d) + 1, dtype=float)
+    mean = np.cumsum(d) / k
+    dev = np.array([float(d[:i].std(ddof=1)) if i > 1 else 0.0 for i in range(1, len(d) + 1)])
+    se = np.maximum(dev / np.sqrt(k), floor)
+    ks = np.arange(MIN_SEEDS, len(d) + 1)
+    crit = np.array([critical_t(level, int(i)) for i in ks])
+    s = se[ks - 1]
+    with np.errstate(invalid="ignore"):
+        half = np.where(s > 0, crit * s, np.where(np.isfinite(crit), 0.0, np.inf))
+    lo, hi = float(np.max(mean[ks - 1] - half)), float(np.min(mean[ks - 1] + half))
+    return max(lo, -SPAN), min(hi, SPAN)  # a difference of accuracies lies within +-100 points
 
 
 def seeds_needed(diff: float, spread: float, n: int, level: float, margin: float, cap: int = 1000) -> int | None:
