@@ -241,7 +241,11 @@ def test_a_round_whose_runs_are_all_skipped_stops_with_the_reason_instead_of_loo
     lines = []
     r = run(store, loop.AutoOptions(max_repeats=10), lines)
     assert r.reason == loop.STUCK and len(calls) == 1
-    assert "its runs were skipped" in lines[-1] and "identical finished run exists" in lines[-1]
+    assert "a round finished no seed (a seed 0 skipped" in lines[-1] and "identical finished run exists" in lines[-1]
+    store = fake({"a": 70.0, "b": 70.2})  # a fault that stops each run resumable: said once, not retried forever
+    store.execute = lambda todo: [Outcome(e.id, s, "resumable", "r", reason="disk full; run the same command again") for e, s in todo]
+    r = run(store, loop.AutoOptions(max_repeats=10))
+    assert r.reason == loop.STUCK and "resumable: disk full" in r.detail and r.rounds == 1
 
 
 def test_runs_held_by_another_driver_are_waited_for_then_the_loop_goes_on(fake, monkeypatch):

@@ -164,9 +164,9 @@ def _no_progress(got: list[Outcome], tracker, experiments, hashes, state, auto: 
     (STUCK, the skip's reason). Out of time waiting: (HELD, the holder)."""
     skipped = [o for o in got if o.status == "skipped"]
     held = [o for o in skipped if o.reason.startswith(HELD_BY)]
-    if not held:
-        why = skipped[0].reason if skipped else "the executor returned no finished run"
-        return STUCK, f"{skipped[0].experiment_id} seed {skipped[0].seed}: {why}" if skipped else why
+    if not held:  # a skip the loop cannot see past, or a run stopped resumable (rerun the command to resume it)
+        o = (skipped or [o for o in got if o.status != "finished"] or [None])[0]
+        return STUCK, f"{o.experiment_id} seed {o.seed} {o.status}: {o.reason}" if o else "the executor returned no finished run"
     limit = WAIT_MAX_S if auto.budget_s is None else min(WAIT_MAX_S, auto.budget_s - (clock() - start))
     echo(f"{len(held)} run(s) of this round are held by another process ({held[0].reason}); waiting for them, "
          f"reading the store every {fmt_duration(POLL_S)} for at most {fmt_duration(limit)}")
@@ -208,7 +208,7 @@ def stop_line(r: AutoResult, auto: AutoOptions) -> str:
     d = r.decisions
     why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
            CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train",
-           STUCK: f"a round finished no seed, its runs were skipped ({r.detail})",
+           STUCK: f"a round finished no seed ({r.detail})",
            HELD: f"another process holds the open recipes' next seeds ({r.detail})",
            FAILED: f"{r.detail}; its pairs stay undecided"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
