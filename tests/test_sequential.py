@@ -245,3 +245,4 @@ def test_a_verdict_reached_at_one_look_is_not_undone_by_later_seeds():
     assert d.mean() - sq.critical_t(ALPHA, 10) * se < 0  # today's interval alone includes 0
     now = sq.compare(dict(enumerate(later)), {i: 0.0 for i in range(10)}, ALPHA)
     assert now.verdict == "a_better" and now.lo >= early.lo and now.hi <= early.hi
+    assert now.e_value == early.e_value >= 1 / ALPHA  # the e-process's running max: decided exactly when it reached 1/alpha

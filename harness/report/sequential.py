@@ -124,7 +124,7 @@ class Pair:
     n_a: int  # seeds a has
     n_b: int
     diff: float  # mean of a - b over the seeds both have, points
-    e_value: float
+    e_value: float  # the largest over the looks (first k seeds, every k): >= m / alpha exactly when decided better
     lo: float  # anytime-valid interval of a - b at level alpha / m
     hi: float
     verdict: str  # a_better | b_better | tied | undecided
@@ -143,7 +143,7 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     if n < MIN_SEEDS:
         return Pair(*names, len(a), len(b), diff, 1.0, -math.inf, math.inf, "undecided", None, n)
     t, se = one_sample_t(d, floor=floor)
-    e = e_value(t, n)
+    e = max(e_value(one_sample_t(d[:k], floor=floor)[0], k) for k in range(MIN_SEEDS, n + 1))  # the e-process's running max, as the interval
     lo, hi = running_interval(d, level, floor)
     if lo > 0:
         verdict = "a_better"
