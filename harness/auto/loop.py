@@ -2,7 +2,8 @@
 (report/sequential.py), plan the next seeds for the recipes whose verdict is open (cheapest per
 unit of evidence first, enough to keep every worker busy), keep those that fit the budget
 (budget.py), hand them to the executor, say what changed. Stops when the question is answered,
-the budget is spent, or every open recipe is at its cap, and says which."""
+the budget is spent, every open recipe is at its cap, a failed recipe leaves its pairs open, or a
+round finishes nothing (after waiting, bounded, for seeds another driver holds), and says which."""
 
 from __future__ import annotations
 
@@ -102,13 +103,8 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             break
         walls = {i: [w for w in state[i].wall.values() if w == w] for i in by_id}
         cost = seed_costs(experiments, train_images, opts, walls)
-        # a failed recipe gets no more seeds (as if at its cap), so it holds no other recipe back
-        plan = next_seeds(replace(d, open_rows=_open_without(d, failed)), {i: auto.max_repeats if i in failed else k for i, k in n.items()},
-                          cost, auto.max_repeats, auto.workers)
+        plan, reason, detail = _plan(d, n, failed, cost, auto)
         if not plan:
-            stuck = [i for i in d.open_rows if i in failed]
-            reason = FAILED if stuck else CAP if d.open_rows else NOTHING
-            detail = "; ".join(f"recipe {i} failed: {failed[i]}" for i in stuck)
             break
         kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead, auto.widths, auto.cores)
         if not kept:
@@ -119,10 +115,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             # nothing timed yet on this store: one run a worker first, which calibrates the cost model
             kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0, auto.widths, auto.cores)
         todo = _seeds_for(kept, state, by_id, seeds)
-        echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
-             + f"), about {fmt_duration(eta)} by the cost model"
-             + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
-             + (f"; {len(plan) - fits} planned run(s) left out: they would not finish within the budget" if fits < len(plan) else ""))
+        echo(_round_line(rounds, todo, kept, eta, fits, len(plan)))
         began = clock()  # the round's own wall time, for _overhead
         got = execute(todo)
         outcomes += got
@@ -142,6 +135,24 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     record_stop(tracker, state, auto.alpha, auto.margin, line)
     echo(line)
     return result
+
+
+def _plan(d: Decisions, n: dict[str, int], failed: dict[str, str], cost: dict[str, float], auto: AutoOptions) -> tuple[list[str], str, str]:
+    """(the next round's runs, "", "") or, when there are none, ([], why the loop stops, detail).
+    A failed recipe gets no more seeds (as if at its cap), so it holds no other recipe back."""
+    plan = next_seeds(replace(d, open_rows=_open_without(d, failed)), {i: auto.max_repeats if i in failed else k for i, k in n.items()},
+                      cost, auto.max_repeats, auto.workers)
+    if plan:
+        return plan, "", ""
+    stuck = [i for i in d.open_rows if i in failed]
+    return [], FAILED if stuck else CAP if d.open_rows else NOTHING, "; ".join(f"recipe {i} failed: {failed[i]}" for i in stuck)
+
+
+def _round_line(rounds: int, todo: list, kept: list[str], eta: float, fits: int, planned: int) -> str:
+    return (f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
+            + f"), about {fmt_duration(eta)} by the cost model"
+            + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
+            + (f"; {planned - fits} planned run(s) left out: they would not finish within the budget" if fits < planned else ""))
 
 
 def _open_without(d: Decisions, failed: dict[str, str]) -> list[str]:
