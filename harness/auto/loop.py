@@ -132,8 +132,10 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                 break
     result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
     line = stop_line(result, auto)
-    record_stop(tracker, state, auto.alpha, auto.margin, line)
+    missed = record_stop(tracker, state, auto.alpha, auto.margin, line)
     echo(line)
+    if missed:
+        echo(f"warning: the loop's alpha, margin and stop reason could not be recorded on {len(missed)} run(s) ({missed[0]}, ...)")
     return result
 
 

@@ -93,12 +93,19 @@ def loop_tags(alpha: float, margin: float) -> tuple[tuple[str, str], ...]:
     return (("repeats", "auto"), ("auto_alpha", repr(float(alpha))), ("auto_margin", repr(float(margin))))
 
 
-def record_stop(tracker: Tracker | None, state: dict[str, Seeds], alpha: float, margin: float, stop: str) -> None:
+def record_stop(tracker: Tracker | None, state: dict[str, Seeds], alpha: float, margin: float, stop: str) -> list[str]:
     """At the loop's end: every run its verdicts rest on (trained by it or found in the store)
-    records that a loop looked at it, the level and margin, and why the loop stopped."""
+    records that a loop looked at it, the level and margin, and why the loop stopped. Returns
+    the runs that could not be tagged (deleted meanwhile, the server gone): the verdicts stand,
+    the report then falls back to its defaults for them."""
     if tracker is None:
-        return
+        return []
     tags = {f"{TAG}{k}": v for k, v in loop_tags(alpha, margin)} | {f"{TAG}auto_stop": stop[:4000]}
+    missed = []
     for s in state.values():
         for rid in s.run.values():
-            tracker.set_tags(rid, tags)
+            try:
+                tracker.set_tags(rid, tags)
+            except Exception:  # advisory: a run that cannot take the record keeps its own tags
+                missed.append(rid)
+    return missed
