@@ -330,14 +330,18 @@ def new_cmd(name, like, folder, force):
                    "as the report lists them; default: the one with the most rows to compare, then the most finished runs).")
 @click.option("--log-to-mlflow", is_flag=True, default=False,
               help="Also log the HTML as the artifact of a run named 'harness report' in the experiment, to open from the MLflow UI.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Family-wise error rate of the Decided section [default: the latest --repeats auto loop's, else 0.05].")
+@click.option("--margin", type=click.FloatRange(min=0), default=None,
+              help="Accuracy points within which two rows count as tied [default: the latest loop's, else 0.5].")
 @friendly
-def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data, log_to_mlflow):
+def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data, log_to_mlflow, alpha, margin):
     """Build one self-contained HTML comparison from the run store (with --csv, also FILE-tests.csv, FILE-budgets.csv and
     FILE-decisions.csv)."""
     from .report import build_report
 
     path = build_report(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, warn=lambda m: click.echo(f"warning: {m}", err=True),
-                        data=data, log_to_mlflow=log_to_mlflow, say=click.echo)
+                        data=data, log_to_mlflow=log_to_mlflow, say=click.echo, alpha=alpha, margin=margin)
     click.echo(f"report written to {path}")
 
 

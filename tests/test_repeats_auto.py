@@ -62,7 +62,8 @@ def fake(monkeypatch):
     def make(means, **kw):
         store = FakeStore(means, **kw)
         monkeypatch.setattr(loop, "seed_hashes", lambda e, data, opts, seeds: {})
-        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall)) for i, s in store.seeds.items()})
+        monkeypatch.setattr(loop, "with_aliases", lambda tracker, exps, data, opts, hashes: hashes)
+        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall), dict(s.run)) for i, s in store.seeds.items()})
         monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: store.cost for e in exps})
         return store
 
@@ -71,7 +72,7 @@ def fake(monkeypatch):
 
 def run(store, auto, lines=None):
     exps = [SimpleNamespace(id=i) for i in store.means]
-    return loop.run_auto(exps, SimpleNamespace(train_x=[0] * 10), None, RunOptions(), auto, store.execute,
+    return loop.run_auto(exps, SimpleNamespace(train_x=[0] * 10, test_x=[0] * 1000), None, RunOptions(), auto, store.execute,
                          echo=(lines.append if lines is not None else lambda m: None), clock=lambda: store.now)
 
 
@@ -86,12 +87,15 @@ def test_a_large_gap_is_decided_well_before_the_cap(fake):
 
 
 def test_an_aa_pair_is_never_called_different(fake):
-    """The same recipe under two ids: a seed gives the same number under either id (as training
-    does), so the pair is tied at once; with independent seed noise instead (two recipes equal
-    only on average), 'better' at most alpha of the time and the loop ends tied or at the cap."""
+    """Two recipes equal only on average (independent seed noise): 'better' at most alpha of the
+    time and the loop ends tied or at the cap. The same recipe under two ids (a seed gives the
+    same number under either id, as training does): differences all 0, yet the interval keeps
+    the width of half a test image's standard error (accuracies move in steps of one image), so
+    the pair is tied on 4 seeds, not on a zero-width interval at 3."""
     store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, same_seed_same_number=True)
     r = run(store, loop.AutoOptions(max_repeats=8))
-    assert r.reason == loop.ANSWERED and r.decisions.pairs[0].verdict == "tied" and len(r.seeds["my-net"].acc) == 3
+    p = r.decisions.pairs[0]
+    assert r.reason == loop.ANSWERED and p.verdict == "tied" and len(r.seeds["my-net"].acc) == 4 and p.hi - p.lo > 0.4
     ends, wrong = [], 0
     for k in range(300):
         store = fake({"tutorial-base": 60.0, "my-net": 60.0}, sd=0.8, seed=k)
@@ -220,3 +224,204 @@ def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine)
     summary = list(csv.DictReader(open(d / "r.csv")))
     for s in summary:  # no seed counted or superseded twice: each seed trained once
         assert s["superseded"] == "0"
+
+
+def test_a_round_whose_runs_are_all_skipped_stops_with_the_reason_instead_of_looping(fake):
+    """A run the executor counts as done but the loop cannot see (an old hash, say) comes back
+    "skipped" every round: the loop says so and stops rather than planning the same seeds forever."""
+    store = fake({"a": 70.0, "b": 70.2})
+    calls = []
+
+    def skip(todo):
+        calls.append(todo)
+        assert len(calls) < 5, "still planning the same seeds"
+        return [Outcome(e.id, s, "skipped", "r", reason="identical finished run exists") for e, s in todo]
+
+    store.execute = skip
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)
+    assert r.reason == loop.STUCK and len(calls) == 1
+    assert "a round finished no seed (a seed 0 skipped" in lines[-1] and "identical finished run exists" in lines[-1]
+    store = fake({"a": 70.0, "b": 70.2})  # a fault that stops each run resumable: said once, not retried forever
+    store.execute = lambda todo: [Outcome(e.id, s, "resumable", "r", reason="disk full; run the same command again") for e, s in todo]
+    r = run(store, loop.AutoOptions(max_repeats=10))
+    assert r.reason == loop.STUCK and "resumable: disk full" in r.detail and r.rounds == 1
+
+
+def test_runs_held_by_another_driver_are_waited_for_then_the_loop_goes_on(fake, monkeypatch):
+    """A second driver on the store trains the seed this one planned: this one reads the store
+    again until that seed is finished, then continues (and stops, bounded, if it never is)."""
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    other = FakeStore({"a": 90.0, "b": 70.0}, sd=1.0, seed=7)
+    held: list = []
+    trains = store.execute
+
+    def execute(todo):  # the other driver holds seed 0 of a: skipped here, trained there
+        mine = [(e, s) for e, s in todo if (e.id, s) != ("a", 0) or ("a", 0) in store.trained]
+        held.extend((e, s) for e, s in todo if (e, s) not in mine)
+        return trains(mine) + [Outcome(e.id, s, "skipped", "r", reason="being trained by host:123") for e, s in todo if (e, s) not in mine]
+
+    def sleep(s):
+        store.now += s
+        for e, seed in held:  # the other driver's run finishes while this one waits
+            store.seeds[e.id].acc[seed], store.seeds[e.id].wall[seed] = other.means[e.id], 10.0
+            store.trained.append((e.id, seed))
+        held.clear()
+
+    store.execute = execute
+    exps = [SimpleNamespace(id=i) for i in store.means]
+    lines = []
+    # round 1 trains a1, b0, b1: progress; whichever round finds only a0 held waits for it
+    store.seeds["b"].acc.update({0: 70.0, 1: 71.0})
+    store.seeds["a"].acc.update({1: 90.5})
+    r = loop.run_auto(exps, SimpleNamespace(train_x=[0]), None, RunOptions(), loop.AutoOptions(max_repeats=10), store.execute,
+                      echo=lines.append, clock=lambda: store.now, sleep=sleep)
+    assert r.reason == loop.ANSWERED and 0 in r.seeds["a"].acc and any("held by another process" in x for x in lines)
+
+    store = fake({"a": 70.0, "b": 70.2})
+    store.execute = lambda todo: [Outcome(e.id, s, "skipped", "r", reason="being trained by host:123") for e, s in todo]
+    slept = []
+    r = loop.run_auto([SimpleNamespace(id=i) for i in store.means], SimpleNamespace(train_x=[0]), None, RunOptions(),
+                      loop.AutoOptions(max_repeats=10), store.execute, echo=lines.append, clock=lambda: store.now, sleep=slept.append)
+    assert r.reason == loop.HELD and sum(slept) <= loop.WAIT_MAX_S and "host:123" in r.detail
+
+
+def test_the_loop_counts_a_seed_stored_under_an_old_hash_as_the_executor_does(synthetic_root, store):
+    """A finished run recorded before effective overrides (`--epochs 5` on a 2-epoch recipe) is
+    skipped by the executor as done: the loop's state must hold it too."""
+    from harness.auto.state import read_state, seed_hashes, with_aliases
+    from harness.data.cifar_files import load_cifar10, resolve_data_dir
+    from harness.recipes.catalogue import load_catalogue
+    from harness.recipes.spec import config_hash
+    from harness.tracking import Tracker
+
+    exp = load_catalogue()["tutorial-base"]
+    data = load_cifar10(resolve_data_dir(str(synthetic_root), download=False))
+    t = Tracker(store)
+    tags = {"harness.config_hash": config_hash(exp, {"epochs": 5, "max_train_images": 100000}, 1, data.fingerprint),
+            "harness.experiment_id": "tutorial-base", "harness.seed": 1, "harness.data_fingerprint": data.fingerprint}
+    rid = t.start_run("tutorial-base", tags, {"override.epochs": 5, "override.max_train_images": 100000, "precision": "fp32"})
+    t.log_metrics(rid, {"test_acc": 41.5}, 0)
+    t.terminate(rid, "FINISHED")
+    opts = RunOptions()
+    hashes = {exp.id: seed_hashes(exp, data, opts, range(0, 4))}
+    assert read_state(t, [exp], hashes)[exp.id].acc == {}  # the current hash alone misses it
+    assert read_state(t, [exp], with_aliases(t, [exp], data, opts, hashes))[exp.id].acc == {1: 41.5}
+
+
+def test_a_failed_recipe_stays_in_the_family_and_is_never_answered_away(fake):
+    """A recipe whose seed fails keeps its pairs (undecided, the family's size fixed): a two-recipe
+    loop ends saying which recipe failed and why, never "answered"; in a three-recipe loop the
+    other two still get their seeds."""
+    store = fake({"a": 70.0, "b": 70.0})
+    trains = store.execute
+    store.execute = lambda todo: trains([x for x in todo if x[0].id != "b"]) + [
+        Outcome("b", s, "failed", None, reason="loss diverged") for e, s in todo if e.id == "b"]
+    lines = []
+    r = run(store, loop.AutoOptions(max_repeats=10), lines)
+    assert r.reason == loop.FAILED and r.decisions.m == 1 and r.decisions.pairs[0].verdict == "undecided"
+    assert "recipe b failed: loss diverged" in lines[-1] and "answered" not in lines[-1]
+
+    store = fake({"a": 90.0, "b": 70.0, "c": 70.0}, sd=1.0)
+    trains = store.execute
+    store.execute = lambda todo: trains([x for x in todo if x[0].id != "c"]) + [
+        Outcome("c", s, "failed", None, reason="out of memory") for e, s in todo if e.id == "c"]
+    r = run(store, loop.AutoOptions(max_repeats=10))
+    assert r.decisions.m == 3 and r.reason == loop.FAILED and "recipe c failed: out of memory" in r.detail
+    assert next(p for p in r.decisions.pairs if {p.a, p.b} == {"a", "b"}).verdict == "a_better"
+    assert len(r.seeds["a"].acc) < 10, "a's only open pair is with the failed c: more seeds of a cannot close it"
+
+
+def _loop_store(tmp_path, monkeypatch, looked: bool):
+    """Two recipes, 4 seeds each, 10 points apart, written as the harness records them; with
+    `looked`, as `--repeats auto` at alpha 0.2, margin 1.0 leaves them."""
+    from harness.recipes.catalogue import load_catalogue
+    from harness.tracking import Tracker
+
+    from .test_report_mixtures import write_run
+
+    monkeypatch.chdir(REPO)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker(store, "cifar10-harness")
+    cat = load_catalogue()
+    for exp_id, mean in (("tutorial-base", 50.0), ("fastai-simplenet", 60.0)):
+        for s in range(4):
+            rid = write_run(t, exp_id, s, mean + (0.3, -0.2, 0.1, -0.4)[s], [40.0] * cat[exp_id].train.epochs, 1.0)
+            if looked:
+                t.set_tags(rid, {"harness.repeats": "auto", "harness.auto_alpha": "0.2", "harness.auto_margin": "1.0",
+                                 "harness.auto_stop": "stopped after 2 round(s), 10s: the question is answered."})
+    return store
+
+
+def _report(store, tmp_path, **kw):
+    import pandas as pd
+
+    from harness.report import build_report
+
+    out = build_report(store, "cifar10-harness", str(tmp_path / "r.html"), str(tmp_path / "r.csv"), "http://x", **kw)
+    return (out.read_text(), pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False),
+            pd.read_csv(tmp_path / "r-decisions.csv", keep_default_na=False))
+
+
+def test_on_seeds_a_loop_chose_the_report_shows_no_fixed_n_verdicts_and_decides_as_the_loop_did(tmp_path, monkeypatch):
+    from harness.report.decided import LOOKED
+
+    store = _loop_store(tmp_path, monkeypatch, looked=True)
+    html, tests, dec = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""] and tests["p_holm"].tolist() == [""]
+    assert html.count('<span class="tag real">real</span>') == 1  # the one in the prose that explains the label, no verdict
+    assert "seed counts chosen by `--repeats auto`" in html and LOOKED in html
+    assert dec["m"].tolist() == [1] and dec["threshold"].tolist() == [5.0]  # the loop's alpha 0.2: e >= 1/0.2
+    assert "alpha 0.2, margin 1.0 (the loop&#39;s)" in html and "the question is answered" in html[html.index('id="decided-loop"'):]
+    _, _, dec = _report(store, tmp_path, alpha=0.01)
+    assert dec["threshold"].tolist() == [100.0]  # harness report --alpha overrides
+
+
+def test_a_store_of_fixed_seed_counts_keeps_its_fixed_n_verdicts(tmp_path, monkeypatch):
+    html, tests, dec = _report(_loop_store(tmp_path, monkeypatch, looked=False), tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05
+    assert dec["threshold"].tolist() == [20.0] and "(default;" in html and 'id="decided-looked"' not in html
+
+
+def test_the_loop_records_on_its_runs_that_it_chose_their_seeds_and_why_it_stopped(fake):
+    """Each run the loop trains carries harness.repeats=auto and the loop's alpha and margin (set
+    at its start, so a killed loop's runs carry them too); at the end every run its verdicts rest
+    on records the stop line. The report reads these (decided.loop_record)."""
+    import torch
+
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import Job
+    from harness.runs.run_record import run_record
+    from harness.auto.state import loop_tags
+
+    exp = load_catalogue()["tutorial-base"]
+    opts = RunOptions(loop_tags=loop_tags(0.1, 0.25))
+    data = SimpleNamespace(fingerprint="f" * 16, root=Path("/d"), train_x=range(10), test_x=range(10))
+    job = Job(exp, data, None, opts, 3, torch.device("cpu"), "h", "tutorial-base-s3", exp.train.epochs, overrides={}, train_images=10)
+    tags, _, _ = run_record(job, SimpleNamespace(n_train=10, val_is_test=True, val_x=[], test_x=range(10)), 1)
+    assert tags["harness.repeats"] == "auto" and float(tags["harness.auto_alpha"]) == 0.1 and float(tags["harness.auto_margin"]) == 0.25
+
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    for s in store.seeds.values():
+        s.run.update({k: f"r{k}" for k in range(3)})
+    written = {}
+    tracker = SimpleNamespace(set_tags=lambda rid, t: written.__setitem__(rid, t))
+    r = loop.run_auto([SimpleNamespace(id=i) for i in store.means], SimpleNamespace(train_x=[0]), tracker, RunOptions(),
+                      loop.AutoOptions(max_repeats=10, alpha=0.1), store.execute, echo=lambda m: None, clock=lambda: store.now)
+    assert r.reason == loop.ANSWERED and written and all(t["harness.auto_alpha"] == "0.1" and "question is answered" in t["harness.auto_stop"]
+                                                          for t in written.values())
+
+
+def test_with_jobs_a_round_is_timed_on_the_pools_own_packing(fake):
+    """--jobs 2 on 2 cores with recipes whose runs each hold both cores (run_width 2): the pool
+    trains them one after the other, so a round's estimate and the budget must not count them as
+    side by side (which overshot the budget by a factor of up to the jobs)."""
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None)[1] == 100.0  # independent slots
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None, {"a": 2, "b": 2}, 2)[1] == 200.0
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, 150.0, {"a": 2, "b": 2}, 2)[0] == ["a"]
+    assert fit_round(["a", "b"], {"a": 100.0, "b": 100.0}, 2, None, {"a": 1, "b": 1}, 2)[1] == 100.0  # one core each: side by side
+    assert wave(["a", "b", "a", "b"], {"a": 100.0, "b": 100.0}, 2, 250.0, {"a": 2, "b": 2}, 2) == (["a", "b"], 200.0)
+
+    store = fake({"a": 70.0, "b": 70.2}, sd=0.8, cost=100.0)  # its clock: one run after the other, as the pool runs them
+    r = run(store, loop.AutoOptions(max_repeats=10, budget_s=650.0, workers=2, widths={"a": 2, "b": 2}, cores=2))
+    assert r.reason == loop.BUDGET and store.now <= 650.0 and len(store.trained) == 6

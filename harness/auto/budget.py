@@ -7,6 +7,7 @@ import re
 
 from ..errors import UsageError
 from ..executors.schedule import expected_work
+from ..executors.schedule import plan as simulate
 from ..recipes.spec import Experiment
 from ..runs.job import RunOptions
 
@@ -46,28 +47,42 @@ def seed_costs(experiments: list[Experiment], train_images: int, opts: RunOption
     return {i: (sum(walls[i]) / len(walls[i]) if walls.get(i) else work[i] / rate + RUN_OVERHEAD_S) for i in work}
 
 
-def fit_round(plan: list[str], cost: dict[str, float], workers: int, left_s: float | None) -> tuple[list[str], float]:
-    """The runs of `plan` (in priority order) that finish within `left_s` when dealt to `workers`
-    in that order (each to the worker free first), and the round's estimated wall time."""
+def round_time(runs: list[str], cost: dict[str, float], workers: int, widths: dict[str, int] | None = None, cores: int = 0) -> float:
+    """A round's estimated wall time: `runs` in that order on `workers` slots, each to the slot
+    free first; with `widths` (the `--jobs` pool: recipe -> cores a run's threads hold,
+    schedule.run_width) the pool's own schedule simulated (schedule.plan), at most `workers` at
+    once within `cores`, so two runs that each need every core take twice as long, not once."""
+    if not runs:
+        return 0.0
+    if widths:
+        return max(p.end for p in simulate([cost[r] for r in runs], [widths[r] for r in runs], max(cores, max(widths[r] for r in runs)), workers))
     free = [0.0] * max(1, workers)
-    kept = []
-    for r in plan:
+    for r in runs:
         i = min(range(len(free)), key=free.__getitem__)
-        end = free[i] + cost[r]
-        if left_s is not None and end > left_s:
+        free[i] += cost[r]
+    return max(free)
+
+
+def fit_round(plan: list[str], cost: dict[str, float], workers: int, left_s: float | None, widths: dict[str, int] | None = None,
+              cores: int = 0) -> tuple[list[str], float]:
+    """The runs of `plan` (in priority order) that finish within `left_s` when started in that
+    order (round_time), and the round's estimated wall time."""
+    kept: list[str] = []
+    for r in plan:
+        if left_s is not None and round_time(kept + [r], cost, workers, widths, cores) > left_s:
             continue
-        free[i] = end
         kept.append(r)
-    return kept, max(free)
+    return kept, round_time(kept, cost, workers, widths, cores)
 
 
-def wave(kept: list[str], cost: dict[str, float], workers: int, most_s: float) -> tuple[list[str], float]:
+def wave(kept: list[str], cost: dict[str, float], workers: int, most_s: float, widths: dict[str, int] | None = None,
+         cores: int = 0) -> tuple[list[str], float]:
     """The longest start of `kept` whose estimated wall time is within `most_s` (at least one run
     a worker): a round cut short so the next one starts from recalibrated costs, with the budget
     checked again, rather than overshooting it on a first estimate."""
-    out, eta = kept[: max(1, workers)], fit_round(kept[: max(1, workers)], cost, workers, None)[1]
+    out, eta = kept[: max(1, workers)], round_time(kept[: max(1, workers)], cost, workers, widths, cores)
     for k in range(len(out) + 1, len(kept) + 1):
-        t = fit_round(kept[:k], cost, workers, None)[1]
+        t = round_time(kept[:k], cost, workers, widths, cores)
         if t > most_s:
             break
         out, eta = kept[:k], t

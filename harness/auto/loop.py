@@ -2,27 +2,32 @@
 (report/sequential.py), plan the next seeds for the recipes whose verdict is open (cheapest per
 unit of evidence first, enough to keep every worker busy), keep those that fit the budget
 (budget.py), hand them to the executor, say what changed. Stops when the question is answered,
-the budget is spent, or every open recipe is at its cap, and says which."""
+the budget is spent, every open recipe is at its cap, a failed recipe leaves its pairs open, or a
+round finishes nothing (after waiting, bounded, for seeds another driver holds), and says which."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..data.cifar_files import Cifar10
 from ..errors import UsageError
 from ..recipes.spec import Experiment
-from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds
+from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds, se_floor
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from .budget import fit_round, fmt_duration, seed_costs, wave
-from .state import Seeds, read_state, seed_hashes
+from .budget import fit_round, fmt_duration, round_time, seed_costs, wave
+from .state import Seeds, read_state, record_stop, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
 ANSWERED, BUDGET, CAP, NOTHING = "answered", "budget spent", "every open recipe at its cap", "no recipe can train"
+STUCK, HELD, FAILED = "runs skipped", "runs held by another process", "a recipe failed"
+POLL_S = 15.0  # how often the store is read again while another process trains this loop's seeds
+WAIT_MAX_S = 3600.0  # the longest such wait without a seed finishing (also capped by the budget left)
+HELD_BY = ("being trained by", "claimed first by", "taken over by")  # skip reasons of a run another live process holds
 
 # hands the executor a round: [(experiment, seed)] -> their outcomes
 Execute = Callable[[list[tuple[Experiment, int]]], list[Outcome]]
@@ -35,6 +40,10 @@ class AutoOptions:
     alpha: float = ALPHA
     margin: float = MARGIN
     workers: int = 1
+    # the --jobs pool: recipe -> cores a run holds (schedule.run_width) and the cores it packs them
+    # into, so a round's time is estimated on the pool's own schedule; None: independent slots
+    widths: dict[str, int] | None = None
+    cores: int = 0
 
     def check(self, n_recipes: int) -> None:
         if self.max_repeats < MIN_SEEDS:
@@ -55,6 +64,7 @@ class AutoResult:
     rounds: int
     elapsed_s: float
     outcomes: list[Outcome] = field(default_factory=list)
+    detail: str = ""  # what stopped it, where the reason alone does not say (a skip's reason)
 
 
 def _verdict_text(p) -> str:
@@ -63,21 +73,24 @@ def _verdict_text(p) -> str:
 
 
 def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, execute: Execute,
-             echo=print, clock=time.monotonic) -> AutoResult:
-    """Rounds until answered, out of budget, or at the cap (AutoResult.reason)."""
+             echo=print, clock=time.monotonic, sleep=time.sleep) -> AutoResult:
+    """Rounds until answered, out of budget, at the cap, or a round that finished nothing and
+    cannot wait for another process (AutoResult.reason, .detail)."""
     auto.check(len(experiments))
     start = clock()
     by_id = {e.id: e for e in experiments}
     seeds = range(opts.seed, opts.seed + auto.max_repeats)
-    hashes = {e.id: seed_hashes(e, data, opts, seeds) for e in experiments}
+    hashes = with_aliases(tracker, experiments, data, opts, {e.id: seed_hashes(e, data, opts, seeds) for e in experiments})
     train_images = len(data.train_x)
-    failed: set[str] = set()  # recipes a seed of which failed in this command (a rerun repeats such faults)
+    floor = se_floor(len(getattr(data, "test_x", ())))  # accuracies move in steps of one test image
+    failed: dict[str, str] = {}  # recipe -> why a seed of it failed in this command (a rerun repeats such faults)
     outcomes: list[Outcome] = []
     closed_before: dict[tuple[str, str], str] = {}
-    rounds, overhead = 0, 0.0
+    rounds, overhead, detail = 0, 0.0, ""
     while True:
         state = read_state(tracker, experiments, hashes)
-        d = decide({i: state[i].acc for i in by_id if i not in failed}, auto.alpha, auto.margin)  # paired by seed
+        # paired by seed; a failed recipe stays in the family (its pairs undecided, m fixed)
+        d = decide({i: state[i].acc for i in by_id}, auto.alpha, auto.margin, floor)
         closed = {(p.a, p.b): p for p in d.pairs if p.verdict != "undecided"}
         newly = [p for k, p in closed.items() if closed_before.get(k) != p.verdict]
         closed_before = {k: p.verdict for k, p in closed.items()}
@@ -90,35 +103,93 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             break
         walls = {i: [w for w in state[i].wall.values() if w == w] for i in by_id}
         cost = seed_costs(experiments, train_images, opts, walls)
-        plan = next_seeds(d, n, cost, auto.max_repeats, auto.workers)
+        plan, reason, detail = _plan(d, n, failed, cost, auto)
         if not plan:
-            reason = CAP if d.open_rows else NOTHING
             break
-        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead)
+        kept, eta = fit_round(plan, cost, auto.workers, None if left is None else left - overhead, auto.widths, auto.cores)
         if not kept:
             reason = BUDGET
             break
         fits = len(kept)
         if left is not None:  # under a budget, a round no longer than a quarter of what is left: costs recalibrated, budget checked again;
             # nothing timed yet on this store: one run a worker first, which calibrates the cost model
-            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0)
+            kept, eta = wave(kept, cost, auto.workers, max(WAVE_MIN_S, left / 4) if any(walls.values()) else 0.0, auto.widths, auto.cores)
         todo = _seeds_for(kept, state, by_id, seeds)
-        echo(f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
-             + f"), about {fmt_duration(eta)} by the cost model"
-             + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
-             + (f"; {len(plan) - fits} planned run(s) left out: they would not finish within the budget" if fits < len(plan) else ""))
+        echo(_round_line(rounds, todo, kept, eta, fits, len(plan)))
         began = clock()  # the round's own wall time, for _overhead
         got = execute(todo)
         outcomes += got
-        overhead = max(overhead, _overhead(clock() - began, todo, read_state(tracker, experiments, hashes), auto.workers))
+        after = read_state(tracker, experiments, hashes)
+        overhead = max(overhead, _overhead(clock() - began, todo, after, auto))
         for o in got:
             if o.status == "failed":
-                failed.add(o.experiment_id)
+                failed.setdefault(o.experiment_id, o.reason)
                 echo(f"{o.experiment_id}: a seed failed ({o.reason}); it gets no more seeds in this command")
         rounds += 1
-    result = AutoResult(reason, d, state, rounds, clock() - start, outcomes)
-    echo(stop_line(result, auto))
+        if _count(after) == _count(state) and not any(o.status == "failed" for o in got):
+            reason, detail = _no_progress(got, tracker, experiments, hashes, state, auto, start, clock, sleep, echo)
+            if reason:
+                break
+    result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
+    line = stop_line(result, auto)
+    missed = record_stop(tracker, state, auto.alpha, auto.margin, line)
+    echo(line)
+    if missed:
+        echo(f"warning: the loop's alpha, margin and stop reason could not be recorded on {len(missed)} run(s) ({missed[0]}, ...)")
     return result
+
+
+def _plan(d: Decisions, n: dict[str, int], failed: dict[str, str], cost: dict[str, float], auto: AutoOptions) -> tuple[list[str], str, str]:
+    """(the next round's runs, "", "") or, when there are none, ([], why the loop stops, detail).
+    A failed recipe gets no more seeds (as if at its cap), so it holds no other recipe back."""
+    plan = next_seeds(replace(d, open_rows=_open_without(d, failed)), {i: auto.max_repeats if i in failed else k for i, k in n.items()},
+                      cost, auto.max_repeats, auto.workers)
+    if plan:
+        return plan, "", ""
+    stuck = [i for i in d.open_rows if i in failed]
+    return [], FAILED if stuck else CAP if d.open_rows else NOTHING, "; ".join(f"recipe {i} failed: {failed[i]}" for i in stuck)
+
+
+def _round_line(rounds: int, todo: list, kept: list[str], eta: float, fits: int, planned: int) -> str:
+    return (f"round {rounds + 1}: training {len(todo)} run(s) (" + ", ".join(f"{i} +{kept.count(i)}" for i in dict.fromkeys(kept))
+            + f"), about {fmt_duration(eta)} by the cost model"
+            + (f"; {fits - len(kept)} more planned for later rounds (costs measured first)" if fits > len(kept) else "")
+            + (f"; {planned - fits} planned run(s) left out: they would not finish within the budget" if fits < planned else ""))
+
+
+def _open_without(d: Decisions, failed: dict[str, str]) -> list[str]:
+    """The open rows a further seed can still help: those with an undecided top-group pair whose
+    other row did not fail (a pair with a failed row stays undecided whatever its partner gets)."""
+    live = {x for p in d.pairs if p.verdict == "undecided" and p.a in d.top and p.b in d.top and p.a not in failed and p.b not in failed
+            for x in (p.a, p.b)}
+    return [r for r in d.open_rows if r in live]
+
+
+def _count(state: dict[str, Seeds]) -> int:
+    return sum(len(s.acc) for s in state.values())
+
+
+def _no_progress(got: list[Outcome], tracker, experiments, hashes, state, auto: AutoOptions, start: float, clock, sleep, echo) -> tuple[str, str]:
+    """A round that finished no seed: its runs were skipped. Runs another live process holds
+    (a second driver on the store): wait for one of them to finish, reading the store every
+    POLL_S, at most WAIT_MAX_S and never past the budget; ("", "") when one did. Anything else
+    (a run the executor counts as done but the loop cannot see) would be planned again forever:
+    (STUCK, the skip's reason). Out of time waiting: (HELD, the holder)."""
+    skipped = [o for o in got if o.status == "skipped"]
+    held = [o for o in skipped if o.reason.startswith(HELD_BY)]
+    if not held:  # a skip the loop cannot see past, or a run stopped resumable (rerun the command to resume it)
+        o = (skipped or [o for o in got if o.status != "finished"] or [None])[0]
+        return STUCK, f"{o.experiment_id} seed {o.seed} {o.status}: {o.reason}" if o else "the executor returned no finished run"
+    limit = WAIT_MAX_S if auto.budget_s is None else min(WAIT_MAX_S, auto.budget_s - (clock() - start))
+    echo(f"{len(held)} run(s) of this round are held by another process ({held[0].reason}); waiting for them, "
+         f"reading the store every {fmt_duration(POLL_S)} for at most {fmt_duration(limit)}")
+    waited, before = 0.0, _count(state)
+    while waited + POLL_S <= limit:
+        sleep(POLL_S)
+        waited += POLL_S
+        if _count(read_state(tracker, experiments, hashes)) > before:
+            return "", ""
+    return HELD, f"{held[0].experiment_id} seed {held[0].seed}: {held[0].reason}; no seed finished in {fmt_duration(waited)}"
 
 
 def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budget_s: float | None, newly: list) -> str:
@@ -129,13 +200,14 @@ def _state_line(rounds: int, d: Decisions, n: dict[str, int], used: float, budge
             + (f"; closed: {'; '.join(_verdict_text(p) for p in newly)}" if newly else ""))
 
 
-def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], workers: int) -> float:
+def _overhead(wall: float, todo: list[tuple[Experiment, int]], after: dict[str, Seeds], auto: AutoOptions) -> float:
     """What a round cost beyond its runs (worker processes started, the store read): its wall time
     less the schedule of its runs' own wall times as the store recorded them (learnt, and kept out
     of the budget in later rounds)."""
     walls = {f"{e.id}#{s}": after[e.id].wall.get(s) for e, s in todo}
     walls = {k: w for k, w in walls.items() if w is not None and w == w}
-    return max(0.0, wall - fit_round(list(walls), walls, workers, None)[1]) if walls else 0.0
+    widths = {f"{e.id}#{s}": auto.widths[e.id] for e, s in todo} if auto.widths else None
+    return max(0.0, wall - round_time(list(walls), walls, auto.workers, widths, auto.cores)) if walls else 0.0
 
 
 def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experiment], seeds: range) -> list[tuple[Experiment, int]]:
@@ -148,7 +220,10 @@ def _seeds_for(kept: list[str], state: dict[str, Seeds], by_id: dict[str, Experi
 def stop_line(r: AutoResult, auto: AutoOptions) -> str:
     d = r.decisions
     why = {ANSWERED: "the question is answered", BUDGET: "the budget is spent (no open recipe's next seed fits in what is left)",
-           CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train"}[r.reason]
+           CAP: f"every open recipe is at its cap (--max-repeats {auto.max_repeats})", NOTHING: "no recipe can train",
+           STUCK: f"a round finished no seed ({r.detail})",
+           HELD: f"another process holds the open recipes' next seeds ({r.detail})",
+           FAILED: f"{r.detail}; its pairs stay undecided"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
     return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
             f"{verdicts} of {len(d.pairs)} pair(s) decided at alpha {auto.alpha} (anytime-valid, over {d.m} pairs)"

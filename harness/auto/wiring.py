@@ -11,6 +11,7 @@ from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
 from .budget import fmt_duration
 from .loop import AutoOptions, run_auto, seeds_per_recipe
+from .state import loop_tags
 
 
 def _contiguous(seeds: list[int]) -> list[tuple[int, int]]:
@@ -53,11 +54,23 @@ def executor_for(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
     return one_process, 1
 
 
+def pool_shape(experiments: list[Experiment], opts: RunOptions) -> tuple[dict[str, int], int]:
+    """What run_pool packs: each recipe's run width (the cores its threads hold) and the cores."""
+    from ..executors.schedule import run_width
+    from ..training.environment import all_cores
+
+    cores = all_cores()
+    per_run = replace(opts, bars=False)  # as run_pool sees it
+    return {e.id: run_width(e, per_run, cores) for e in experiments}, cores
+
+
 def run_auto_command(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, jobs: int,
                      ray_opts, echo=print) -> list[Outcome]:
     """The loop on the chosen executor; prints the seeds and time each recipe used."""
+    opts = replace(opts, loop_tags=loop_tags(auto.alpha, auto.margin))  # each run says a loop chose its seeds
     execute, workers = executor_for(experiments, data, tracker, opts, jobs, ray_opts, echo)
-    result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers), execute, echo=echo)
+    widths, cores = pool_shape(experiments, opts) if ray_opts is None and jobs > 1 else (None, 0)
+    result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers, widths=widths, cores=cores), execute, echo=echo)
     echo("seeds and time per recipe: " + "; ".join(f"{i} {n} seed(s), {fmt_duration(t)}" for i, (n, t) in seeds_per_recipe(result).items()))
     for p in result.decisions.pairs:
         if p.verdict != "undecided" or (p.a in result.decisions.top and p.b in result.decisions.top):

@@ -37,7 +37,7 @@ def make_job(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions,
     found = legacy_aliases(recorded, overrides, exp.train.epochs, train_images, lambda o: config_hash(exp, o, seed, data.fingerprint))
     legacy = tuple(dict.fromkeys(h for h in (config_hash(exp, opts.overrides(), seed, data.fingerprint), *found) if h != chash))
     epochs = capped_phases(exp.train.phases, opts.epochs) if opts.epochs is not None else exp.train.epochs
-    return Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 else f"{exp.id}-s{seed}", epochs, echo,
+    return Job(exp, data, tracker, opts, seed, device, chash, exp.id if opts.repeats == 1 and not opts.loop_tags else f"{exp.id}-s{seed}", epochs, echo,
                overrides=overrides, train_images=train_images, legacy_hashes=legacy)
 
 

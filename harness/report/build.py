@@ -18,7 +18,7 @@ from ..tracking.report_runs import log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
-from .decided import decided_section, decisions_frame
+from .decided import decided_section, decisions_frame, mark_looked
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
@@ -53,7 +53,8 @@ def _write_text(path: Path, text: str, what: str) -> None:
 
 
 def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str | None, ui_url: str, warn=lambda msg: None,
-                 data: str | None = None, log_to_mlflow: bool = False, say=lambda msg: None) -> Path:
+                 data: str | None = None, log_to_mlflow: bool = False, say=lambda msg: None, alpha: float | None = None,
+                 margin: float | None = None) -> Path:
     """The report of the store's finished runs; `data`: the data set (fingerprint or a unique
     prefix) whose rows the tests and the budget table compare (default: datasets.data_sets' first);
     `log_to_mlflow`: also log the HTML as the artifact of a report run in the experiment."""
@@ -76,7 +77,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
             r.stats["settle_data_dir"] = folder if "," not in folder and folder != "?" else "DIR"
     ctx = _gather(tracker, rows, compared, warn)
     ctx.update(_compare(rows, compared, ctx))
-    ctx["decided"] = decided_section(compared)  # anytime-valid verdicts (decided.py)
+    ctx["decided"] = decided_section(compared, alpha, margin)  # anytime-valid verdicts, at the loop's alpha/margin (decided.py)
+    mark_looked(ctx, compared)  # seeds chosen by a loop: the fixed-n tests' verdicts and advice say so (decided.py)
     table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))
     ctx.update(table=table, data_sets=sets, chosen_data=chosen, left_out=left_out, contents=store_contents(rows),
                superseded=_superseded(rows, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),

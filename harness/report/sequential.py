@@ -25,7 +25,8 @@ Family: Bonferroni over e-values, a pair decided when E >= m / alpha for the m p
 family (valid whatever the dependence between pairs, and whichever pairs a reader looks at).
 Interval: the anytime-valid confidence sequence of the difference a - b, every shift d whose
 e-value (of d_s - d) stays below m / alpha; E is increasing in |t|, so it is the t interval with
-a critical value from the e-process instead of Student's quantile. Verdicts read off one
+a critical value from the e-process instead of Student's quantile, intersected over the looks
+(the first k seeds, every k: running_interval) so a verdict once reached stays. Verdicts read off one
 interval: a better (lower bound > 0, equivalently E(0) >= m/alpha), b better, tied (the whole
 interval inside +-margin), else undecided.
 
@@ -96,10 +97,18 @@ def differences(a, b) -> np.ndarray:
     return np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
 
 
-def one_sample_t(d: np.ndarray, shift: float = 0.0) -> tuple[float, float]:
-    """(t of mean(d) - shift, its standard error)."""
+def se_floor(n_test: int | None) -> float:
+    """The smallest standard error a mean difference is given: half a test image, in points.
+    Accuracies move in steps of one test image, so seeds that agree to the image (a recipe and
+    its copy, or a saturated one) measure a spread of 0, which would give a zero-width interval
+    and a verdict on 2-3 seeds; a larger standard error only lowers the e-value (still valid)."""
+    return 0.5 * 100.0 / n_test if n_test else 0.0
+
+
+def one_sample_t(d: np.ndarray, shift: float = 0.0, floor: float = 0.0) -> tuple[float, float]:
+    """(t of mean(d) - shift, its standard error, at least `floor`)."""
     n = len(d)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+    se = max(float(d.std(ddof=1)) / math.sqrt(n), floor)
     diff = float(d.mean()) - shift
     if se == 0.0:
         return (0.0 if diff == 0 else math.copysign(math.inf, diff)), 0.0
@@ -115,7 +124,7 @@ class Pair:
     n_a: int  # seeds a has
     n_b: int
     diff: float  # mean of a - b over the seeds both have, points
-    e_value: float
+    e_value: float  # the largest over the looks (first k seeds, every k): >= m / alpha exactly when decided better
     lo: float  # anytime-valid interval of a - b at level alpha / m
     hi: float
     verdict: str  # a_better | b_better | tied | undecided
@@ -123,21 +132,19 @@ class Pair:
     n_paired: int = 0  # seeds both have: what the test uses
 
 
-def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] = ("a", "b")) -> Pair:
+def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] = ("a", "b"), floor: float = 0.0) -> Pair:
     """The pair's e-value against "equal means" on the seeds both have, its confidence sequence
     at `level` (alpha over the family's size) and the verdict they give. `a`, `b`: accuracies
-    by seed (dicts), or arrays whose i-th is seed i."""
+    by seed (dicts), or arrays whose i-th is seed i; `floor`: se_floor of their test set."""
     a, b = by_seed(a), by_seed(b)
     d = differences(a, b)
     n = len(d)
     diff = float(d.mean()) if n else math.nan
     if n < MIN_SEEDS:
         return Pair(*names, len(a), len(b), diff, 1.0, -math.inf, math.inf, "undecided", None, n)
-    t, se = one_sample_t(d)
-    e = e_value(t, n)
-    crit = critical_t(level, n)
-    half = crit * se if se > 0 else (0.0 if crit < math.inf else math.inf)
-    lo, hi = max(diff - half, -SPAN), min(diff + half, SPAN)  # a difference of accuracies lies within +-100 points
+    t, se = one_sample_t(d, floor=floor)
+    e = max(e_value(one_sample_t(d[:k], floor=floor)[0], k) for k in range(MIN_SEEDS, n + 1))  # the e-process's running max, as the interval
+    lo, hi = running_interval(d, level, floor)
     if lo > 0:
         verdict = "a_better"
     elif hi < 0:
@@ -150,6 +157,24 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     if verdict == "undecided":
         pair.seeds_needed = seeds_needed(diff, se * math.sqrt(n), n, level, margin)
     return pair
+
+
+def running_interval(d: np.ndarray, level: float, floor: float = 0.0) -> tuple[float, float]:
+    """The confidence sequence of mean(d) at `level`, intersected over the looks: the interval
+    on the first k differences (seed order, the order the loop adds them) for every k, all at
+    once. The guarantee holds for all k together, so the intersection holds too, and a verdict
+    reached at one look cannot be undone by a later one (the interval only narrows)."""
+    k = np.arange(1, len(d) + 1, dtype=float)
+    mean = np.cumsum(d) / k
+    dev = np.array([float(d[:i].std(ddof=1)) if i > 1 else 0.0 for i in range(1, len(d) + 1)])
+    se = np.maximum(dev / np.sqrt(k), floor)
+    ks = np.arange(MIN_SEEDS, len(d) + 1)
+    crit = np.array([critical_t(level, int(i)) for i in ks])
+    s = se[ks - 1]
+    with np.errstate(invalid="ignore"):
+        half = np.where(s > 0, crit * s, np.where(np.isfinite(crit), 0.0, np.inf))
+    lo, hi = float(np.max(mean[ks - 1] - half)), float(np.min(mean[ks - 1] + half))
+    return max(lo, -SPAN), min(hi, SPAN)  # a difference of accuracies lies within +-100 points
 
 
 def seeds_needed(diff: float, spread: float, n: int, level: float, margin: float, cap: int = 1000) -> int | None:
@@ -179,7 +204,7 @@ class Decisions:
     answered: bool = field(default=False)
 
 
-def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float = MARGIN) -> Decisions:
+def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float = MARGIN, floor: float = 0.0) -> Decisions:
     """Every pair of `samples` (row -> accuracies of its seeds, in points), corrected over all
     k(k-1)/2 pairs (so any pair a reader picks, the leader's included, is covered), and the
     question the loop answers: the top group (rows no row is decided better than) with each pair
@@ -187,7 +212,7 @@ def decide(samples: dict[str, np.ndarray], alpha: float = ALPHA, margin: float =
     (a row decided worse than another stops: racing)."""
     names = list(samples)
     m = max(1, len(names) * (len(names) - 1) // 2)
-    pairs = [compare(samples[x], samples[y], alpha / m, margin, (x, y)) for x, y in combinations(names, 2)]
+    pairs = [compare(samples[x], samples[y], alpha / m, margin, (x, y), floor) for x, y in combinations(names, 2)]
     below: dict[str, str] = {}
     for p in pairs:
         if p.verdict == "a_better":

@@ -28,6 +28,9 @@ class RunOptions:
     together: str = "auto"  # a recipe's repeats as one stacked model: auto (where exact and measured faster), always (where exact), never
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
+    # --repeats auto: (name, value) tags each run it trains records (harness.repeats=auto, its
+    # alpha and margin), so the report knows these seeds were chosen by looking; no part of the hash
+    loop_tags: tuple[tuple[str, str], ...] = ()
 
     def overrides(self) -> dict:
         """The overrides as given on the command line (the config hash of runs made before

@@ -42,6 +42,7 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
         # MLflow's own fields, so the UI's Source and git columns are filled
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
+    tags.update({f"{TAG}{k}": v for k, v in opts.loop_tags})  # trained by --repeats auto (auto/loop.py)
     if exp.user_spec:  # a recipe of the user's own, beside the documented ones
         tags.update({f"{TAG}user_recipe": "true", f"{TAG}spec_path": exp.user_spec})
     if exp.code is not None:
