@@ -131,7 +131,11 @@ def test_every_spelling_of_a_store_names_one_store_and_one_lock_folder(tmp_path,
     spellings = ["sqlite:///mlflow.db", f"sqlite:///{tmp_path}/a/mlflow.db", f"sqlite:///{tmp_path}/a/../a/mlflow.db",
                  f"sqlite:///{tmp_path}/link/mlflow.db"]
     assert len({store_identity(u) for u in spellings}) == 1
-    assert {lock_root(u) for u in spellings} == {state_root(u) for u in spellings} == {(tmp_path / "a" / ".harness" / "state").resolve()}
+    beside = (tmp_path / "a" / ".harness").resolve()
+    assert {lock_root(u) for u in spellings} == {beside / "locks"} and {state_root(u) for u in spellings} == {beside / "state"}
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "elsewhere"))  # state may move; the locks stay with the store
+    assert {lock_root(u) for u in spellings} == {beside / "locks"}
+    monkeypatch.delenv("HARNESS_STATE_DIR")
     assert not any(shared_store(u) for u in spellings)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     server = ["http://user:secret@Tracking.example:5000/", "http://user:other@tracking.example:5000"]
