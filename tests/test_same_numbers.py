@@ -59,6 +59,7 @@ def test_a_runs_threads_come_from_its_recipe_and_the_machine(monkeypatch, cores,
     assert choose_threads(build_model(wide), wide.train.batch_size, cpu, override=3) == 3  # --threads pins
 
 
+@pytest.mark.slow  # trains (tens of seconds): the full suite runs it
 @pytest.mark.skipif(all_cores() < 2, reason="one core: every run trains on one thread whatever the schedule")
 def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_numbers(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -101,6 +102,7 @@ def _harness(store, root, *args, one_core=False) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+@pytest.mark.slow  # trains (tens of seconds): the full suite runs it
 @pytest.mark.skipif(all_cores() < 2 or shutil.which("taskset") is None, reason="needs 2 cores and taskset")
 def test_a_run_resumed_where_more_cores_are_free_keeps_its_threads_and_its_numbers(synthetic_root, tmp_path, monkeypatch):
     """Started on one core (one thread for medium-vgg-bn), killed after an epoch, resumed on two

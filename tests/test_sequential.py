@@ -136,6 +136,7 @@ def test_next_seeds_move_open_rows_up_together_cheapest_first():
 # ------------------------------------------------------------------ simulations of the loop
 
 
+@pytest.mark.slow  # thousands of simulated sequences (seconds each): the full suite runs it
 @pytest.mark.parametrize("k,n_seq,heavy", [(2, 3000, False), (2, 3000, True), (4, 1000, False), (4, 1000, True)])
 def test_family_wise_error_at_or_below_alpha_under_the_null(k, n_seq, heavy):
     """k identical recipes, the loop looking after every seed up to 10 a side: P(any pair called
@@ -178,6 +179,7 @@ def test_naive_repeated_welch_inflates_through_the_same_loop(heavy):
     assert rate > 1.6 * ALPHA
 
 
+@pytest.mark.slow  # thousands of simulated sequences (seconds each): the full suite runs it
 def test_confidence_sequence_covers_the_true_difference_at_every_look():
     """Under a real 1-point gap, the interval excludes the true difference at some look (a wrong
     "tied" or a wrong direction) in at most alpha of sequences."""
@@ -195,6 +197,7 @@ def test_confidence_sequence_covers_the_true_difference_at_every_look():
     assert misses / n_seq <= ALPHA
 
 
+@pytest.mark.slow  # thousands of simulated sequences (seconds each): the full suite runs it
 def test_power_for_a_one_point_gap_at_spread_0_8():
     """A 1.0-point gap at a seed-to-seed spread of 0.8: most sequences decide within about 20
     seeds a side (fixed-n Welch needs 12 a side for 80% power, without the right to look)."""
