@@ -3,6 +3,7 @@
     python -m tests.measure_suite run OUT [run-all options]   # the main job into a fresh store in OUT
     python -m tests.measure_suite show OUT [--speedup S]      # what a measured OUT says
     python -m tests.measure_suite estimate [--speedup S]      # the scheduler simulated on #23's measured works
+    python -m tests.measure_suite compare OUT OTHER           # every metric of every run, bit for bit
 
 `run` trains `harness run-all` (its defaults: one job per core) into OUT/mlflow.db, with
 /proc/stat sampled every 2 s into OUT/stat.log, and then shows it. Run it on an otherwise idle
@@ -22,6 +23,11 @@ machine: utilisation counts every process's busy time, not only the suite's.
   first, each run on its recipe's threads for that many cores, packed without oversubscribing)
   simulated on the measured works, with the speed-up of t threads extrapolated from the 2-thread
   one by Amdahl's law. An estimate, and labelled so.
+
+`compare` checks issue 27's "the same numbers whatever the schedule" on two measured suites (say
+one on an idle machine and one beside a busy process, or with other --jobs): for every recipe and
+seed, every recorded value of every metric that is not a time or a system reading must be equal,
+bit for bit (float equality, step by step); it prints each difference and exits 1 on any.
 
 `estimate` does the last on the one-thread works of #23's idle measurement (2,378 s): cs598 and
 medium-vgg-bn and skl-cnn as measured, the other runs' 461 s shared by their expected work plus a
@@ -274,16 +280,60 @@ def run(out: Path, args: list[str]) -> None:
     (out / "wall.txt").write_text(f"rc={rc} start={t0} end={t1} wall={t1 - t0}\n")
 
 
+TIMING = ("_time", "_s", "img_per_s", "system/", "threads")  # what a schedule may change: times, rates, readings
+
+
+def run_metrics(out: Path) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:
+    """(recipe, seed) -> metric -> [(step, value)], for the finished runs of OUT's store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    got = {}
+    for r in client.search_runs([exp.experiment_id], max_results=1000):
+        if r.info.status != "FINISHED":
+            continue
+        names = [k for k in r.data.metrics if not any(t in k for t in TIMING)]
+        key = (r.data.tags["harness.experiment_id"], r.data.params.get("seed", "?"))
+        got[key] = {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)) for k in names}
+    return got
+
+
+def compare(a: Path, b: Path, echo=print) -> int:
+    ra, rb = run_metrics(a), run_metrics(b)
+    bad = 0
+    for key in sorted(set(ra) | set(rb)):
+        if key not in ra or key not in rb:
+            echo(f"{key[0]} seed {key[1]}: finished only in {a if key in ra else b}")
+            bad += 1
+            continue
+        ma, mb = ra[key], rb[key]
+        diff = [k for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
+        points = sum(len(v) for v in ma.values())
+        echo(f"{key[0]:26} seed {key[1]}: {len(ma)} metrics, {points} values: " + ("identical" if not diff else f"DIFFER in {', '.join(diff)}"))
+        for k in diff[:5]:
+            first = next(((s, x, y) for (s, x), (_, y) in zip(ma.get(k, []), mb.get(k, [])) if x != y), None)
+            echo(f"    {k}: first difference at step {first[0]}: {first[1]!r} vs {first[2]!r}" if first else f"    {k}: different steps")
+        bad += bool(diff)
+    echo(f"{len(set(ra) & set(rb))} runs in both; {'all identical' if not bad else f'{bad} differ'}")
+    return 1 if bad else 0
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m tests.measure_suite", description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["run", "show", "estimate"])
+    p.add_argument("mode", choices=["run", "show", "estimate", "compare"])
     p.add_argument("out", type=Path, nargs="?")
+    p.add_argument("other", type=Path, nargs="?", help="compare: the second suite's OUT")
     p.add_argument("--speedup", type=float, default=None, help=f"2-thread speed-up, when no run in OUT measured one (default {S2_MEASURED})")
     a, rest = p.parse_known_args(argv)
     if a.mode == "estimate":
         return estimate(a.speedup)
     if a.out is None:
         p.error(f"{a.mode} needs OUT")
+    if a.mode == "compare":
+        if a.other is None:
+            p.error("compare needs OUT and OTHER")
+        sys.exit(compare(a.out, a.other))
     if a.mode == "run":
         run(a.out, rest or ["--data-dir", str(SUBSET)])
     show(a.out, a.speedup)
