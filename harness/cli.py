@@ -43,6 +43,20 @@ def friendly(fn):
     return wrapper
 
 
+def flushes_denormals(fn):
+    """A training command: subnormals as zero from before its first tensor (the catalogue builds
+    networks), so PyTorch's pool threads, started by it, inherit the flag (training/environment.py)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .training.environment import flushing_denormals
+
+        with flushing_denormals():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="harness")
 def main():
@@ -268,6 +282,7 @@ def _ray_options(executor, address, cpus, gpus):
 @click.argument("ids", nargs=-1, required=True)
 @run_options
 @friendly
+@flushes_denormals
 def run_cmd(ids, **kw):
     """Train the experiments IDS (see `harness list`) or the specs at these paths (a recipe of
     your own, e.g. ./my-net.toml), one MLflow run each."""
@@ -283,6 +298,7 @@ def run_cmd(ids, **kw):
               help="A folder of your own recipes (*.toml) to train beside the documented ones.")
 @run_options
 @friendly
+@flushes_denormals
 def run_all_cmd(only, skip, user_dir, **kw):
     """Train every experiment in experiments/ (and --experiments DIR); finished ones are skipped, killed ones resumed."""
     from .recipes.catalogue import load_catalogue, with_folder

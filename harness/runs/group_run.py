@@ -24,6 +24,7 @@ from .lifecycle import TakenOver
 from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, finish, keep_best, record, relog_missing
 from ..tracking.outbox import Outbox
 from .progress import epoch_line
+from ..training.environment import flushing_denormals
 from ..training.recipe_data import prepare_data
 from ..training.together import Stack, optimizer_state_of, stacked_optimizer_state
 from ..training.loop import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, build_optimizer, evaluate, lr_at, phase_of, set_lr, starts_phase
@@ -40,7 +41,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     done: dict[int, Outcome] = {}
     resumed = [ck is not None for ck in checkpoints]
     try:
-        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors, flushing_denormals():
             for rid in run_ids:
                 heartbeat.hold(rid)
             preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]

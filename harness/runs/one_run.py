@@ -20,7 +20,7 @@ from . import lifecycle
 from .checkpoints import run_state
 from .claims import DELETED, Heartbeat
 from .lifecycle import FAILED, RESUMABLE, RunDeleted, TakenOver
-from ..training.environment import choose_conv, choose_threads, configure_backend
+from ..training.environment import choose_conv, choose_threads, configure_backend, flushing_denormals
 from ..errors import DivergedError, Interrupted, one_line
 from .finish import log_final
 from .job import Job, Outcome, Progress
@@ -45,7 +45,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
     bar = None
     started = recorded or resumed
     try:
-        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox:
+        with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, flushing_denormals():
             heartbeat.hold(run_id)
             prep = prepare_data(job.exp, job.data, job.seed, job.opts.max_train_images, job.device)
             model, optimizer, loss_fn, n_params = build(job)

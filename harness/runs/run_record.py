@@ -8,7 +8,7 @@ import json
 import torch
 
 from .. import __version__
-from ..training.environment import all_cores, cpu_model, device_name, git_commit
+from ..training.environment import all_cores, cpu_model, denormals_flushed, device_name, git_commit
 from ..training.recipe_data import Prepared
 from ..recipes.spec import flatten
 from ..tracking import TAG
@@ -50,7 +50,9 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
     params = flatten(exp.training_dict())
     params.update({
         "params": n_params, "seed": seed, "epochs": job.epochs, "recipe_epochs": exp.train.epochs,
-        "precision": opts.precision, "threads": job.threads, "conv": job.conv, "together": together, "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
+        "precision": opts.precision, "threads": job.threads, "conv": job.conv, "together": together,
+        "flush_denormal": denormals_flushed(job.threads or all_cores()),  # subnormals as zero on every thread (training/environment.py)
+        "data.n_train": prep.n_train, "data.n_val": 0 if prep.val_is_test else len(prep.val_x),
         "data.n_test": len(prep.test_x), "data.val_on": "test" if prep.val_is_test else "validation split",
         "data.n_train_available": job.train_images,
         "override.epochs": job.overrides.get("epochs", "none"), "override.max_train_images": cap,

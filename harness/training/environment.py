@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -112,6 +113,45 @@ def choose_conv(model: torch.nn.Module, batch_size: int, device: torch.device) -
     if not torch.backends.mkldnn.is_available():
         return "aten"
     return "aten" if macs_per_image(model) * batch_size < ATEN_CONV_MACS else "onednn"
+
+
+# Subnormal floats (below 1.2e-38) cost x86 cores tens of times a normal operation. Weight decay
+# drives the weights of dead units (and Adam's moments of them) geometrically through that range:
+# in the main job, cs598-vgg-bn-aug's epochs slowed from 20 s to over 90 s after epoch 35, when 30%
+# of its weights and Adam moments were subnormal (fc_layer.1: 53%). Flushing them to zero (FTZ/DAZ)
+# changes no accuracy a float32 network can show and keeps every epoch at full speed; GPUs train
+# so by default. The flag is per thread and a new thread inherits it: harness/__init__.py starts
+# PyTorch's pool with it before any tensor work, `flushing_denormals` sets it on the main thread while
+# a run trains, and each run checks that it holds on all its threads (a process that started
+# torch's pool before importing the harness would not have it there).
+FLUSH_DENORMAL = torch.set_flush_denormal(True)  # False where the CPU has no FTZ/DAZ (not x86 with SSE3)
+torch.set_flush_denormal(False)
+
+
+@contextlib.contextmanager
+def flushing_denormals():
+    """Subnormals as zero on this thread (and the pool's threads it creates) while a run trains."""
+    torch.set_flush_denormal(FLUSH_DENORMAL)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def denormals_flushed(threads: int) -> bool:
+    """Whether subnormals are flushed on every thread a run computes on (recorded as the param
+    `flush_denormal`): on `threads` threads, a pointwise op (split over threads only from a few
+    million elements) turns 1e-40 into 0, and a matrix product of 1e-20s (each product subnormal,
+    their sum not) is 0 everywhere. Some 20 ms."""
+    if not FLUSH_DENORMAL:
+        return False
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 1))
+    try:
+        x, m = torch.full((1 << 22,), 1e-40), torch.full((512, 512), 1e-20)
+        return bool((x * 1.0).count_nonzero().item() == 0 and (m @ m).count_nonzero().item() == 0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def configure_backend(device: torch.device, threads: int | None = None, conv: str = "onednn") -> None:
