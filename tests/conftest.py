@@ -13,6 +13,12 @@ import numpy as np
 import pytest
 
 from harness.data.loader import write_cifar10
+from harness.training.environment import start_flushing_pool
+
+# PyTorch's pool threads in this process flush subnormals, as those of a harness command do: a run
+# trained here (CliRunner) computes as one trained by a command (training/environment.py). Before
+# any test's tensor work; nothing here forks (the crash matrix's fork server is its own process).
+start_flushing_pool()
 
 # one process per command unless a test asks for more: many tests patch the training code in
 # this process (CliRunner), which worker processes would not see; test_shared_store checks the default

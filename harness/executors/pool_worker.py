@@ -13,6 +13,7 @@ from ..errors import Interrupted, one_line
 from ..recipes.spec import Experiment
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
+from ..training.environment import flushing_denormals
 from .local import run_one
 from .signals import ignore_stops, interruptible
 
@@ -25,6 +26,7 @@ class Claimed:
     owner: str
 
 
+@flushing_denormals()  # from before its first tensor: the pool threads it starts inherit it
 def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
     """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once

@@ -31,6 +31,7 @@ from ..recipes.spec import Experiment
 from ..tracking import TAG, Tracker
 from ..tracking.outage import window_s
 from ..tracking.store import absolute_uri
+from ..training.environment import flushing_denormals
 
 # what MLflow reads from the environment to reach and authenticate with a server
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
@@ -90,6 +91,7 @@ def connect(ray, address: str | None, runtime_env: dict | None = None) -> None:
         raise HarnessError(f"Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'} unusable: {one_line(e)}") from None
 
 
+@flushing_denormals()  # from before its first tensor: the pool threads it starts inherit it
 def run_task(spec: TaskSpec) -> Outcome:
     """One (experiment, seed) on a Ray worker: the same one-run code as the local executor."""
     os.environ.update(spec.env)  # before MLflow reads credentials (it reads them per request)

@@ -138,6 +138,16 @@ def flushing_denormals():
         torch.set_flush_denormal(False)
 
 
+def start_flushing_pool() -> None:
+    """Start PyTorch's pool (all cores) with the flag, if nothing started it yet: for a process
+    that trains in-process beside other tensor work (the tests' own), as a command's pool does."""
+    with flushing_denormals():
+        before = torch.get_num_threads()
+        torch.set_num_threads(all_cores())
+        torch.ones(1 << 22) * 1.0  # a parallel region: the threads start here, inheriting the flag
+        torch.set_num_threads(before)
+
+
 def denormals_flushed(threads: int) -> bool:
     """Whether subnormals are flushed on every thread a run computes on (recorded as the param
     `flush_denormal`): on `threads` threads, a pointwise op (split over threads only from a few
