@@ -130,3 +130,44 @@ def test_an_outage_is_not_counted_as_a_silent_heartbeat():
         now[0] = float(t)
         obs.liveness(run("2"))
     assert obs.liveness(run("2")) == DEAD
+
+
+def test_an_interrupted_takeover_of_a_killed_run_leaves_it_resumable_and_says_so(tracker):
+    """Ctrl-C while taking over a KILLED run (its owner tag written, not yet reopened): the run was
+    left 'claimed' and the line said no run had been created; it is resumable again, and said so."""
+    from harness.errors import Interrupted
+
+    old = _killed_run(tracker, "h4", 0)
+
+    def ctrl_c(_s):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        Claimer(tracker, ClaimPolicy(settle_s=0), sleep=ctrl_c).claim("h4", "r", {}, False, True)
+    assert old in str(e.value) and "left resumable" in str(e.value) and "nothing of it was recorded" not in str(e.value)
+    assert tracker.run_status(old) == "KILLED" and tracker.run_tags(old)[lifecycle.STATE] == lifecycle.RESUMABLE
+
+
+def test_a_signal_between_the_claim_and_training_gives_the_claim_up_and_says_so(tracker, synthetic_root):
+    """Ctrl-C (or SIGTERM) after the claim and before training (run_one's note and on_claim) went
+    out as a bare KeyboardInterrupt, said as "no run had been created yet" while the claimed run
+    stayed RUNNING: the claim is given up (a new run deleted) and the line says so."""
+    from harness.data.cifar_files import load_cifar10
+    from harness.errors import Interrupted
+    from harness.executors.local import run_one
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import RunOptions
+
+    exp, data = load_catalogue()["tutorial-base"], load_cifar10(synthetic_root)
+    seen = []
+
+    def ctrl_c(run_id, owner):
+        seen.append(run_id)
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        run_one(exp, data, tracker, RunOptions(epochs=1, max_train_images=60, progress=False, system_metrics=False), 0,
+                echo=lambda *a: None, claimer=Claimer(tracker, ClaimPolicy(settle_s=0)), on_claim=ctrl_c)
+    assert "before it trained" in str(e.value) and "deleted" in str(e.value), str(e.value)
+    assert tracker.run_record(seen[0]).deleted
+    assert not list(lock_root(tracker.uri).glob("*.lock"))

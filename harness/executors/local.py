@@ -22,6 +22,7 @@ from ..recipes.spec import Experiment, config_hash
 from ..training.recipe_data import train_split_size
 from ..training.together import stacking_rates, why_sequential
 from ..tracking import TAG, Tracker
+from ..tracking.guards import sigint_deferred
 
 # --------------------------------------------------------------------------- one configuration
 
@@ -93,10 +94,14 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         return skipped[0]
     try:
         claim = claimed[0]
-        if claim.note:
-            echo(f"{job.run_name}: {claim.note}")
-        if on_claim is not None:
-            on_claim(claim.run_id, claimer.owner)
+        try:
+            if claim.note:
+                echo(f"{job.run_name}: {claim.note}")
+            if on_claim is not None:
+                on_claim(claim.run_id, claimer.owner)
+        except KeyboardInterrupt as e:  # claimed, not yet training: the claim is given up, and said so
+            raise Interrupted(f"run {job.run_name} (seed {seed}) was interrupted before it trained; "
+                              + _release(tracker, claimer.owner, [claim], e)) from None
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)
     finally:
         lock.release()
@@ -152,13 +157,14 @@ def _release(tracker: Tracker, owner: str, claims: list[Claimed], e: BaseExcepti
     """Give up claimed runs that did not train: new ones are deleted, resumed ones left
     resumable (lifecycle.settle). What became of them, in words."""
     deleted = kept = 0
-    for c in claims:
-        try:
-            ended = lifecycle.settle(tracker, c.run_id, owner, c.resumed or c.recorded, e, "interrupted (Ctrl-C) before it trained; run again")
-        except lifecycle.TakenOver:
-            continue
-        deleted += ended is None
-        kept += ended is not None
+    with sigint_deferred():  # a second Ctrl-C waits for these few writes: nothing claimed stays RUNNING
+        for c in claims:
+            try:
+                ended = lifecycle.settle(tracker, c.run_id, owner, c.resumed or c.recorded, e, "interrupted (Ctrl-C) before it trained; run again")
+            except lifecycle.TakenOver:
+                continue
+            deleted += ended is None
+            kept += ended is not None
     return (f"{deleted} claimed new run(s) were deleted and {kept} earlier one(s) left resumable; none of them trained"
             if kept else f"{deleted} claimed run(s) were deleted; none of them trained")
 

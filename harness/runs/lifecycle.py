@@ -18,8 +18,9 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      never counts a store outage as an owner's silence; an owner whose run was taken over or
      deleted writes nothing more (owner checked before each status and final write).
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
-     SIGTERM in the foreground or as a background job, a fault, a claim interrupted) ends it
-     KILLED, FAILED or FINISHED. A process SIGKILLed, or whose store is gone, cannot write: its run
+     SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
+     between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
+     takeover was interrupted is left resumable again (`stop`). A process SIGKILLed, or whose store is gone, cannot write: its run
      stays RUNNING under a dead owner, which the next claim sees at once and takes over.
   4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
      a signal or a lost worker leave the run resumable, with its reason.
@@ -134,10 +135,15 @@ def fail(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> None:
 
 
 def stop(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> bool:
-    """Leave a run resumable (KILLED with its reason) if it is still RUNNING and this owner's;
-    a run that finished, failed or belongs to another process meanwhile is left alone.
-    Whether it was stopped."""
-    if tracker.run_status(run_id) != "RUNNING" or not owned_by(tracker, run_id, owner):
+    """Leave a run resumable (KILLED with its reason) if this owner holds it: RUNNING, or a KILLED
+    run it was taking over (claimed, not yet reopened: its state no longer says resumable). A run
+    that finished, failed, is resumable already or belongs to another process meanwhile is left
+    alone. Whether it was stopped."""
+    run = tracker.run_record(run_id)
+    claimed_killed = run.status == "KILLED" and run.tags.get(STATE) not in (RESUMABLE, SUPERSEDED, None)
+    if run.status != "RUNNING" and not claimed_killed:
+        return False
+    if owner is not None and run.tags.get(OWNER, owner) != owner:
         return False
     tracker.terminate(run_id, "KILLED", reason, {STATE: RESUMABLE})
     return True
