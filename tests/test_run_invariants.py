@@ -171,3 +171,19 @@ def test_a_signal_between_the_claim_and_training_gives_the_claim_up_and_says_so(
     assert "before it trained" in str(e.value) and "deleted" in str(e.value), str(e.value)
     assert tracker.run_record(seen[0]).deleted
     assert not list(lock_root(tracker.uri).glob("*.lock"))
+
+
+def test_a_finished_runs_leftover_checkpoint_is_removed_by_the_next_claim(tracker):
+    """A kill between a run's finish and its checkpoint's removal left the checkpoint for good
+    (every later claim declined the finished run and looked no further)."""
+    from harness.runs.claims import Declined
+
+    rid = _killed_run(tracker, "h5", 2)
+    state = LocalRunState(rid, state_root(tracker.uri))
+    state.save({"epoch": 1})
+    tracker.reopen(rid)
+    lifecycle.finish(tracker, rid, None)
+    got = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h5", "r", {}, False, True)
+    assert isinstance(got, Declined) and got.finished and got.run_id == rid
+    assert not state.exists() and not state.dir.exists()
+

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from ..tracking import TAG, Tracker, faults
+from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.outage import StoreUnavailable
 from ..tracking.store import redact, sqlite_path
 
@@ -175,7 +175,13 @@ class SharedRunState:
         return f"{STATE_DIR}/ of run {self.run_id}"
 
     def clear(self) -> None:
-        self.tracker.delete_artifacts(self.run_id, STATE_DIR)
+        """The slots removed, then the tag that named one (a tag left on a run says its checkpoint may still be there)."""
+        if self.tracker.delete_artifacts(self.run_id, STATE_DIR):
+            try:
+                self.tracker.delete_tag(self.run_id, STATE_TAG)
+            except Exception:  # a run deleted in the store meanwhile: its tags go with it
+                pass
+
 
 
 def run_state(tracker: Tracker, run_id: str, outbox=None) -> LocalRunState | SharedRunState:
@@ -183,6 +189,16 @@ def run_state(tracker: Tracker, run_id: str, outbox=None) -> LocalRunState | Sha
     if shared_store(tracker.uri) and not os.environ.get("HARNESS_STATE_DIR"):
         return SharedRunState(tracker, run_id, outbox)
     return LocalRunState(run_id, state_root(tracker.uri))
+
+
+def clear_leftover(tracker: Tracker, run: RunRecord) -> bool:
+    """Remove the checkpoint of a FINISHED run that still has one (its process was killed between
+    the finish and the clear); each claim that finds the run finished looks. Whether one was there."""
+    state = run_state(tracker, run.run_id)
+    there = bool(run.tags.get(STATE_TAG)) if isinstance(state, SharedRunState) else state.exists()
+    if there:
+        state.clear()
+    return there
 
 
 def _load(path: Path, device: torch.device) -> dict:

@@ -29,7 +29,7 @@ from ..errors import Interrupted
 from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.guards import sigint_deferred
 from . import lifecycle
-from .checkpoints import run_state
+from .checkpoints import clear_leftover, run_state
 from .config_lock import ConfigLock  # noqa: F401  (moved; its callers still import it from here)
 from .heartbeat import DELETED, Heartbeat  # noqa: F401  (moved; likewise)
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
@@ -187,6 +187,8 @@ class Claimer:
         # done, a killed one resumed (rather than trained again from scratch)
         runs = self.tracker.find_runs(req.chash) + [r for a in req.aliases for r in self.tracker.find_runs(a)]
         done = [r for r in runs if r.status == "FINISHED"]
+        for r in done:  # a kill between its finish and its checkpoint's removal: nothing outlives a finished run
+            clear_leftover(self.tracker, r)
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         state = {r.run_id: self.liveness(r) for r in runs}

@@ -24,8 +24,9 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      stays RUNNING under a dead owner, which the next claim sees at once and takes over.
   4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
      a signal or a lost worker leave the run resumable, with its reason.
-  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes, fails
-     for good or is deleted in the store; a lock file is removed by its holder.
+  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes (a kill
+     between the finish and the removal: by the next claim that finds it finished), fails for
+     good or is deleted in the store; a lock file is removed by its holder.
   6. Every stop says in one line what became of each run, and the same command then finishes the work.
 
 The state is the tag `harness.state` beside MLflow's own status, written in the same step.

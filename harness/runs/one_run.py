@@ -284,11 +284,13 @@ def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Pro
             log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
             faults.point("finish", job.tracker, run_id)
             lifecycle.finish(job.tracker, run_id, owner)
+            faults.point("clear", job.tracker, run_id)
+            state.clear()  # held too: a stop now leaves no checkpoint beside a FINISHED run (a kill: the next claim removes it)
     except KeyboardInterrupt:
         if job.tracker.run_status(run_id) != "FINISHED":
             raise
         interrupted = True
-    state.clear()
+        state.clear()
     protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
     job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
     if interrupted:
