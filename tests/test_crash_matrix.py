@@ -284,3 +284,27 @@ def test_a_stalled_owner_that_wakes_after_a_takeover_writes_nothing(tmp_path, zy
     after = c.get_run(run.info.run_id)
     assert after.info.status == "RUNNING" and "test_acc" not in after.data.metrics, text
     assert not c.search_logged_models(experiment_ids=[run.info.experiment_id]), text
+
+
+def test_a_stalled_owner_that_wakes_mid_training_after_a_takeover_writes_nothing(tmp_path, zygote, tiny, template):
+    """An owner stalled after training its second epoch (paused before that epoch's checkpoint)
+    while another process took the run over: the heartbeat looks only every few seconds, so the
+    owner asks the store itself before the checkpoint and the epoch's metrics; it writes neither
+    (the new owner's checkpoint and epochs are not overwritten or doubled) and stops in one line."""
+    cell = Cell(tmp_path, zygote, tiny, template)
+    pid, out = cell.start("epoch_end@2:pause")
+    paused = cell.root / "faults" / "paused"
+    deadline = time.monotonic() + 120
+    while not paused.exists():
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.02)
+    c, [run] = runs(cell.store)
+    ck = cell.root / "state" / run.info.run_id / "state.pt"
+    before = ck.read_bytes()  # epoch 1's checkpoint, as the new owner would have resumed from it
+    c.set_tag(run.info.run_id, "harness.owner", "elsewhere/0/0|1|t1|newowner")
+    (cell.root / "faults" / "go").touch()
+    rc, text = zygote.wait(pid), out.read_text()
+    assert rc == 0 and "skipped" in text and "taken over by elsewhere" in text and "Traceback" not in text, text
+    assert ck.read_bytes() == before, text  # no checkpoint of epoch 2 written over the new owner's
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == [0], text
+    assert c.get_run(run.info.run_id).info.status == "RUNNING", text

@@ -187,3 +187,19 @@ def test_a_finished_runs_leftover_checkpoint_is_removed_by_the_next_claim(tracke
     assert isinstance(got, Declined) and got.finished and got.run_id == rid
     assert not state.exists() and not state.dir.exists()
 
+
+def test_an_owner_asks_the_store_before_its_writes(tracker):
+    """The heartbeat sees a takeover or a deletion only at its next beat (up to 10 s): the owner
+    asks the store itself before an epoch's checkpoint and the final writes."""
+    from harness.runs.lifecycle import RunDeleted, TakenOver
+
+    claimer = Claimer(tracker, ClaimPolicy(settle_s=0))
+    c = claimer.claim("h7", "r", {}, False, True)
+    lifecycle.still_held(tracker, c.run_id, claimer.owner)
+    tracker.set_tags(c.run_id, {lifecycle.OWNER: "elsewhere|1|t1|x"})
+    with pytest.raises(TakenOver):
+        lifecycle.still_held(tracker, c.run_id, claimer.owner)
+    tracker.delete_run(c.run_id)
+    with pytest.raises(RunDeleted):
+        lifecycle.still_held(tracker, c.run_id, claimer.owner)
+

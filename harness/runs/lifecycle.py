@@ -16,7 +16,8 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      the store only (checkpoints.lock_root), then by the store itself (claims.py); an owner names
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
-     deleted writes nothing more (owner checked before each status and final write).
+     deleted writes nothing more (the store asked before each checkpoint, the final writes and
+     each status write: `still_held`, `check_owner`).
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
      SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
      between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
@@ -101,6 +102,26 @@ def check_owner(tracker: Tracker, run_id: str, owner: str | None) -> None:
         now = tracker.run_tags(run_id).get(OWNER, owner)
         if now != owner:
             raise TakenOver(f"taken over by {now}")
+
+
+def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
+    """Before a write only the run's holder may make (an epoch's checkpoint and metrics, the final
+    writes), asked of the store itself rather than left to the heartbeat's next beat: an owner
+    that stalled past the stale limit and wakes after a takeover or a deletion writes nothing more.
+    Raises RunDeleted or TakenOver. While the store is unreachable (this connection is riding out
+    an outage, or the one look fails) it cannot tell: training goes on and its writes wait in the
+    outbox, and the final writes look again."""
+    if tracker.outage.since is not None:
+        return
+    try:
+        run = tracker.impatient().run_record(run_id)
+    except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
+        return
+    if run.deleted:
+        raise RunDeleted("deleted in the store while it trained")
+    now = run.tags.get(OWNER, owner)
+    if owner is not None and now != owner:
+        raise TakenOver(f"taken over by {now}")
 
 
 def claimed_tags(owner: str, beat: str, beat_s: float) -> dict:
