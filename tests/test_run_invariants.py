@@ -203,3 +203,25 @@ def test_an_owner_asks_the_store_before_its_writes(tracker):
     with pytest.raises(RunDeleted):
         lifecycle.still_held(tracker, c.run_id, claimer.owner)
 
+
+def test_a_checkpoint_in_another_state_folder_is_resumed_from_there(tracker, tmp_path, monkeypatch):
+    """A run killed under HARNESS_STATE_DIR=A and resumed under B (or without it) was superseded
+    for want of a checkpoint that was there all along: the run records its checkpoint's home and a
+    later attempt resumes from it; where neither has it, the note names both places."""
+    from harness.runs.checkpoints import HOME_TAG, run_state
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "A"))
+    old = _killed_run(tracker, "h6", 2)
+    home = LocalRunState(old, state_root(tracker.uri))
+    home.save({"epoch": 1})
+    tracker.set_tags(old, {HOME_TAG: home.home()})
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "B"))
+    c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h6", "r", {}, False, True)
+    assert c.run_id == old and c.resumed and not c.note
+    assert run_state(tracker, old).where() == str(home.last)  # the resume reads (and goes on writing) there
+    # gone from both: superseded, and the line says where it was looked for
+    lifecycle.stop(tracker, old, None, "killed")
+    home.clear()
+    new = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h6", "r", {}, False, True)
+    assert new.run_id != old and str(tmp_path / "B") in new.note and str(tmp_path / "A") in new.note
+

@@ -29,7 +29,7 @@ from ..errors import Interrupted
 from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.guards import sigint_deferred
 from . import lifecycle
-from .checkpoints import clear_leftover, run_state
+from .checkpoints import clear_leftover, expected_at, run_state
 from .config_lock import ConfigLock  # noqa: F401  (moved; its callers still import it from here)
 from .heartbeat import DELETED, Heartbeat  # noqa: F401  (moved; likewise)
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
@@ -217,14 +217,14 @@ class Claimer:
         """Why an abandoned run cannot be resumed (None: it can): epochs logged and no checkpoint
         to continue them from (another state folder, or deleted). Training it again from epoch 1
         would log its epochs twice, so a new run supersedes it."""
-        state = run_state(self.tracker, run.run_id)
+        state = run_state(self.tracker, run.run_id, tags=run.tags)
         if state.exists():
             return None
         logged = self.tracker.logged_steps(run.run_id, "epoch_time_s")
         if not logged:
             return None
-        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {state.where()} to resume from "
-                "(another HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
+        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {expected_at(self.tracker, run.run_id, state, run.tags)} "
+                "to resume from (another machine's HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
 
     def _confirm(self, p: _Proposal) -> Claimed | Declined:
         if p.takeover:  # every taker wrote its name; the last write is what all of them read back

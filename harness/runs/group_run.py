@@ -16,7 +16,7 @@ import time
 import torch
 
 from . import lifecycle
-from .checkpoints import run_state
+from .checkpoints import HOME_TAG, run_state
 from .claims import DELETED, Heartbeat
 from ..errors import DivergedError, Interrupted
 from .job import Job, Outcome, Progress
@@ -48,17 +48,17 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
             preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]
             built = [(*build(j), torch.get_rng_state()) for j in jobs]  # seeded per run: its init, then its generator
             models, loss_fn = [b[0] for b in built], built[0][2]
+            states = [run_state(tracker, rid, outbox) for rid in run_ids]
             for i, job in enumerate(jobs):
                 if not recorded[i]:
                     record(job, run_ids[i], preps[i], built[i][3], {"together": n})
                     recorded[i] = True
-                lifecycle.start_training(tracker, run_ids[i], owner, resumed=resumed[i])
+                lifecycle.start_training(tracker, run_ids[i], owner, resumed=resumed[i], tags={HOME_TAG: states[i].home()})
                 monitors.enter_context(tracker.system_metrics(run_ids[i], job.opts.system_metrics, job.opts.system_metrics_interval_s,
                                                               resume=checkpoints[i] is not None))
             stack = Stack(models, [b[4] for b in built])
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
             progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
-            states = [run_state(tracker, rid, outbox) for rid in run_ids]
             _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat, outbox, owner)
             for i, job in enumerate(jobs):
                 if i not in done:

@@ -10,8 +10,9 @@ model logging writes none: one writer of a run's status).
 The invariants, held at every crash point (tests/test_crash_matrix.py injects each fault at each
 named step, tracking/faults.py, and checks them all with one checker, then reruns and checks again):
   1. Every epoch of a run is logged exactly once. A resume continues after the last checkpointed
-     epoch; a run with epochs logged and no checkpoint is never trained again inside itself: a new
-     run supersedes it, and the line says where the checkpoint was expected.
+     epoch, from the home the run recorded (checkpoints.py) whatever this process's state folder;
+     a run with epochs logged and no checkpoint is never trained again inside itself: a new run
+     supersedes it, and the line says where the checkpoint was expected.
   2. At most one live process trains a configuration: a claim is ordered by a lock that depends on
      the store only (checkpoints.lock_root), then by the store itself (claims.py); an owner names
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
@@ -134,12 +135,13 @@ def mark_recorded(tracker: Tracker, run_id: str) -> None:
     tracker.set_tags(run_id, {RECORDED: "true", STATE: RECORDED_STATE})
 
 
-def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bool) -> None:
-    """claimed/recorded/resumable -> training: a resumed run is RUNNING again."""
+def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bool, tags: dict | None = None) -> None:
+    """claimed/recorded/resumable -> training: a resumed run is RUNNING again (`tags`: written
+    with the state, such as where its checkpoint lives)."""
     check_owner(tracker, run_id, owner)
     if resumed:
         tracker.reopen(run_id)
-    tracker.set_tags(run_id, {STATE: TRAINING})
+    tracker.set_tags(run_id, {**(tags or {}), STATE: TRAINING})
 
 
 def end(tracker: Tracker, run_id: str, owner: str | None, state: str, reason: str | None = None) -> None:

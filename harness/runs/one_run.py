@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import lifecycle
-from .checkpoints import run_state
+from .checkpoints import HOME_TAG, run_state
 from .claims import DELETED, Heartbeat
 from .lifecycle import FAILED, RESUMABLE, RunDeleted, TakenOver
 from ..training.environment import choose_conv, choose_threads, configure_backend
@@ -51,8 +51,8 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             if not recorded:
                 record(job, run_id, prep, n_params)
                 recorded = started = True
-            lifecycle.start_training(tracker, run_id, owner, resumed)
-            state = run_state(tracker, run_id, outbox)
+            state = run_state(tracker, run_id, outbox)  # where it is (a home recorded by an earlier attempt), or this process's
+            lifecycle.start_training(tracker, run_id, owner, resumed, {HOME_TAG: state.home()})
             with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
                 pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
                 bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
