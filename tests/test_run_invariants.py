@@ -225,3 +225,35 @@ def test_a_checkpoint_in_another_state_folder_is_resumed_from_there(tracker, tmp
     new = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h6", "r", {}, False, True)
     assert new.run_id != old and str(tmp_path / "B") in new.note and str(tmp_path / "A") in new.note
 
+
+def test_a_retried_ray_task_takes_the_run_from_its_first_attempt(tracker):
+    """A Ray task retried while its first attempt still lives (a partition) trained under the
+    driver's owner string, beside the first: each attempt now takes the run under an owner of its
+    own, the earlier one loses it at its next check, and the driver still ends the run of any of
+    its attempts (and of no other claimer)."""
+    from harness.executors.ray import _stop_ours
+    from harness.runs.claims import Heartbeat, of_claim, take_attempt
+    from harness.runs.lifecycle import TakenOver
+    from harness.runs.liveness import new_owner
+
+    driver = Claimer(tracker, ClaimPolicy(settle_s=0))
+    c = driver.claim("h8", "r", {}, False, True)
+    first, found = take_attempt(tracker, c.run_id, driver.owner)
+    assert found == driver.owner and first != driver.owner and of_claim(first, driver.owner)
+    second, found = take_attempt(tracker, c.run_id, driver.owner)  # the retry, the first still alive
+    assert found == first and second not in (first, driver.owner) and of_claim(second, driver.owner)
+    assert process_alive(second) is process_alive(driver.owner)  # liveness is the driver's process, as before
+    with pytest.raises(TakenOver):
+        lifecycle.still_held(tracker, c.run_id, first)
+    lifecycle.still_held(tracker, c.run_id, second)
+    beat = Heartbeat(tracker, 10.0, first)
+    beat.hold(c.run_id)
+    beat.beat(c.run_id)
+    assert beat.lost == {c.run_id: second}
+    _stop_ours(tracker, c.run_id, driver.owner, "its Ray task failed")
+    assert tracker.run_status(c.run_id) == "KILLED" and tracker.run_tags(c.run_id)[lifecycle.STATE] == lifecycle.RESUMABLE
+    other = new_owner()
+    assert not of_claim(other, driver.owner) and not of_claim(driver.owner, second)
+    tracker.set_tags(c.run_id, {lifecycle.OWNER: other})
+    assert take_attempt(tracker, c.run_id, driver.owner) == (None, other)  # another claimer's run is not taken
+

@@ -33,10 +33,22 @@ from .checkpoints import clear_leftover, expected_at, run_state
 from .config_lock import ConfigLock  # noqa: F401  (moved; its callers still import it from here)
 from .heartbeat import DELETED, Heartbeat  # noqa: F401  (moved; likewise)
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
-from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
+from .liveness import ALIVE, DEAD, WATCHING, Observer, attempt_owner, beating, machine_id, new_owner, of_claim, owner_machine, process_alive  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the store's claim
+
+
+def take_attempt(tracker: Tracker, run_id: str, claim_owner: str) -> tuple[str | None, str]:
+    """One attempt at a run that `claim_owner` claimed (a Ray task of its driver) takes the run
+    under an owner of its own (liveness.attempt_owner): (that owner, or None when the run is
+    another claimer's now; the owner it found)."""
+    found = tracker.run_tags(run_id).get(OWNER, "")
+    if not of_claim(found, claim_owner):
+        return None, found
+    mine = attempt_owner(claim_owner)
+    tracker.set_tags(run_id, {OWNER: mine})
+    return mine, found
 
 
 @dataclass(frozen=True)

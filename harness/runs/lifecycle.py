@@ -18,7 +18,8 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
      deleted writes nothing more (the store asked before each checkpoint, the final writes and
-     each status write: `still_held`, `check_owner`).
+     each status write: `still_held`, `check_owner`); each attempt of a Ray task is an owner of
+     its own (liveness.attempt_owner), so a retry cannot train beside its first attempt.
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
      SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
      between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
