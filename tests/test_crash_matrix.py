@@ -24,7 +24,9 @@ one local file a run writes (the store's own disk is the `store` fault); `clock`
 whose wall clock is stepped) at claim, epoch_end and model only: it is the `claimer` cell with
 another clock, and the owner's liveness it tests does not change between the steps. On one
 machine a SQLite store's lock (beside the file) orders the two claimers before liveness is asked,
-so the liveness under a stepped clock itself is checked in test_run_invariants.py.
+so the liveness under a stepped clock itself is checked in test_run_invariants.py. `delete` not at
+`checkpoint`: the checkpoint follows the epoch's end with no store call between (delete-epoch_end
+is that moment).
 
 Run time: about 4 minutes for the 66 tests on 2 cores shared with other work (3 to 6 s a cell:
 two or three commands of about a second each, their imports paid once by the fork server), plus

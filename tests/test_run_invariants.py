@@ -158,7 +158,7 @@ def test_a_signal_between_the_claim_and_training_gives_the_claim_up_and_says_so(
     from harness.recipes.catalogue import load_catalogue
     from harness.runs.job import RunOptions
 
-    exp, data = load_catalogue()["tutorial-base"], load_cifar10(synthetic_root)
+    exp, data = load_catalogue()["tutorial-base"], load_cifar10(synthetic_root / "cifar-10-batches-py")
     seen = []
 
     def ctrl_c(run_id, owner):

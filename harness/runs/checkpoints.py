@@ -236,12 +236,19 @@ def expected_at(tracker: Tracker, run_id: str, state, tags: dict | None = None) 
 
 def clear_leftover(tracker: Tracker, run: RunRecord) -> bool:
     """Remove the checkpoint of a FINISHED run that still has one (its process was killed between
-    the finish and the clear); each claim that finds the run finished looks. Whether one was there."""
-    state = run_state(tracker, run.run_id, tags=run.tags)
-    there = bool(run.tags.get(STATE_TAG)) if isinstance(state, SharedRunState) else state.exists()
-    if there:
-        state.clear()
-    return there
+    the finish and the clear), in this process's home and the one the run recorded; each claim
+    that finds the run finished looks (a file check, or the checkpoint tag it already read: no
+    store call for a run with nothing left). Whether one was there."""
+    found, homes = False, {}
+    for state in (_chosen(tracker, run.run_id), recorded_home(tracker, run.run_id, tags=run.tags)):
+        if state is not None:
+            homes.setdefault(state.home(), state)
+    for state in homes.values():
+        there = bool(run.tags.get(STATE_TAG)) if isinstance(state, SharedRunState) else state.exists()
+        if there:
+            state.clear()
+            found = True
+    return found
 
 
 def _load(path: Path, device: torch.device) -> dict:

@@ -23,8 +23,9 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
      SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
      between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
-     takeover was interrupted is left resumable again (`stop`). A process SIGKILLed, or whose store is gone, cannot write: its run
-     stays RUNNING under a dead owner, which the next claim sees at once and takes over.
+     takeover was interrupted is left resumable again (`stop`). A process SIGKILLed, or whose
+     store is gone, cannot write: its run stays RUNNING under a dead owner, which the next claim
+     sees at once and takes over.
   4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
      a signal or a lost worker leave the run resumable, with its reason.
   5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes (a kill
