@@ -1,5 +1,5 @@
-"""The crash-point matrix's machinery (test_crash_matrix.py, test_crash_server.py): a fork server
-for the commands (crash_zygote.py), a cell (one store, one state folder, the same command run
+"""The crash-point matrix's machinery (test_crash_matrix.py and its server case,
+test_crash_server.py): a fork server for the commands (crash_zygote.py), a cell (one store, one state folder, the same command run
 with a fault and then again), and the ONE checker of every invariant of runs/lifecycle.py.
 
 A cell's store is a SQLite file copied from a template, or an experiment of its own on the

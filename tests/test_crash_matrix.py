@@ -13,7 +13,7 @@ simulation: one checker, many faults). The invariants are runs/lifecycle.py's:
 
 Small runs (a 2-epoch recipe on 60 synthetic images, SQLite), each command forked from one
 process that imported the harness once (crash_zygote.py); the cell and the checker are
-crash_cells.py's, shared with test_crash_server.py (three cells on PostgreSQL + basic-auth MLflow).
+crash_cells.py's, shared with test_crash_server.py (the server case: PostgreSQL + basic-auth MLflow).
 
 The matrix: 10 steps (claim, settle, record, epoch_end, checkpoint, outbox_flush, final_metrics,
 model, finish, clear) x 8 faults (kill, term, term_bg, store, disk, delete, claimer, clock),
