@@ -81,6 +81,32 @@ def test_a_half_built_store_gets_one_line_with_the_recovery(tmp_path, synthetic_
     assert r.exit_code == 1 and "incomplete" in r.output
 
 
+# a writer SIGKILLed mid-transaction once its changes reached the database file (a spilled cache,
+# or a kill mid-commit): what a `harness run` killed while it logs an epoch can leave
+HOT_JOURNAL = ("import os, signal, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
+               "con.execute('PRAGMA cache_size=2'); con.execute('BEGIN IMMEDIATE'); "
+               "con.execute('CREATE TABLE filler (x BLOB)'); "
+               "[con.execute('INSERT INTO filler VALUES (zeroblob(4096))') for _ in range(200)]; "
+               "os.kill(os.getpid(), signal.SIGKILL)")
+
+
+def test_a_store_whose_writer_was_killed_mid_write_opens(tmp_path):
+    """A hot journal left by a SIGKILLed writer made the next command's read-only look at the
+    store fail with "attempt to write a readonly database" (SQLITE_READONLY_ROLLBACK): a run
+    killed after epoch 2 could not be resumed (test_shared_store's resume, flaky under load,
+    where the kill more often lands mid-write). The journal is rolled back, the store opens."""
+    from harness.tracking import Tracker
+
+    db = tmp_path / "mlflow.db"
+    run_id = Tracker(f"sqlite:///{db}").start_run("t", {}, {"a": 1})
+    p = subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(db)], capture_output=True)
+    assert p.returncode == -signal.SIGKILL and (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    tracker = Tracker(f"sqlite:///{db}")
+    assert tracker.run_status(run_id) == "RUNNING"  # the killed transaction rolled back, the run intact
+    assert not (tmp_path / "mlflow.db-journal").exists()
+    assert "filler" not in {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+
+
 class HardKill(BaseException):
     """Stands for SIGKILL in-process: nothing in the harness catches it, so the run is left
     exactly as a killed process leaves it (RUNNING, partly logged)."""

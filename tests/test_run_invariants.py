@@ -130,3 +130,130 @@ def test_an_outage_is_not_counted_as_a_silent_heartbeat():
         now[0] = float(t)
         obs.liveness(run("2"))
     assert obs.liveness(run("2")) == DEAD
+
+
+def test_an_interrupted_takeover_of_a_killed_run_leaves_it_resumable_and_says_so(tracker):
+    """Ctrl-C while taking over a KILLED run (its owner tag written, not yet reopened): the run was
+    left 'claimed' and the line said no run had been created; it is resumable again, and said so."""
+    from harness.errors import Interrupted
+
+    old = _killed_run(tracker, "h4", 0)
+
+    def ctrl_c(_s):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        Claimer(tracker, ClaimPolicy(settle_s=0), sleep=ctrl_c).claim("h4", "r", {}, False, True)
+    assert old in str(e.value) and "left resumable" in str(e.value) and "nothing of it was recorded" not in str(e.value)
+    assert tracker.run_status(old) == "KILLED" and tracker.run_tags(old)[lifecycle.STATE] == lifecycle.RESUMABLE
+
+
+def test_a_signal_between_the_claim_and_training_gives_the_claim_up_and_says_so(tracker, synthetic_root):
+    """Ctrl-C (or SIGTERM) after the claim and before training (run_one's note and on_claim) went
+    out as a bare KeyboardInterrupt, said as "no run had been created yet" while the claimed run
+    stayed RUNNING: the claim is given up (a new run deleted) and the line says so."""
+    from harness.data.cifar_files import load_cifar10
+    from harness.errors import Interrupted
+    from harness.executors.local import run_one
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import RunOptions
+
+    exp, data = load_catalogue()["tutorial-base"], load_cifar10(synthetic_root / "cifar-10-batches-py")
+    seen = []
+
+    def ctrl_c(run_id, owner):
+        seen.append(run_id)
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        run_one(exp, data, tracker, RunOptions(epochs=1, max_train_images=60, progress=False, system_metrics=False), 0,
+                echo=lambda *a: None, claimer=Claimer(tracker, ClaimPolicy(settle_s=0)), on_claim=ctrl_c)
+    assert "before it trained" in str(e.value) and "deleted" in str(e.value), str(e.value)
+    assert tracker.run_record(seen[0]).deleted
+    assert not list(lock_root(tracker.uri).glob("*.lock"))
+
+
+def test_a_finished_runs_leftover_checkpoint_is_removed_by_the_next_claim(tracker):
+    """A kill between a run's finish and its checkpoint's removal left the checkpoint for good
+    (every later claim declined the finished run and looked no further)."""
+    from harness.runs.claims import Declined
+
+    rid = _killed_run(tracker, "h5", 2)
+    state = LocalRunState(rid, state_root(tracker.uri))
+    state.save({"epoch": 1})
+    tracker.reopen(rid)
+    lifecycle.finish(tracker, rid, None)
+    got = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h5", "r", {}, False, True)
+    assert isinstance(got, Declined) and got.finished and got.run_id == rid
+    assert not state.exists() and not state.dir.exists()
+
+
+def test_an_owner_asks_the_store_before_its_writes(tracker):
+    """The heartbeat sees a takeover or a deletion only at its next beat (up to 10 s): the owner
+    asks the store itself before an epoch's checkpoint and the final writes."""
+    from harness.runs.lifecycle import RunDeleted, TakenOver
+
+    claimer = Claimer(tracker, ClaimPolicy(settle_s=0))
+    c = claimer.claim("h7", "r", {}, False, True)
+    lifecycle.still_held(tracker, c.run_id, claimer.owner)
+    tracker.set_tags(c.run_id, {lifecycle.OWNER: "elsewhere|1|t1|x"})
+    with pytest.raises(TakenOver):
+        lifecycle.still_held(tracker, c.run_id, claimer.owner)
+    tracker.delete_run(c.run_id)
+    with pytest.raises(RunDeleted):
+        lifecycle.still_held(tracker, c.run_id, claimer.owner)
+
+
+def test_a_checkpoint_in_another_state_folder_is_resumed_from_there(tracker, tmp_path, monkeypatch):
+    """A run killed under HARNESS_STATE_DIR=A and resumed under B (or without it) was superseded
+    for want of a checkpoint that was there all along: the run records its checkpoint's home and a
+    later attempt resumes from it; where neither has it, the note names both places."""
+    from harness.runs.checkpoints import HOME_TAG, run_state
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "A"))
+    old = _killed_run(tracker, "h6", 2)
+    home = LocalRunState(old, state_root(tracker.uri))
+    home.save({"epoch": 1})
+    tracker.set_tags(old, {HOME_TAG: home.home()})
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "B"))
+    c = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h6", "r", {}, False, True)
+    assert c.run_id == old and c.resumed and not c.note
+    assert run_state(tracker, old).where() == str(home.last)  # the resume reads (and goes on writing) there
+    # gone from both: superseded, and the line says where it was looked for
+    lifecycle.stop(tracker, old, None, "killed")
+    home.clear()
+    new = Claimer(tracker, ClaimPolicy(settle_s=0)).claim("h6", "r", {}, False, True)
+    assert new.run_id != old and str(tmp_path / "B") in new.note and str(tmp_path / "A") in new.note
+
+
+def test_a_retried_ray_task_takes_the_run_from_its_first_attempt(tracker):
+    """A Ray task retried while its first attempt still lives (a partition) trained under the
+    driver's owner string, beside the first: each attempt now takes the run under an owner of its
+    own, the earlier one loses it at its next check, and the driver still ends the run of any of
+    its attempts (and of no other claimer)."""
+    from harness.executors.ray import _stop_ours
+    from harness.runs.claims import Heartbeat, of_claim, take_attempt
+    from harness.runs.lifecycle import TakenOver
+    from harness.runs.liveness import new_owner
+
+    driver = Claimer(tracker, ClaimPolicy(settle_s=0))
+    c = driver.claim("h8", "r", {}, False, True)
+    first, found = take_attempt(tracker, c.run_id, driver.owner)
+    assert found == driver.owner and first != driver.owner and of_claim(first, driver.owner)
+    second, found = take_attempt(tracker, c.run_id, driver.owner)  # the retry, the first still alive
+    assert found == first and second not in (first, driver.owner) and of_claim(second, driver.owner)
+    assert process_alive(second) is process_alive(driver.owner)  # liveness is the driver's process, as before
+    with pytest.raises(TakenOver):
+        lifecycle.still_held(tracker, c.run_id, first)
+    lifecycle.still_held(tracker, c.run_id, second)
+    beat = Heartbeat(tracker, 10.0, first)
+    beat.hold(c.run_id)
+    beat.beat(c.run_id)
+    assert beat.lost == {c.run_id: second}
+    _stop_ours(tracker, c.run_id, driver.owner, "its Ray task failed")
+    assert tracker.run_status(c.run_id) == "KILLED" and tracker.run_tags(c.run_id)[lifecycle.STATE] == lifecycle.RESUMABLE
+    other = new_owner()
+    assert not of_claim(other, driver.owner) and not of_claim(driver.owner, second)
+    tracker.set_tags(c.run_id, {lifecycle.OWNER: other})
+    assert take_attempt(tracker, c.run_id, driver.owner) == (None, other)  # another claimer's run is not taken
+

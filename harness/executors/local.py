@@ -14,7 +14,7 @@ from ..data.cifar_files import Cifar10
 from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
 from ..training.environment import choose_conv, choose_threads, configure_backend, resolve_device
 from ..errors import Interrupted, one_line
-from ..runs.group_run import train_group
+from ..runs.group_run import train_group, without_checkpoint
 from ..runs.job import Job, Outcome, RunOptions, capped_phases, effective_overrides, legacy_aliases
 from ..recipes.network import build_model
 from ..runs.one_run import train_run
@@ -22,6 +22,7 @@ from ..recipes.spec import Experiment, config_hash
 from ..training.recipe_data import train_split_size
 from ..training.together import stacking_rates, why_sequential
 from ..tracking import TAG, Tracker
+from ..tracking.guards import sigint_deferred
 
 # --------------------------------------------------------------------------- one configuration
 
@@ -93,10 +94,14 @@ def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, 
         return skipped[0]
     try:
         claim = claimed[0]
-        if claim.note:
-            echo(f"{job.run_name}: {claim.note}")
-        if on_claim is not None:
-            on_claim(claim.run_id, claimer.owner)
+        try:
+            if claim.note:
+                echo(f"{job.run_name}: {claim.note}")
+            if on_claim is not None:
+                on_claim(claim.run_id, claimer.owner)
+        except KeyboardInterrupt as e:  # claimed, not yet training: the claim is given up, and said so
+            raise Interrupted(f"run {job.run_name} (seed {seed}) was interrupted before it trained; "
+                              + _release(tracker, claimer.owner, [claim], e)) from None
         return train_run(job, claim.run_id, claim.resumed, claim.recorded, claimer.policy.beat_s, claimer.owner)
     finally:
         lock.release()
@@ -118,13 +123,18 @@ def run_seeds_together(exp: Experiment, data: Cifar10, tracker: Tracker, opts: R
         except KeyboardInterrupt as e:  # the claimed runs exist: say so, and leave nothing RUNNING
             raise Interrupted(f"interrupted while measuring whether to stack {exp.id}'s seeds, before any trained; "
                               + _release(tracker, claimer.owner, [claims[i] for i in mine], e)) from None
+        gone = without_checkpoint([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].resumed for i in mine], cks, claimer.owner)
+        outcomes.update((mine[k], o) for k, o in gone.items())
+        mine, cks = [i for k, i in enumerate(mine) if k not in gone], [ck for k, ck in enumerate(cks) if k not in gone]
+        if why is None and len(mine) < 2:
+            why = "nothing to stack"
         if why is None and len({ck["epoch"] if ck else None for ck in cks}) > 1:
             why = "their checkpoints are at different epochs"
         if mine:
             echo(f"{exp.id}: {len(mine)} seed(s) " + ("trained together, one stacked model" if why is None else f"one by one ({why})"))
         if why is None:
             group = train_group([jobs[i] for i in mine], [claims[i].run_id for i in mine], [claims[i].recorded for i in mine], cks, beat,
-                                claimer.owner)
+                                claimer.owner, [claims[i].resumed for i in mine])
             outcomes.update(zip(mine, group))
         else:  # one by one, the waiting claims kept alive meanwhile (a silent one would look abandoned)
             with Heartbeat(tracker, beat, claimer.owner) as waiting:
@@ -152,13 +162,14 @@ def _release(tracker: Tracker, owner: str, claims: list[Claimed], e: BaseExcepti
     """Give up claimed runs that did not train: new ones are deleted, resumed ones left
     resumable (lifecycle.settle). What became of them, in words."""
     deleted = kept = 0
-    for c in claims:
-        try:
-            ended = lifecycle.settle(tracker, c.run_id, owner, c.resumed or c.recorded, e, "interrupted (Ctrl-C) before it trained; run again")
-        except lifecycle.TakenOver:
-            continue
-        deleted += ended is None
-        kept += ended is not None
+    with sigint_deferred():  # a second Ctrl-C waits for these few writes: nothing claimed stays RUNNING
+        for c in claims:
+            try:
+                ended = lifecycle.settle(tracker, c.run_id, owner, c.resumed or c.recorded, e, "interrupted (Ctrl-C) before it trained; run again")
+            except lifecycle.TakenOver:
+                continue
+            deleted += ended is None
+            kept += ended is not None
     return (f"{deleted} claimed new run(s) were deleted and {kept} earlier one(s) left resumable; none of them trained"
             if kept else f"{deleted} claimed run(s) were deleted; none of them trained")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.cifar_files import Cifar10, load_cifar10
 from ..runs import lifecycle
-from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat
+from ..runs.claims import RECORDED, ClaimPolicy, Claimer, Heartbeat, of_claim, take_attempt
 from ..errors import HarnessError, Interrupted, UsageError, one_line
 from ..runs.job import Outcome, RunOptions
 from ..runs.one_run import train_run
@@ -61,7 +61,7 @@ class TaskSpec:
     fingerprint: str
     env: dict
     beat_s: float
-    owner: str  # the driver's: the claim every task of this driver trains under
+    owner: str  # the driver's claim; each attempt of the task trains under an owner of its own (claims.take_attempt)
     lines: object = None  # a ray.util.queue.Queue to the driver: the task's epoch lines, prefixed by run
 
 
@@ -104,10 +104,14 @@ def run_task(spec: TaskSpec) -> Outcome:
     if data.fingerprint != spec.fingerprint:
         return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"the data in {spec.data_root} on {node} differ from the driver's")
     job = make_job(spec.exp, data, tracker, spec.opts, spec.seed, echo=_to_driver(spec.lines))
+    # this attempt's own owner: a retry while an earlier attempt still lives takes the run from it
+    owner, found = take_attempt(tracker, spec.run_id, spec.owner)
+    if owner is None:
+        return Outcome(spec.exp.id, spec.seed, "skipped", spec.run_id, reason=f"taken over by {found} before this task started")
     tracker.set_tags(spec.run_id, {f"{TAG}node": node})
     recorded = RECORDED in tracker.run_tags(spec.run_id)
     # always "resumed": the run exists (the driver made it) and a retried task continues it
-    return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s, owner=spec.owner)
+    return train_run(job, spec.run_id, resumed=True, recorded=recorded, beat_s=spec.beat_s, owner=owner)
 
 
 def _to_driver(lines):
@@ -240,12 +244,13 @@ def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcom
             outcomes[i] = o
             echo(outcome_line(o))
         status, tags = tracker.run_status(run_id), tracker.run_tags(run_id)
-        if status == "RUNNING" and tags.get(lifecycle.OWNER) == owner:  # its task could not end it: the driver does
+        holder = tags.get(lifecycle.OWNER, "")
+        if status == "RUNNING" and of_claim(holder, owner):  # its task (an attempt of it) could not end it: the driver does
             if f"{TAG}node" not in tags and not claims[i].resumed:  # claimed here, never started: nothing to keep
                 tracker.delete_run(run_id)
                 never += 1
                 continue
-            lifecycle.stop(tracker, run_id, owner, "interrupted (Ctrl-C or SIGTERM on the Ray driver); run again to resume")
+            lifecycle.stop(tracker, run_id, holder, "interrupted (Ctrl-C or SIGTERM on the Ray driver); run again to resume")
             status = tracker.run_status(run_id)
         finished += status == "FINISHED"  # done before the stop took effect, collected or not: left FINISHED
         killed += status == "KILLED"
@@ -262,10 +267,18 @@ def _settle(ray, ref, tracker: Tracker, exp_id: str, seed: int, run_id: str, own
         outcome = ray.get(ref)
     except Exception as e:
         reason = f"its Ray task failed: {one_line(e)}"
-        lifecycle.stop(tracker, run_id, owner, f"{reason}; run again to resume")
+        _stop_ours(tracker, run_id, owner, f"{reason}; run again to resume")
         return Outcome(exp_id, seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
     # "skipped": taken over by another process while the task stalled; the run is its now
     if outcome.status != "skipped":
-        lifecycle.stop(tracker, run_id, owner, f"{outcome.reason}; run again to resume")
+        _stop_ours(tracker, run_id, owner, f"{outcome.reason}; run again to resume")
     return outcome
+
+
+def _stop_ours(tracker: Tracker, run_id: str, owner: str, reason: str) -> None:
+    """Leave the run resumable if the driver's claim still holds it, under the driver's owner or
+    one of its tasks' attempts (a run another process took over is left to it)."""
+    holder = tracker.run_tags(run_id).get(lifecycle.OWNER, "")
+    if of_claim(holder, owner):
+        lifecycle.stop(tracker, run_id, holder, reason)
 

@@ -9,7 +9,7 @@
 - heartbeat.py: a claimed run's heartbeat tag, refreshed while it trains, and the check that it is still ours.
 - checkpoints.py: a run's training state between epochs, so a killed run resumes.
 - run_record.py: what a new run records about itself (tags, params, config, datasets).
-- finish.py: test metrics, artifacts and the kept model, logged idempotently.
+- finish.py: test metrics, artifacts and the kept model, logged idempotently; then the run FINISHED and its checkpoint removed.
 - one_run.py: one claimed run recorded, trained epoch by epoch, then finished (or ended as lifecycle.py decides).
 - group_run.py: a recipe's seeds trained together, recorded as N ordinary runs.
 """

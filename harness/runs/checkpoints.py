@@ -13,12 +13,18 @@ Two homes, chosen by the store:
   run's first save goes to the slot the tag does not name. With an Outbox the upload happens off
   the training thread, in order with the epoch's metrics; a checkpoint still queued when a newer
   one is saved is replaced by it (one upload, not a backlog, after an outage).
+
+A run keeps one home: the tag `harness.checkpoint_home` records where it trains ("artifacts", or
+host:folder), and a later attempt whose own choice differs (another $HARNESS_STATE_DIR, set or
+unset, on a server) resumes from the recorded home when its checkpoint is there, rather than
+retire the run for want of one. Where neither has it, the note says both places.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -26,12 +32,13 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from ..tracking import TAG, Tracker, faults
+from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.outage import StoreUnavailable
 from ..tracking.store import redact, sqlite_path
 
 STATE_DIR = "harness-state"
 STATE_TAG = f"{TAG}checkpoint"
+HOME_TAG = f"{TAG}checkpoint_home"
 
 
 class CheckpointUnwritable(OSError):
@@ -105,6 +112,9 @@ class LocalRunState:
     def where(self) -> str:
         return str(self.last)
 
+    def home(self) -> str:
+        return f"{socket.gethostname()}:{self.dir.parent.resolve()}"
+
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -174,15 +184,71 @@ class SharedRunState:
     def where(self) -> str:
         return f"{STATE_DIR}/ of run {self.run_id}"
 
+    def home(self) -> str:
+        return "artifacts"
+
     def clear(self) -> None:
-        self.tracker.delete_artifacts(self.run_id, STATE_DIR)
+        """The slots removed, then the tag that named one (a tag left on a run says its checkpoint may still be there)."""
+        if self.tracker.delete_artifacts(self.run_id, STATE_DIR):
+            try:
+                self.tracker.delete_tag(self.run_id, STATE_TAG)
+            except Exception:  # a run deleted in the store meanwhile: its tags go with it
+                pass
 
 
-def run_state(tracker: Tracker, run_id: str, outbox=None) -> LocalRunState | SharedRunState:
-    """The run's checkpoint home; with `outbox`, a shared one uploads off the training thread."""
+def run_state(tracker: Tracker, run_id: str, outbox=None, tags: dict | None = None) -> LocalRunState | SharedRunState:
+    """The run's checkpoint home: this process's choice, or the home the run recorded when its
+    checkpoint is there and not here (`tags`: the run's, when the caller has them); with
+    `outbox`, a shared one uploads off the training thread."""
+    here = _chosen(tracker, run_id, outbox)
+    if here.exists():
+        return here
+    there = recorded_home(tracker, run_id, outbox, tags)
+    return there if there is not None and there.home() != here.home() and there.exists() else here
+
+
+def _chosen(tracker: Tracker, run_id: str, outbox=None) -> LocalRunState | SharedRunState:
     if shared_store(tracker.uri) and not os.environ.get("HARNESS_STATE_DIR"):
         return SharedRunState(tracker, run_id, outbox)
     return LocalRunState(run_id, state_root(tracker.uri))
+
+
+def recorded_home(tracker: Tracker, run_id: str, outbox=None, tags: dict | None = None) -> LocalRunState | SharedRunState | None:
+    """The home the run recorded (HOME_TAG), where this process can reach it: the server's
+    artifacts, or a folder of this host. None: none recorded, or another host's folder."""
+    if tags is None:
+        try:
+            tags = tracker.impatient().run_tags(run_id)
+        except Exception:  # noqa: BLE001 - the store unreachable: this process's own home, as before
+            return None
+    home = tags.get(HOME_TAG, "")
+    if home == "artifacts":
+        return SharedRunState(tracker, run_id, outbox) if shared_store(tracker.uri) else None
+    host, _, folder = home.partition(":")
+    return LocalRunState(run_id, Path(folder)) if folder and host == socket.gethostname() else None
+
+
+def expected_at(tracker: Tracker, run_id: str, state, tags: dict | None = None) -> str:
+    """Where a run's checkpoint was looked for: this process's home, and the recorded one if other."""
+    home = (tags if tags is not None else tracker.run_tags(run_id)).get(HOME_TAG)
+    return state.where() + (f" nor in the home it was written to ({home})" if home and home != state.home() else "")
+
+
+def clear_leftover(tracker: Tracker, run: RunRecord) -> bool:
+    """Remove the checkpoint of a FINISHED run that still has one (its process was killed between
+    the finish and the clear), in this process's home and the one the run recorded; each claim
+    that finds the run finished looks (a file check, or the checkpoint tag it already read: no
+    store call for a run with nothing left). Whether one was there."""
+    found, homes = False, {}
+    for state in (_chosen(tracker, run.run_id), recorded_home(tracker, run.run_id, tags=run.tags)):
+        if state is not None:
+            homes.setdefault(state.home(), state)
+    for state in homes.values():
+        there = bool(run.tags.get(STATE_TAG)) if isinstance(state, SharedRunState) else state.exists()
+        if there:
+            state.clear()
+            found = True
+    return found
 
 
 def _load(path: Path, device: torch.device) -> dict:

@@ -29,14 +29,26 @@ from ..errors import Interrupted
 from ..tracking import TAG, RunRecord, Tracker, faults
 from ..tracking.guards import sigint_deferred
 from . import lifecycle
-from .checkpoints import run_state
+from .checkpoints import clear_leftover, expected_at, run_state
 from .config_lock import ConfigLock  # noqa: F401  (moved; its callers still import it from here)
 from .heartbeat import DELETED, Heartbeat  # noqa: F401  (moved; likewise)
 from .lifecycle import BEAT_INTERVAL, HEARTBEAT, OWNER, RECORDED, RESUMABLE, STATE, SUPERSEDED, TakenOver, claimed_tags, supersede  # noqa: F401
-from .liveness import ALIVE, DEAD, WATCHING, Observer, beating, machine_id, new_owner, owner_machine, process_alive  # noqa: F401
+from .liveness import ALIVE, DEAD, WATCHING, Observer, attempt_owner, beating, machine_id, new_owner, of_claim, owner_machine, process_alive  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the store's claim
+
+
+def take_attempt(tracker: Tracker, run_id: str, claim_owner: str) -> tuple[str | None, str]:
+    """One attempt at a run that `claim_owner` claimed (a Ray task of its driver) takes the run
+    under an owner of its own (liveness.attempt_owner): (that owner, or None when the run is
+    another claimer's now; the owner it found)."""
+    found = tracker.run_tags(run_id).get(OWNER, "")
+    if not of_claim(found, claim_owner):
+        return None, found
+    mine = attempt_owner(claim_owner)
+    tracker.set_tags(run_id, {OWNER: mine})
+    return mine, found
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,8 @@ class Claimer:
         # done, a killed one resumed (rather than trained again from scratch)
         runs = self.tracker.find_runs(req.chash) + [r for a in req.aliases for r in self.tracker.find_runs(a)]
         done = [r for r in runs if r.status == "FINISHED"]
+        for r in done:  # a kill between its finish and its checkpoint's removal: nothing outlives a finished run
+            clear_leftover(self.tracker, r)
         if done and not req.force:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         state = {r.run_id: self.liveness(r) for r in runs}
@@ -215,14 +229,14 @@ class Claimer:
         """Why an abandoned run cannot be resumed (None: it can): epochs logged and no checkpoint
         to continue them from (another state folder, or deleted). Training it again from epoch 1
         would log its epochs twice, so a new run supersedes it."""
-        state = run_state(self.tracker, run.run_id)
+        state = run_state(self.tracker, run.run_id, tags=run.tags)
         if state.exists():
             return None
         logged = self.tracker.logged_steps(run.run_id, "epoch_time_s")
         if not logged:
             return None
-        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {state.where()} to resume from "
-                "(another HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
+        return (f"superseded: {len(set(logged))} epoch(s) logged but no checkpoint at {expected_at(self.tracker, run.run_id, state, run.tags)} "
+                "to resume from (another machine's HARNESS_STATE_DIR, or deleted); a new run trains the configuration")
 
     def _confirm(self, p: _Proposal) -> Claimed | Declined:
         if p.takeover:  # every taker wrote its name; the last write is what all of them read back

@@ -1,5 +1,6 @@
 """The end of one run's life: test metrics, artifacts and the kept model, logged so that doing
-it twice (a process killed half-way, then rerun) completes what is missing and repeats nothing."""
+it twice (a process killed half-way, then rerun) completes what is missing and repeats nothing;
+then the run FINISHED and its checkpoint removed (`finish`, for one_run.py and group_run.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import lifecycle
 from ..data.cifar_files import Cifar10
+from ..errors import Interrupted
+from .job import Job, Outcome, Progress
+from ..training.loop import evaluate
 from ..training.recipe_data import Prepared
 from ..recipes.spec import Experiment
 from ..tracking import Tracker, faults
+from ..tracking.guards import sigint_deferred
+from ..tracking.outbox import Outbox
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -84,3 +91,44 @@ def log_final(tracker: Tracker, run_id: str, model, exp: Experiment, data: Cifar
         # a user's network travels with the model (MLflow's code_paths): it loads without their folder
         code_paths = [exp.code.ship] if exp.code is not None and exp.code.ship else None
         tracker.log_model(run_id, model.cpu(), example, [f"torch=={torch.__version__.split('+')[0]}"], code_paths)
+
+
+def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
+           owner: str | None) -> Outcome:
+    exp = job.exp
+    faults.point("outbox_flush", job.tracker, run_id)
+    # a process that stalled past the stale limit and wakes after another took the run over must
+    # not write its final metrics and model into the new owner's run (its status write checks again)
+    lifecycle.check_owner(job.tracker, run_id, owner)
+    outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
+    if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
+        model.load_state_dict(pr.best_weights)
+    test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+    # the standard protocol as well, for every recipe (the same figure where the write-up uses it)
+    test_std = test if exp.eval.mode == "eval" else evaluate(model, prep.test_x, prep.test_y, loss_fn, precision=job.opts.precision)
+    # a Ctrl-C now waits the few seconds until the run is complete and FINISHED (a second one
+    # cuts it short; the rerun then completes what is missing, see finish.py)
+    interrupted = False
+    try:
+        with sigint_deferred():
+            lifecycle.still_held(job.tracker, run_id, owner)  # again after the test pass: nothing final into another's run
+            log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
+            faults.point("finish", job.tracker, run_id)
+            lifecycle.finish(job.tracker, run_id, owner)
+            faults.point("clear", job.tracker, run_id)
+            state.clear()  # held too: a stop now leaves no checkpoint beside a FINISHED run (a kill: the next claim removes it)
+    except KeyboardInterrupt:
+        if job.tracker.run_status(run_id) != "FINISHED":
+            raise
+        interrupted = True
+        state.clear()
+    protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
+    job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
+    if interrupted:
+        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED")
+    return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)
+
+
+def _fmt_pub(exp: Experiment) -> str:
+    acc = exp.published.test_accuracy
+    return ", ".join(f"{a:.2f}%" for a in acc) if acc else "none"

@@ -16,12 +16,13 @@ import time
 import torch
 
 from . import lifecycle
-from .checkpoints import run_state
-from .claims import Heartbeat
+from .checkpoints import HOME_TAG, run_state
+from .claims import DELETED, Heartbeat
 from ..errors import DivergedError, Interrupted
 from .job import Job, Outcome, Progress
-from .lifecycle import TakenOver
-from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, finish, keep_best, record, relog_missing
+from .lifecycle import RunDeleted, TakenOver
+from .finish import finish
+from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, keep_best, record, relog_missing
 from ..tracking.outbox import Outbox
 from .progress import epoch_line
 from ..training.environment import flushing_denormals
@@ -31,15 +32,16 @@ from ..training.loop import LOG_POINTS_PER_EPOCH, EpochStats, autocast_context, 
 
 
 def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], checkpoints: list[dict | None], beat_s: float,
-                owner: str | None = None) -> list[Outcome]:
+                owner: str | None = None, resumed: list[bool] | None = None) -> list[Outcome]:
     """Train the claimed runs of one recipe's seeds together. `checkpoints`: each run's last
-    checkpoint (all None, or all of the same epoch); `owner`: the claims' owner, checked by the
+    checkpoint (all None, or all of the same epoch); `resumed`: which claims took over an earlier
+    run (default: those with a checkpoint), reopened as they train; `owner`: the claims' owner, checked by the
     heartbeat (a run taken over meanwhile is left to its new owner, as one_run.train_run does).
     As there, a run that fails before it was recorded is deleted rather than left behind, and a
     fault ends each run as lifecycle.py decides; one network's failing finish ends only its run."""
     tracker, n = jobs[0].tracker, len(jobs)
     done: dict[int, Outcome] = {}
-    resumed = [ck is not None for ck in checkpoints]
+    resumed = list(resumed) if resumed is not None else [ck is not None for ck in checkpoints]
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors, flushing_denormals():
             for rid in run_ids:
@@ -47,17 +49,17 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
             preps = [prepare_data(j.exp, j.data, j.seed, j.opts.max_train_images, j.device) for j in jobs]
             built = [(*build(j), torch.get_rng_state()) for j in jobs]  # seeded per run: its init, then its generator
             models, loss_fn = [b[0] for b in built], built[0][2]
+            states = [run_state(tracker, rid, outbox) for rid in run_ids]
             for i, job in enumerate(jobs):
                 if not recorded[i]:
                     record(job, run_ids[i], preps[i], built[i][3], {"together": n})
                     recorded[i] = True
-                lifecycle.start_training(tracker, run_ids[i], owner, resumed=checkpoints[i] is not None)
+                lifecycle.start_training(tracker, run_ids[i], owner, resumed=resumed[i], tags={HOME_TAG: states[i].home()})
                 monitors.enter_context(tracker.system_metrics(run_ids[i], job.opts.system_metrics, job.opts.system_metrics_interval_s,
                                                               resume=checkpoints[i] is not None))
             stack = Stack(models, [b[4] for b in built])
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
             progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
-            states = [run_state(tracker, rid, outbox) for rid in run_ids]
             _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat, outbox, owner)
             for i, job in enumerate(jobs):
                 if i not in done:
@@ -87,6 +89,20 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
             if i not in done:
                 done[i] = ended_outcome(jobs[i], rid, owner, recorded[i] or resumed[i], e)
     return [done[i] for i in range(n)]
+
+
+def without_checkpoint(jobs: list[Job], run_ids: list[str], resumed: list[bool], checkpoints: list[dict | None],
+                       owner: str | None) -> dict[int, Outcome]:
+    """The claimed runs that cannot train in a group, by index: taken over to resume, with epochs
+    logged and no checkpoint to continue them from (gone since the claim looked). As one_run's
+    NoCheckpoint: each is left resumable and the next claim supersedes it; no epoch is logged twice."""
+    out = {}
+    for i, job in enumerate(jobs):
+        if resumed[i] and checkpoints[i] is None and job.tracker.logged_steps(run_ids[i], "epoch_time_s"):
+            where = run_state(job.tracker, run_ids[i]).where()
+            out[i] = ended_outcome(job, run_ids[i], owner, True, lifecycle.NoCheckpoint(
+                f"run {run_ids[i]} has epochs logged but no checkpoint at {where}; the next command supersedes it with a new run"))
+    return out
 
 
 def _stop(tracker, run_id: str, owner: str | None) -> bool:
@@ -122,9 +138,11 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
         for i, job in enumerate(jobs):
             if i in done:
                 continue
-            if run_ids[i] in heartbeat.lost:  # its checkpoint and metrics are the new owner's: touch neither
-                done[i] = Outcome(job.exp.id, job.seed, "skipped", run_ids[i],
-                                  reason=f"taken over by {heartbeat.lost[run_ids[i]]} while this process stalled; stopped after epoch {epoch}")
+            lost = _lost(tracker, run_ids[i], owner, heartbeat, epoch)
+            if lost is not None:  # deleted: its checkpoint removed; taken over: the new owner's, touch neither
+                done[i] = ended_outcome(job, run_ids[i], owner, True, lost) if isinstance(lost, RunDeleted) else \
+                    Outcome(job.exp.id, job.seed, "skipped", run_ids[i], reason=str(lost))
+                heartbeat.drop(run_ids[i])
                 continue
             if isinstance(stats[i], DivergedError):
                 done[i] = ended_outcome(job, run_ids[i], owner, True, stats[i])
@@ -145,6 +163,24 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
                 job.echo(epoch_line(job, epoch, pr, metrics, t_start))
         if len(done) == n:  # every network diverged or was taken over
             return
+
+
+def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, epoch: int) -> Exception | None:
+    """Why this network's run gets nothing more from this process (RunDeleted, TakenOver), as the
+    heartbeat saw it or, before its checkpoint and metrics, the store itself says; None: still ours.
+    (Its metrics already queued are the outbox's, shared by the group: they land, or fail alone.)"""
+    seen = heartbeat.lost.get(run_id)
+    if seen == DELETED:
+        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
+    if seen is not None:
+        return TakenOver(f"taken over by {seen} while this process stalled; stopped after epoch {epoch}")
+    try:
+        lifecycle.still_held(tracker, run_id, owner)
+    except RunDeleted:
+        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
+    except TakenOver as e:
+        return TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}")
+    return None
 
 
 def group_epoch(stack: Stack, batches: list, steps: int, optimizer, loss_fn, lr_for_step=None, precision: str = "fp32") -> list:

@@ -10,21 +10,27 @@ model logging writes none: one writer of a run's status).
 The invariants, held at every crash point (tests/test_crash_matrix.py injects each fault at each
 named step, tracking/faults.py, and checks them all with one checker, then reruns and checks again):
   1. Every epoch of a run is logged exactly once. A resume continues after the last checkpointed
-     epoch; a run with epochs logged and no checkpoint is never trained again inside itself: a new
-     run supersedes it, and the line says where the checkpoint was expected.
+     epoch, from the home the run recorded (checkpoints.py) whatever this process's state folder;
+     a run with epochs logged and no checkpoint is never trained again inside itself: a new run
+     supersedes it, and the line says where the checkpoint was expected.
   2. At most one live process trains a configuration: a claim is ordered by a lock that depends on
      the store only (checkpoints.lock_root), then by the store itself (claims.py); an owner names
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
-     deleted writes nothing more (owner checked before each status and final write).
+     deleted writes nothing more (the store asked before each checkpoint, the final writes and
+     each status write: `still_held`, `check_owner`); each attempt of a Ray task is an owner of
+     its own (liveness.attempt_owner), so a retry cannot train beside its first attempt.
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
-     SIGTERM in the foreground or as a background job, a fault, a claim interrupted) ends it
-     KILLED, FAILED or FINISHED. A process SIGKILLed, or whose store is gone, cannot write: its run
-     stays RUNNING under a dead owner, which the next claim sees at once and takes over.
+     SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
+     between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
+     takeover was interrupted is left resumable again (`stop`). A process SIGKILLed, or whose
+     store is gone, cannot write: its run stays RUNNING under a dead owner, which the next claim
+     sees at once and takes over.
   4. FAILED only for what a rerun would repeat (`permanent`): a store outage, a full disk, memory,
      a signal or a lost worker leave the run resumable, with its reason.
-  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes, fails
-     for good or is deleted in the store; a lock file is removed by its holder.
+  5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes (a kill
+     between the finish and the removal: by the next claim that finds it finished), fails for
+     good or is deleted in the store; a lock file is removed by its holder.
   6. Every stop says in one line what became of each run, and the same command then finishes the work.
 
 The state is the tag `harness.state` beside MLflow's own status, written in the same step.
@@ -101,6 +107,26 @@ def check_owner(tracker: Tracker, run_id: str, owner: str | None) -> None:
             raise TakenOver(f"taken over by {now}")
 
 
+def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
+    """Before a write only the run's holder may make (an epoch's checkpoint and metrics, the final
+    writes), asked of the store itself rather than left to the heartbeat's next beat: an owner
+    that stalled past the stale limit and wakes after a takeover or a deletion writes nothing more.
+    Raises RunDeleted or TakenOver. While the store is unreachable (this connection is riding out
+    an outage, or the one look fails) it cannot tell: training goes on and its writes wait in the
+    outbox, and the final writes look again."""
+    if tracker.outage.since is not None:
+        return
+    try:
+        run = tracker.impatient().run_record(run_id)
+    except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
+        return
+    if run.deleted:
+        raise RunDeleted("deleted in the store while it trained")
+    now = run.tags.get(OWNER, owner)
+    if owner is not None and now != owner:
+        raise TakenOver(f"taken over by {now}")
+
+
 def claimed_tags(owner: str, beat: str, beat_s: float) -> dict:
     """What a claim writes: who owns the run, its first beat and how often it beats."""
     return {OWNER: owner, HEARTBEAT: beat, BEAT_INTERVAL: f"{beat_s:g}", STATE: CLAIMED}
@@ -111,12 +137,13 @@ def mark_recorded(tracker: Tracker, run_id: str) -> None:
     tracker.set_tags(run_id, {RECORDED: "true", STATE: RECORDED_STATE})
 
 
-def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bool) -> None:
-    """claimed/recorded/resumable -> training: a resumed run is RUNNING again."""
+def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bool, tags: dict | None = None) -> None:
+    """claimed/recorded/resumable -> training: a resumed run is RUNNING again (`tags`: written
+    with the state, such as where its checkpoint lives)."""
     check_owner(tracker, run_id, owner)
     if resumed:
         tracker.reopen(run_id)
-    tracker.set_tags(run_id, {STATE: TRAINING})
+    tracker.set_tags(run_id, {**(tags or {}), STATE: TRAINING})
 
 
 def end(tracker: Tracker, run_id: str, owner: str | None, state: str, reason: str | None = None) -> None:
@@ -134,10 +161,15 @@ def fail(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> None:
 
 
 def stop(tracker: Tracker, run_id: str, owner: str | None, reason: str) -> bool:
-    """Leave a run resumable (KILLED with its reason) if it is still RUNNING and this owner's;
-    a run that finished, failed or belongs to another process meanwhile is left alone.
-    Whether it was stopped."""
-    if tracker.run_status(run_id) != "RUNNING" or not owned_by(tracker, run_id, owner):
+    """Leave a run resumable (KILLED with its reason) if this owner holds it: RUNNING, or a KILLED
+    run it was taking over (claimed, not yet reopened: its state no longer says resumable). A run
+    that finished, failed, is resumable already or belongs to another process meanwhile is left
+    alone. Whether it was stopped."""
+    run = tracker.run_record(run_id)
+    claimed_killed = run.status == "KILLED" and run.tags.get(STATE) not in (RESUMABLE, SUPERSEDED, None)
+    if run.status != "RUNNING" and not claimed_killed:
+        return False
+    if owner is not None and run.tags.get(OWNER, owner) != owner:
         return False
     tracker.terminate(run_id, "KILLED", reason, {STATE: RESUMABLE})
     return True

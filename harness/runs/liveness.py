@@ -79,6 +79,24 @@ def new_owner(attempt: str | None = None) -> str:
     return f"{machine_id()}|{pid}|{start}|{attempt or uuid.uuid4().hex[:8]}"
 
 
+def attempt_owner(claim_owner: str) -> str:
+    """The owner of one attempt at a run claimed by `claim_owner` (a Ray driver, for a task): the
+    claimer's process (its liveness is the claimer's, as before) with an id of this attempt after
+    the claimer's own id. A task that Ray retries while its first attempt still lives (a
+    partition, not a death) is then another owner: the first attempt loses the run to it at its
+    next owner check instead of training beside it."""
+    machine, pid, start, ident = claim_owner.split("|")
+    return f"{machine}|{pid}|{start}|{ident.split('+')[0]}+{uuid.uuid4().hex[:8]}"
+
+
+def of_claim(owner: str, claim_owner: str) -> bool:
+    """Whether `owner` is `claim_owner` itself or one attempt at a run it claimed (attempt_owner)."""
+    if owner == claim_owner:
+        return True
+    head, _, attempt = owner.rpartition("+")
+    return bool(attempt) and "+" not in claim_owner.rsplit("|", 1)[-1] and head == claim_owner
+
+
 def owner_machine(owner: str) -> str:
     return owner.split("|", 1)[0]
 

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from . import lifecycle
-from .checkpoints import run_state
+from .checkpoints import HOME_TAG, run_state
 from .claims import DELETED, Heartbeat
 from .lifecycle import FAILED, RESUMABLE, RunDeleted, TakenOver
 from ..training.environment import choose_conv, choose_threads, configure_backend, flushing_denormals
 from ..errors import DivergedError, Interrupted, one_line
-from .finish import log_final
+from .finish import finish
 from .job import Job, Outcome, Progress
 from ..models import apply_init, count_params
 from ..recipes.network import build_model
@@ -31,7 +31,6 @@ from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
 from ..tracking import faults
-from ..tracking.guards import sigint_deferred
 from ..tracking.outbox import Outbox
 from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
@@ -52,12 +51,12 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             if not recorded:
                 record(job, run_id, prep, n_params)
                 recorded = started = True
-            lifecycle.start_training(tracker, run_id, owner, resumed)
-            state = run_state(tracker, run_id, outbox)
+            state = run_state(tracker, run_id, outbox)  # where it is (a home recorded by an earlier attempt), or this process's
+            lifecycle.start_training(tracker, run_id, owner, resumed, {HOME_TAG: state.home()})
             with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
                 pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
                 bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
-                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat, outbox)
+                _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat, outbox, owner)
                 if bar is not None:
                     bar.close()
                     bar = None
@@ -186,7 +185,7 @@ def relog_missing(tracker, run_id: str, ck: dict) -> None:
 
 
 def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_fn, state, pr: Progress, bar, heartbeat: Heartbeat,
-                  outbox: Outbox) -> None:
+                  outbox: Outbox, owner: str | None) -> None:
     exp, steps = job.exp, len(prep.train)
     clamp = exp.train.optimizer.step_clamp
     scaler = grad_scaler(job.device, job.opts.precision)  # fp16's loss scale, carried across epochs (and a resume)
@@ -218,6 +217,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
             raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
+        _still_held(job.tracker, run_id, owner, outbox, epoch)
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         metrics.update(epoch_test_acc(exp, model, prep, loss_fn, job.opts.precision))
         metrics["threads"] = job.threads  # what this epoch trained on: the run's fixed count (param `threads`)
@@ -228,6 +228,19 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         outbox.submit(job.tracker.log_metrics, run_id, metrics, epoch, series)  # after the checkpoint: in order
         if job.opts.progress and (bar is None or bar.disable):
             job.echo(epoch_line(job, epoch, pr, metrics, t_start))
+
+
+def _still_held(tracker, run_id: str, owner: str | None, outbox: Outbox, epoch: int) -> None:
+    """The store's own word, before this epoch's checkpoint and metrics: a run deleted or taken over
+    since the heartbeat last looked (up to a beat ago) gets nothing more from this process."""
+    try:
+        lifecycle.still_held(tracker, run_id, owner)
+    except RunDeleted:
+        outbox.abandon()
+        raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})") from None
+    except TakenOver as e:
+        outbox.abandon()
+        raise TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}") from None
 
 
 def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:
@@ -261,41 +274,3 @@ def checkpoint(job: Job, weights: dict, optimizer_state: dict, rng: torch.Tensor
             "best_val": pr.best_val, "best_model": pr.best_weights, "train_time": pr.train_time, "metrics": metrics, "series": series,
             "scaler": pr.scaler, "threads": job.threads,
             "history": dict(pr.history)}
-
-
-def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
-           owner: str | None) -> Outcome:
-    exp = job.exp
-    faults.point("outbox_flush", job.tracker, run_id)
-    # a process that stalled past the stale limit and wakes after another took the run over must
-    # not write its final metrics and model into the new owner's run (its status write checks again)
-    lifecycle.check_owner(job.tracker, run_id, owner)
-    outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
-    if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
-        model.load_state_dict(pr.best_weights)
-    test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
-    # the standard protocol as well, for every recipe (the same figure where the write-up uses it)
-    test_std = test if exp.eval.mode == "eval" else evaluate(model, prep.test_x, prep.test_y, loss_fn, precision=job.opts.precision)
-    # a Ctrl-C now waits the few seconds until the run is complete and FINISHED (a second one
-    # cuts it short; the rerun then completes what is missing, see finish.py)
-    interrupted = False
-    try:
-        with sigint_deferred():
-            log_final(job.tracker, run_id, model, exp, job.data, prep, test, test_std, pr.train_time, job.epochs, n_params)
-            faults.point("finish", job.tracker, run_id)
-            lifecycle.finish(job.tracker, run_id, owner)
-    except KeyboardInterrupt:
-        if job.tracker.run_status(run_id) != "FINISHED":
-            raise
-        interrupted = True
-    state.clear()
-    protocol = f" measured in {exp.eval.mode} mode as the write-up did, {test_std.acc:.2f}% in eval mode" if exp.eval.mode != "eval" else ""
-    job.echo(f"{job.run_name}: test accuracy {test.acc:.2f}%{protocol} (published {_fmt_pub(exp)}), train {pr.train_time:.1f}s, run {run_id}")
-    if interrupted:
-        raise Interrupted(f"run {job.run_name} ({run_id}) had finished and is recorded FINISHED")
-    return Outcome(exp.id, job.seed, "finished", run_id, test.acc, pr.train_time)
-
-
-def _fmt_pub(exp: Experiment) -> str:
-    acc = exp.published.test_accuracy
-    return ", ".join(f"{a:.2f}%" for a in acc) if acc else "none"

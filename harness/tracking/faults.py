@@ -4,7 +4,8 @@ Each step of a run's life calls `point(step, ...)` once: claim (the claim writte
 settling wait), settle (the claim confirmed), record (params and config written), epoch_end
 (an epoch trained, before its checkpoint), checkpoint (the checkpoint being written), outbox_flush
 (the epochs' writes landing before the final ones), final_metrics, model (before the model is
-logged) and finish (before the status write that ends the run).
+logged), finish (before the status write that ends the run) and clear (the run FINISHED, its
+checkpoint not yet removed).
 
 In production $HARNESS_FAULT is unset and `point` returns at once. A test sets
 HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached, 1 by default):
@@ -28,7 +29,7 @@ import signal
 import time
 from pathlib import Path
 
-STEPS = ("claim", "settle", "record", "epoch_end", "checkpoint", "outbox_flush", "final_metrics", "model", "finish")
+STEPS = ("claim", "settle", "record", "epoch_end", "checkpoint", "outbox_flush", "final_metrics", "model", "finish", "clear")
 FAULTS = ("kill", "term", "disk", "store", "delete", "pause")
 
 _seen: dict[str, int] = {}

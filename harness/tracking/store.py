@@ -90,9 +90,30 @@ def check_reachable(uri: str, must_exist: bool) -> None:
 
 
 def _tables(db: Path) -> tuple[set[str], int | None, int | None]:
-    """(table names, rows in alembic_version, rows in runs) of an existing SQLite file, read-only."""
+    """(table names, rows in alembic_version, rows in runs) of an existing SQLite file, read-only.
+
+    A writer SIGKILLed mid-transaction (its cache spilled, or mid-commit) leaves a hot journal
+    (`mlflow.db-journal`) that the next connection must roll back before it reads; a read-only
+    connection cannot, and SQLite says "attempt to write a readonly database"
+    (SQLITE_READONLY_ROLLBACK). The store is then opened read-write, which rolls the journal back
+    as the store's next writer would have done anyway; only a store nobody may write stays refused."""
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        return _read_tables(db, "ro")
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+            raise HarnessError(f"tracking store {db} is not an SQLite database ({e}); pass another --tracking-uri or move it aside") from None
+    if not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):
+        raise HarnessError(f"tracking store {db}: a process killed while writing left its journal ({db.name}-journal), which only a "
+                           "process that may write the store can roll back; run once where the store is writable")
+    try:
+        return _read_tables(db, "rw")
+    except sqlite3.DatabaseError as e:
+        raise HarnessError(f"tracking store {db} is not an SQLite database ({e}); pass another --tracking-uri or move it aside") from None
+
+
+def _read_tables(db: Path, mode: str) -> tuple[set[str], int | None, int | None]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode={mode}", uri=True, timeout=30)
     except sqlite3.Error as e:
         raise HarnessError(f"tracking store {db}: cannot open ({e})") from None
     try:
@@ -100,6 +121,8 @@ def _tables(db: Path) -> tuple[set[str], int | None, int | None]:
         version = con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] if "alembic_version" in names else None
         runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in names else None
         return names, version, runs
+    except sqlite3.OperationalError:
+        raise  # the caller tells a journal to roll back from a file that is no database
     except sqlite3.DatabaseError as e:
         raise HarnessError(f"tracking store {db} is not an SQLite database ({e}); pass another --tracking-uri or move it aside") from None
     finally:

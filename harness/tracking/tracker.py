@@ -199,6 +199,11 @@ class Tracker(RunContext, LoggedModels):
             return False
 
     @_riding
+    def delete_tag(self, run_id: str, key: str) -> None:
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
+    @_riding
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
