@@ -102,3 +102,26 @@ def test_each_run_records_the_command_that_trained_it():
         job = Job(exp, data, None, opts, 3, torch.device("cpu"), "h", "tutorial-base-s3", exp.train.epochs, overrides={}, train_images=10)
         tags, _, _ = run_record(job, prep, 1)
         assert tags.get("harness.invocation") == want
+
+
+def test_the_advice_trains_rows_of_one_command_in_one_loop():
+    """`--epochs 2` caps a 10-epoch recipe but not a 2-epoch one: rows trained by one capped
+    command are continued by one `--repeats auto` command, with the caps; a row of another
+    precision needs a command of its own (one recipe: `--repeats 3`, or nothing at 3 seeds)."""
+    import pandas as pd
+
+    from harness.report.keys import Key
+    from harness.report.looked import auto_command
+    from harness.report.rows import Row
+
+    def row(eid, epochs, recipe_epochs, precision="fp32", n=1):
+        key = Key(eid, "d" * 16, epochs, recipe_epochs, 400, True, precision, "s")
+        return Row(eid, key.capped, pd.DataFrame(), [], stats={"n": n, "cap": 400}, ckey=key)
+
+    long, short = row("fastai-simplenet", 2, 10), row("tutorial-base", 2, 2)
+    assert auto_command([long, short]) == "harness run fastai-simplenet tutorial-base --repeats auto --epochs 2 --max-train-images 400"
+    assert auto_command([short, long]) == "harness run tutorial-base fastai-simplenet --repeats auto --epochs 2 --max-train-images 400"
+    bf16 = row("tutorial-c16", 2, 2, "bf16")
+    assert auto_command([long, short, bf16]).endswith("; harness run tutorial-c16 --repeats 3 --max-train-images 400 --precision bf16")
+    assert auto_command([long, row("tutorial-c16", 2, 2, "bf16", n=3)]) == "harness run fastai-simplenet --repeats 3 --epochs 2 --max-train-images 400"
+    assert auto_command([long, row("skl-cnn", 5, 10)]).count("harness run") == 2  # --epochs 2 and --epochs 5: two configurations

@@ -21,7 +21,6 @@ from __future__ import annotations
 import pandas as pd
 
 from ..tracking import TAG
-from .keys import settle_flags
 from .rows import Row
 from .stats import MIN_SEEDS
 
@@ -101,21 +100,58 @@ def mark_looked(ctx: dict, compared: list[Row]) -> None:
         basis.update(beyond=False, text=f"{why_looked(ctx['decided'])}: the fixed-n tests do not hold, see Decided for the verdicts")
 
 
-def auto_command(rows: list[Row]) -> str:
-    """The `--repeats auto` command(s) that continue deciding between `rows`, one per set of run
-    options (rows trained with different options are different configurations). A set with one
-    recipe (a loop needs two to compare) gets `--repeats MIN_SEEDS`, the fewest the Decided
-    section's test can use; its verdicts hold however the seeds were chosen."""
-    groups: dict[str, list[Row]] = {}
+def _needs(r: Row) -> tuple[int | None, int | None, str]:
+    """The `--epochs`, `--max-train-images` (None: no cap) and `--precision` that train r's configuration."""
+    k = r.ckey
+    epochs = k.epochs if k.epochs is not None and k.recipe_epochs is not None and k.epochs < k.recipe_epochs else None
+    images = (int(r.stats["cap"]) if r.stats.get("cap") else k.n_train) if k.images_capped else None
+    return epochs, images, k.precision
+
+
+def _fits(r: Row, epochs: int | None, images: int | None, precision: str) -> bool:
+    """Whether a command with these options trains exactly r's configuration: its own caps, and
+    none where it has none (`--epochs 2` caps nothing of a 2-epoch recipe; runs/job.effective_overrides)."""
+    k, (e, m, p) = r.ckey, _needs(r)
+    ok_e = epochs == e if e is not None else epochs is None or (k.recipe_epochs is not None and k.recipe_epochs <= epochs)
+    ok_m = images == m if m is not None else images is None or (k.n_train is not None and k.n_train <= images)
+    return p == precision and ok_e and ok_m
+
+
+def _groups(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """`rows` in as few commands as train each exactly: (its run options, its rows)."""
+    groups: list[list] = []  # [epochs, images, precision, rows]
+    keyless: list[Row] = []
     for r in rows:
-        flags = settle_flags(r.ckey, int(r.stats["cap"]) if r.stats.get("cap") else None) if r.ckey else ""
-        if r.stats.get("settle_data_dir"):
-            flags = f"{flags} --data-dir {r.stats['settle_data_dir']}".strip()
-        group = groups.setdefault(flags, [])
-        if r.experiment_id not in [g.experiment_id for g in group]:
-            group.append(r)
+        if r.ckey is None:
+            keyless.append(r)
+            continue
+        e, m, p = _needs(r)
+        for g in groups:
+            if (g[0] is not None and e is not None and g[0] != e) or (g[1] is not None and m is not None and g[1] != m):
+                continue
+            cand = (g[0] if g[0] is not None else e, g[1] if g[1] is not None else m, p)
+            if all(_fits(x, *cand) for x in g[3] + [r]):
+                g[:3] = cand
+                if r.experiment_id not in [x.experiment_id for x in g[3]]:
+                    g[3].append(r)
+                break
+        else:
+            groups.append([e, m, p, [r]])
     out = []
-    for flags, group in groups.items():
+    for e, m, p, members in groups:
+        flags = [f"--epochs {e}" if e is not None else "", f"--max-train-images {m}" if m is not None else "",
+                 f"--precision {p}" if p != "fp32" else "", f"--data-dir {members[0].stats['settle_data_dir']}" if members[0].stats.get("settle_data_dir") else ""]
+        out.append((" ".join(f for f in flags if f), members))
+    return out + ([("", list({r.experiment_id: r for r in keyless}.values()))] if keyless else [])
+
+
+def auto_command(rows: list[Row]) -> str:
+    """The `--repeats auto` command(s) that continue deciding between `rows`, as few as train each
+    row's own configuration (_groups). A command of one recipe (a loop needs two to compare)
+    gets `--repeats MIN_SEEDS`, the fewest the Decided section's test can use (its verdicts hold
+    however the seeds were chosen), or nothing where it already has them."""
+    out = []
+    for flags, group in _groups(rows):
         if len(group) == 1 and group[0].stats["n"] >= MIN_SEEDS:
             continue  # alone and already measured: nothing for it to train
         how = "--repeats auto" if len(group) > 1 else f"--repeats {MIN_SEEDS}"
