@@ -66,6 +66,28 @@ def test_the_stop_line_says_how_far_over_the_budget_a_slow_run_took_it(fake, mon
     assert loop.budget_end(100.0, None) == ""
 
 
+def test_a_first_wave_of_tiny_recipes_does_not_price_a_vgg_out_of_the_budget():
+    """A budgeted loop first trains one cheap run a worker: their walls are mostly a run's fixed
+    cost. Calibrated on whole walls, the rate made cs598-vgg-bn-aug's 1-epoch seed 1,542 s (it
+    takes about 60) and left it out of a 15-minute budget; the fixed cost is now measured apart,
+    and the rate only on recipes whose training outweighs it."""
+    from harness.auto.budget import DEFAULT_MACS_PER_S, seed_costs
+    from harness.executors.schedule import expected_work
+    from harness.recipes.catalogue import load_catalogue
+
+    cat = load_catalogue()
+    exps = [cat[i] for i in ("cs598-vgg-bn-aug", "medium-vgg-bn", "fastai-simplenet", "fastai-convnet")]
+    opts = RunOptions(epochs=1)
+    w = {e.id: expected_work(e, 5170, opts) / DEFAULT_MACS_PER_S for e in exps}  # seconds at the default rate
+    before = seed_costs(exps, 5170, opts, {})
+    after = seed_costs(exps, 5170, opts, {"fastai-simplenet": [5.0], "fastai-convnet": [6.0]})
+    fixed = 5.0 - w["fastai-simplenet"]
+    assert after["cs598-vgg-bn-aug"] == pytest.approx(w["cs598-vgg-bn-aug"] + fixed) and after["cs598-vgg-bn-aug"] < before["cs598-vgg-bn-aug"] + 3
+    # a VGG measured at half the default rate prices the other VGG at half it too (beyond the fixed cost)
+    slow = seed_costs(exps, 5170, opts, {"fastai-simplenet": [5.0], "cs598-vgg-bn-aug": [2 * w["cs598-vgg-bn-aug"] + fixed]})
+    assert slow["medium-vgg-bn"] == pytest.approx(2 * w["medium-vgg-bn"] + fixed) and slow["fastai-simplenet"] == 5.0
+
+
 # ------------------------------------------------------------------ the Ray executor
 
 
