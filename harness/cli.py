@@ -6,6 +6,7 @@ import fnmatch
 import functools
 import json
 import sys
+import time
 
 import os
 
@@ -185,12 +186,13 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
              alpha=None, margin=None):
     from .data.loader import load_cifar10, resolve_data_dir
     from .training.environment import resolve_device
-    from .runs.job import RunOptions
+    from .runs.job import RunOptions, new_invocation
     from .executors.local import run_many, summary_table
     from .executors.schedule import longest_first
     from .executors.signals import sigterm_is_ctrl_c
     from .tracking import Tracker
 
+    started = time.monotonic()  # --budget: the command's wall time counts from here
     sigterm_is_ctrl_c()  # Slurm, Kubernetes and `timeout` stop a job with SIGTERM: a run ends resumable
 
     auto_given = [f"--{k.replace('_', '-')}" for k, v in zip(AUTO_FLAGS, (max_repeats, budget, alpha, margin)) if v is not None]
@@ -211,7 +213,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
         raise UsageError(f"--seed {seed} with --repeats {repeats} goes past the largest seed {MAX_SEED}")
     opts = RunOptions(seed=seed, repeats=repeats, epochs=epochs, max_train_images=max_train_images, force=force,
                       device=device, precision=precision, progress=not no_progress, system_metrics=not no_system_metrics, threads=threads,
-                      together=together)
+                      together=together, invocation=new_invocation())
     ray_opts = _ray_options(executor, ray_address, cpus_per_run, gpus_per_run)
     if ray_opts is not None and (jobs or 1) > 1:
         raise UsageError("--jobs applies to the local executor; with --executor ray each run is a task (see --cpus-per-run)")
@@ -226,7 +228,7 @@ def _execute(experiments, data_dir, tracking_uri, experiment_name, device, seed,
     if auto is not None:
         from .auto.wiring import run_auto_command
 
-        outcomes = run_auto_command(experiments, data, tracker, opts, auto, jobs, ray_opts, echo=click.echo)
+        outcomes = run_auto_command(experiments, data, tracker, opts, auto, jobs, ray_opts, echo=click.echo, started=started)
     elif ray_opts is None and jobs > 1:
         from .executors.pool import run_pool
 

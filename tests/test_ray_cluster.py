@@ -159,6 +159,23 @@ def test_two_drivers_at_once_train_nothing_twice(server, cluster, admin, synthet
     assert sum(o.count(": finished, test accuracy") for o, _ in outs) == 4
 
 
+def test_repeats_auto_trains_its_rounds_as_ray_tasks_each_seed_once(server, cluster, admin, synthetic_root):
+    """`--repeats auto` on the cluster: the loop's first round (here its cap, 2 seeds a recipe,
+    4 runs for the 2 one-CPU nodes) goes out as Ray tasks, each seed once, every run tagged as the
+    loop's with why it stopped, and the command says it."""
+    ids = ["fastai-simplenet", "tutorial-base"]
+    p = run_all(server, cluster, "ray-auto", *only(ids), "--repeats", "auto", "--max-repeats", "2", "--data-dir", synthetic_root, *CAP)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, out + err
+    assert "round 1: training 4 run(s)" in out, out
+    assert re.search(r"stopped after 1 round\(s\).*every open recipe is at its cap \(--max-repeats 2\)", out), out
+    runs = runs_of(admin, "ray-auto")
+    keys = sorted((r.data.tags["harness.experiment_id"], r.data.tags["harness.seed"]) for r in runs)
+    assert keys == sorted((e, str(s)) for e in ids for s in range(2)), keys  # each once
+    assert all(r.info.status == "FINISHED" and r.data.tags["harness.repeats"] == "auto" and "stopped after" in r.data.tags["harness.auto_stop"]
+               and r.data.tags.get("harness.node") and r.data.tags.get("harness.invocation") for r in runs)
+
+
 def test_a_wrong_password_is_one_line_exit_2_and_no_run(server, cluster, admin, synthetic_root):
     p = run_all(server, cluster, "ray-denied", "--only", "fastai-simplenet", "--data-dir", synthetic_root, *CAP, password="wrong-password-x")
     out, err = p.communicate(timeout=300)

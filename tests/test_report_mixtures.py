@@ -200,18 +200,20 @@ def test_a_difference_is_real_only_with_seeds_measured(default):
     # one seed: McNemar says the two runs differ (b = 50, c = 0), and the verdict says that is all
     med = tests.loc["medium-three-conv"]
     assert med["verdict"] == "two runs differ; recipes untested" and int(med["b"]) == 50 and int(med["c"]) == 0
-    assert med["p_seeds"] == "" and med["settle"] == "harness run medium-three-conv --repeats 3 --data-dir /data/aaaa"
+    # the command that settles it adds seeds after this report was read: `--repeats auto` (report/looked.py)
+    assert med["p_seeds"] == "" and med["settle"] == "harness run fastai-simplenet medium-three-conv --repeats auto --data-dir /data/aaaa"
     bf = tests.loc["tutorial-base · bf16"]
     assert bf["verdict"] == "two runs differ; recipes untested"
-    assert bf["settle"] == "harness run tutorial-base --repeats 3 --precision bf16 --data-dir /data/aaaa"  # only the side short of seeds
+    # alone in its run options (a loop compares two in one command): the fewest seeds the test uses, the short side only
+    assert bf["settle"] == "harness run tutorial-base --repeats 3 --precision bf16 --data-dir /data/aaaa"
     csv = default["csv"]
     assert csv.loc["tutorial-base", "verdict"] == "real" and csv.loc["medium-three-conv", "verdict"] == "two runs differ; recipes untested"
     # the best is the best run, not a ranking of recipes, while a compared row has one seed
     assert csv.loc["fastai-simplenet", "verdict"] == "best run (seeds untested)"
     sig = table(default["html"], "significance")
-    assert sig.count('<span class="tag real">real</span>') == 1 and "medium-three-conv --repeats 3" in sig
+    assert sig.count('<span class="tag real">real</span>') == 1 and "fastai-simplenet medium-three-conv --repeats auto" in sig
     basis = default["html"][default["html"].index('id="basis"'):]
-    assert "not a ranking of recipes" in basis[:1500] and "--repeats 3" in basis[:1500]
+    assert "not a ranking of recipes" in basis[:1500] and "--repeats auto" in basis[:1500]
 
 
 def test_budget_table_selects_epochs_on_held_out_data_only(default):
@@ -281,7 +283,9 @@ def test_done_when_single_seed_runs_on_two_data_sets_and_precisions(synthetic_ro
     assert (rows["n"] == 1).all() and rows.loc["tutorial-base", "superseded"] == 1
     tests = pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False)
     assert len(tests) == 2 and not tests["verdict"].isin(["real", "within noise"]).any()
-    assert tests["verdict"].str.endswith("recipes untested").all() and tests["settle"].str.contains("--repeats 3").all()
+    assert tests["verdict"].str.endswith("recipes untested").all() and tests["settle"].str.contains("--repeats").all()
+    # rows of one set of run options: `--repeats auto` (seeds added after this report are chosen by looking)
+    assert tests["settle"].str.contains("--repeats auto").any()
     html = out.read_text()
     for tid in ("summary", "significance", "neighbours"):
         assert '<span class="tag real">' not in table(html, tid), tid

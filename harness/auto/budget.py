@@ -12,9 +12,12 @@ from ..recipes.spec import Experiment
 from ..runs.job import RunOptions
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# before any seed of the loop finished: the suite's measured rate on 2 CPU cores (schedule.py)
-DEFAULT_MACS_PER_S = 14e9
-RUN_OVERHEAD_S = 3.0  # a run's fixed cost beyond training (claim, evaluation, final writes), roughly
+# before any seed of the loop finished: work units (schedule.expected_work: a step's arithmetic
+# counted 3 times, forward and both backward passes) per second on 2 CPU cores, as the suite
+# measured them: cs598-vgg-bn-aug 1.09e14 in 2,238 s and medium-vgg-bn 5.2e13 in 1,109 s (48 and
+# 47 G/s), skl-cnn's batch-4 steps 30 G/s; a little under, so a first estimate errs long
+DEFAULT_MACS_PER_S = 40e9
+RUN_OVERHEAD_S = 3.0  # a run's fixed cost beyond training (claim, evaluation, final writes), until measured
 
 
 def parse_budget(text: str | None) -> float | None:
@@ -38,13 +41,28 @@ def fmt_duration(seconds: float) -> str:
 
 def seed_costs(experiments: list[Experiment], train_images: int, opts: RunOptions, walls: dict[str, list[float]]) -> dict[str, float]:
     """Seconds a further seed of each recipe is expected to take: the mean wall time of its
-    finished seeds; else its work (schedule.expected_work) at the rate the store's finished seeds
-    of the other recipes show (calibrated), else at the suite's measured 2-core rate."""
+    finished seeds; else a run's fixed cost plus its work (schedule.expected_work) at a rate,
+    both calibrated on the store's finished seeds of the other recipes (calibrate)."""
     one = RunOptions(**{**opts.__dict__, "repeats": 1})
     work = {e.id: expected_work(e, train_images, one) for e in experiments}
-    done = [(sum(walls[i]), work[i] * len(walls[i])) for i in work if walls.get(i)]
-    rate = sum(w for _, w in done) / sum(t for t, _ in done) if done and sum(t for t, _ in done) > 0 else DEFAULT_MACS_PER_S
-    return {i: (sum(walls[i]) / len(walls[i]) if walls.get(i) else work[i] / rate + RUN_OVERHEAD_S) for i in work}
+    fixed, rate = calibrate({i: (sum(walls[i]) / len(walls[i]), work[i]) for i in work if walls.get(i)})
+    return {i: (sum(walls[i]) / len(walls[i]) if walls.get(i) else work[i] / rate + fixed) for i in work}
+
+
+def calibrate(done: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """(a run's fixed seconds, work units a second) from finished recipes' (mean wall s, work).
+    The fixed cost (start, claim, evaluation, final writes): the wall of the recipe with least work,
+    less that work at the default rate. The rate: from the recipes whose training takes longer
+    than the fixed cost, on their time beyond it; none yet: the default. (A rate taken on whole
+    walls of the tiny recipes a loop trains first, mostly fixed cost, put a VGG at 30x its time,
+    and left it out of every budget.)"""
+    if not done:
+        return RUN_OVERHEAD_S, DEFAULT_MACS_PER_S
+    small = min(done, key=lambda i: done[i][1])
+    fixed = max(0.0, done[small][0] - done[small][1] / DEFAULT_MACS_PER_S)
+    big = [(w - fixed, work) for w, work in done.values() if work / DEFAULT_MACS_PER_S >= fixed and w > fixed]
+    rate = sum(work for _, work in big) / sum(t for t, _ in big) if big else DEFAULT_MACS_PER_S
+    return fixed, rate
 
 
 def round_time(runs: list[str], cost: dict[str, float], workers: int, widths: dict[str, int] | None = None, cores: int = 0) -> float:

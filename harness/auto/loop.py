@@ -73,11 +73,12 @@ def _verdict_text(p) -> str:
 
 
 def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, execute: Execute,
-             echo=print, clock=time.monotonic, sleep=time.sleep) -> AutoResult:
+             echo=print, clock=time.monotonic, sleep=time.sleep, start: float | None = None) -> AutoResult:
     """Rounds until answered, out of budget, at the cap, or a round that finished nothing and
-    cannot wait for another process (AutoResult.reason, .detail)."""
+    cannot wait for another process (AutoResult.reason, .detail). `start`: when the command began
+    on `clock` (the budget counts from there), else now."""
     auto.check(len(experiments))
-    start = clock()
+    start = clock() if start is None else start
     by_id = {e.id: e for e in experiments}
     seeds = range(opts.seed, opts.seed + auto.max_repeats)
     hashes = with_aliases(tracker, experiments, data, opts, {e.id: seed_hashes(e, data, opts, seeds) for e in experiments})
@@ -225,9 +226,20 @@ def stop_line(r: AutoResult, auto: AutoOptions) -> str:
            HELD: f"another process holds the open recipes' next seeds ({r.detail})",
            FAILED: f"{r.detail}; its pairs stay undecided"}[r.reason]
     verdicts = sum(p.verdict != "undecided" for p in d.pairs)
-    return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}: {why}. Top group: {', '.join(d.top)}; "
+    return (f"stopped after {r.rounds} round(s), {fmt_duration(r.elapsed_s)}{budget_end(r.elapsed_s, auto.budget_s)}: {why}. "
+            f"Top group: {', '.join(d.top)}; "
             f"{verdicts} of {len(d.pairs)} pair(s) decided at alpha {auto.alpha} (anytime-valid, over {d.m} pairs)"
             + (f"; still open: {', '.join(d.open_rows)}" if d.open_rows else ""))
+
+
+def budget_end(elapsed_s: float, budget_s: float | None) -> str:
+    """How the command's wall time ended against --budget: " (1m05s under the 15m00s budget)",
+    or over it (a run that took longer than the cost model said; the runs that would not fit by
+    the model were not started)."""
+    if budget_s is None:
+        return ""
+    d = budget_s - elapsed_s
+    return f" ({fmt_duration(abs(d))} {'under' if d >= 0 else 'over'} the {fmt_duration(budget_s)} budget)"
 
 
 def seeds_per_recipe(r: AutoResult) -> dict[str, tuple[int, float]]:

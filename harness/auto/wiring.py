@@ -3,6 +3,7 @@ executor (one process, or `--jobs N` worker processes) or to Ray, and the comman
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from ..data.cifar_files import Cifar10
@@ -65,12 +66,15 @@ def pool_shape(experiments: list[Experiment], opts: RunOptions) -> tuple[dict[st
 
 
 def run_auto_command(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, jobs: int,
-                     ray_opts, echo=print) -> list[Outcome]:
-    """The loop on the chosen executor; prints the seeds and time each recipe used."""
+                     ray_opts, echo=print, started: float | None = None) -> list[Outcome]:
+    """The loop on the chosen executor; prints the seeds and time each recipe used. `started`:
+    when the command began (time.monotonic; the budget counts from there), else now."""
+    started = time.monotonic() if started is None else started
     opts = replace(opts, loop_tags=loop_tags(auto.alpha, auto.margin))  # each run says a loop chose its seeds
     execute, workers = executor_for(experiments, data, tracker, opts, jobs, ray_opts, echo)
     widths, cores = pool_shape(experiments, opts) if ray_opts is None and jobs > 1 else (None, 0)
-    result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers, widths=widths, cores=cores), execute, echo=echo)
+    result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers, widths=widths, cores=cores), execute, echo=echo,
+                      start=started)
     echo("seeds and time per recipe: " + "; ".join(f"{i} {n} seed(s), {fmt_duration(t)}" for i, (n, t) in seeds_per_recipe(result).items()))
     for p in result.decisions.pairs:
         if p.verdict != "undecided" or (p.a in result.decisions.top and p.b in result.decisions.top):

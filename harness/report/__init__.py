@@ -7,6 +7,7 @@
 - stats.py: is a difference between rows real?
 - sequential.py: anytime-valid verdicts (e-values, confidence sequences) that hold however the seeds were chosen.
 - decided.py: the "decided" section: every pair by the anytime-valid test, and FILE-decisions.csv.
+- looked.py: were seed counts chosen by looking (a loop, or seeds added by a later command)? Then no fixed-n verdicts.
 - budget.py: which recipe for a time budget.
 - charts.py: the report's figures as inline PNGs.
 - build.py: the HTML page and its CSV.

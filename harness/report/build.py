@@ -18,7 +18,8 @@ from ..tracking.report_runs import log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
-from .decided import decided_section, decisions_frame, mark_looked
+from .decided import decided_section, decisions_frame
+from .looked import mark_looked
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
@@ -78,7 +79,7 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     ctx = _gather(tracker, rows, compared, warn)
     ctx.update(_compare(rows, compared, ctx))
     ctx["decided"] = decided_section(compared, alpha, margin)  # anytime-valid verdicts, at the loop's alpha/margin (decided.py)
-    mark_looked(ctx, compared)  # seeds chosen by a loop: the fixed-n tests' verdicts and advice say so (decided.py)
+    mark_looked(ctx, compared)  # more seeds: `--repeats auto`; seeds chosen by looking: no fixed-n verdicts (looked.py)
     table = _summary(rows, compared, ctx, lambda rid: ui_link(ui_url, tracker.experiment_id, rid))
     ctx.update(table=table, data_sets=sets, chosen_data=chosen, left_out=left_out, contents=store_contents(rows),
                superseded=_superseded(rows, lambda rid: ui_link(ui_url, tracker.experiment_id, rid)),

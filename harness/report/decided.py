@@ -9,64 +9,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..tracking import TAG
-from .keys import settle_flags
+from .looked import LOOKED, auto_command, loop_record, looked_record, mark_looked  # noqa: F401 (re-exported: the report's callers)
 from .rows import Row
 from .sequential import ALPHA, MARGIN, MIN_SEEDS, decide, se_floor
 
 # m: the family's size (pairs corrected over); threshold: the e-value a pair needs, m / alpha
 DECISION_COLS = ["row_a", "row_b", "verdict", "n_a", "n_b", "n_paired", "e_value", "diff", "diff_lo", "diff_hi", "seeds_needed", "m", "threshold"]
-LOOKED = "fixed-n test, not valid for seeds chosen by looking: see Decided"
-
-
-def loop_record(compared: list[Row]) -> dict:
-    """What `--repeats auto` recorded on the compared rows' runs (auto/state.py): whether a loop
-    chose any of their seeds (tag harness.repeats=auto), and the alpha, margin and stop reason of
-    the latest loop, so the report decides as the loop did."""
-    runs = pd.concat([r.runs for r in compared], ignore_index=True) if compared else pd.DataFrame()
-    col = lambda k: f"tags.{TAG}{k}"  # noqa: E731
-    if runs.empty or col("repeats") not in runs or not (runs[col("repeats")] == "auto").any():
-        return {"looked": False}
-    out = {"looked": True}
-    rec = runs[runs[col("auto_alpha")].notna()] if col("auto_alpha") in runs else runs.iloc[:0]
-    if not rec.empty:
-        last = rec.sort_values("start_time").iloc[-1]
-        out.update(alpha=float(last[col("auto_alpha")]), margin=float(last[col("auto_margin")]))
-        stop = last.get(col("auto_stop"))
-        out["stop"] = stop if isinstance(stop, str) else None
-    return out
-
-
-def mark_looked(ctx: dict, compared: list[Row]) -> None:
-    """On a store whose seeds a loop chose, the fixed-n Welch tests (stats.py) are not valid: their
-    p-values are hidden, their "real"/"within noise" labels say so, the advice to train a fixed
-    number of seeds points at `--repeats auto` instead, and "best" rests on the decided section."""
-    if not ctx["decided"].get("looked"):
-        return
-    by_key = {r.key: r for r in compared}
-    for t in ctx.get("tests", []) + ctx.get("neighbours", []):
-        if t.get("seeds_measured"):
-            t.update(p_seeds=None, p_holm=None, verdict=LOOKED)
-        if t.get("settle"):
-            t["settle"] = auto_command([by_key[k] for k in (t["best"], t["other"]) if k in by_key])
-    basis = ctx.get("basis") or {}
-    if basis.get("measured") or basis.get("settle"):
-        basis.update(beyond=False, text="seed counts chosen by `--repeats auto`: the fixed-n tests do not hold, see Decided for the verdicts",
-                     settle=auto_command(compared) if basis.get("settle") else "")
-
-
-def auto_command(rows: list[Row]) -> str:
-    """The `--repeats auto` command(s) that continue deciding between `rows`, one per set of run
-    options (rows trained with different options are different configurations)."""
-    groups: dict[str, list[str]] = {}
-    for r in rows:
-        flags = settle_flags(r.ckey, int(r.stats["cap"]) if r.stats.get("cap") else None) if r.ckey else ""
-        if r.stats.get("settle_data_dir"):
-            flags = f"{flags} --data-dir {r.stats['settle_data_dir']}".strip()
-        ids = groups.setdefault(flags, [])
-        if r.experiment_id not in ids:
-            ids.append(r.experiment_id)
-    return "; ".join(" ".join(x for x in ("harness run", *ids, "--repeats auto", flags) if x) for flags, ids in groups.items())
 
 
 def _finite(v: float) -> float | None:
@@ -77,13 +25,14 @@ def decided_section(compared: list[Row], alpha: float | None = None, margin: flo
     """The top group, each pair's verdict (a_better, b_better, tied, undecided) with its e-value,
     anytime-valid interval of a - b and seeds a side, whether the question is answered, and the
     seeds and train time each row used. Rows ordered by mean, so a pair reads higher row first.
-    `alpha`, `margin`: given (`harness report --alpha/--margin`), else the latest loop's, else the defaults."""
-    rec = loop_record(compared)
+    `alpha`, `margin`: given (`harness report --alpha/--margin`), else the latest loop's, else the defaults.
+    `looked` (with `by_loop`, `later`): whether seed counts were chosen by looking (looked.py)."""
+    rec = looked_record(compared)
     given = alpha is not None or margin is not None
     alpha = alpha if alpha is not None else rec.get("alpha", ALPHA)
     margin = margin if margin is not None else rec.get("margin", MARGIN)
     section = _section(compared, alpha, margin)
-    section.update(looked=rec["looked"], loop_stop=rec.get("stop"),
+    section.update(looked=rec["looked"], by_loop=rec["by_loop"], later=rec["later"], loop_stop=rec.get("stop"),
                    level_from="given" if given else "the loop's" if "alpha" in rec else "default")
     return section
 

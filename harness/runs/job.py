@@ -31,6 +31,9 @@ class RunOptions:
     # --repeats auto: (name, value) tags each run it trains records (harness.repeats=auto, its
     # alpha and margin), so the report knows these seeds were chosen by looking; no part of the hash
     loop_tags: tuple[tuple[str, str], ...] = ()
+    # the command that trained the run (new_invocation(), set by the CLI; "" records none): a row
+    # whose seeds came from more than one command may have had their number chosen by looking
+    invocation: str = ""
 
     def overrides(self) -> dict:
         """The overrides as given on the command line (the config hash of runs made before
@@ -43,6 +46,14 @@ class RunOptions:
         if self.precision != "fp32":
             o["precision"] = self.precision
         return o
+
+
+def new_invocation() -> str:
+    """An id for one command: its UTC start and 8 random hex digits (sorts by time, never repeats)."""
+    import datetime as dt
+    import uuid
+
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def effective_overrides(opts: RunOptions, recipe_epochs: int, train_images: int) -> dict:

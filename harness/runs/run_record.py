@@ -17,6 +17,7 @@ from .job import Job
 
 
 EXECUTION = f"{TAG}execution"  # how the run was trained: "one-by-one", or "stacked" with other seeds
+INVOCATION = f"{TAG}invocation"  # the command that trained the run (RunOptions.invocation)
 
 
 def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tuple[dict, dict, dict]:
@@ -43,6 +44,8 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
     tags.update({f"{TAG}{k}": v for k, v in opts.loop_tags})  # trained by --repeats auto (auto/loop.py)
+    if opts.invocation:  # which command trained it (report/looked.py: seeds added by a later command)
+        tags[INVOCATION] = opts.invocation
     if exp.user_spec:  # a recipe of the user's own, beside the documented ones
         tags.update({f"{TAG}user_recipe": "true", f"{TAG}spec_path": exp.user_spec})
     if exp.code is not None:

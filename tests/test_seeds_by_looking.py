@@ -1,0 +1,127 @@
+"""Seeds chosen by looking without a loop: a person reads the report, adds seeds where it says
+"untested" and reads it again. Each run records the command that trained it (harness.invocation);
+a row whose counted seeds came from more than one command gets the anytime-valid verdicts (the
+Decided section), never a fixed-n Welch p-value (report/looked.py). Stores of runs that predate
+the tag read as before; the advice to add seeds is `--repeats auto`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+
+from harness.report.looked import LOOKED
+from harness.runs.job import RunOptions, new_invocation
+
+REPO = Path(__file__).resolve().parents[1]
+SPREAD = (0.3, -0.2, 0.1, -0.4)
+
+
+def _store(tmp_path, monkeypatch, commands: dict[str, list[str | None]]) -> str:
+    """Two recipes 10 points apart, a run per entry of commands[recipe] (seed i trained by the
+    command commands[recipe][i]; None: a run recorded before harness.invocation existed)."""
+    from harness.recipes.catalogue import load_catalogue
+    from harness.tracking import Tracker
+
+    from .test_report_mixtures import write_run
+
+    monkeypatch.chdir(REPO)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker(store, "cifar10-harness")
+    cat = load_catalogue()
+    for exp_id, mean in (("tutorial-base", 50.0), ("fastai-simplenet", 60.0)):
+        for s, cmd in enumerate(commands[exp_id]):
+            write_run(t, exp_id, s, mean + SPREAD[s], [40.0] * cat[exp_id].train.epochs, 1.0,
+                      tags_extra={"harness.invocation": cmd} if cmd else None)
+    return store
+
+
+def _report(store, tmp_path):
+    from harness.report import build_report
+
+    out = build_report(store, "cifar10-harness", str(tmp_path / "r.html"), str(tmp_path / "r.csv"), "http://x")
+    return out.read_text(), pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False)
+
+
+def test_seeds_added_by_a_later_command_get_the_anytime_valid_verdicts_not_welch(tmp_path, monkeypatch):
+    """tutorial-base: seed 0 by one command, seeds 1-3 by another (a person read the first result
+    and added seeds): the fixed-n p-values are hidden, the verdict says why, Decided says which
+    row and that its verdicts are the ones that hold."""
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4})
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""] and tests["p_holm"].tolist() == [""]
+    looked = html[html.index('id="decided-looked"'):]
+    looked = looked[: looked.index("</p>")]
+    assert "Seeds were added by a later command to <b>tutorial-base</b> (2 commands)" in looked and "fastai-simplenet" not in looked
+    assert "--repeats auto</code> chose" not in looked  # no loop ran here: the reason given is the later command
+    basis = html[html.index('id="basis"'):][:1500]
+    assert "seeds added by a later command (tutorial-base: 2 commands)" in basis and "see Decided" in basis
+    assert html.index('id="decided"') < html.index("Is the difference real?")  # the verdicts that hold come first
+
+
+def test_seeds_of_one_command_keep_their_fixed_n_verdicts(tmp_path, monkeypatch):
+    html, tests = _report(_store(tmp_path, monkeypatch, {"tutorial-base": ["c1"] * 4, "fastai-simplenet": ["c1"] * 4}), tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05 and 'id="decided-looked"' not in html
+
+
+def test_a_store_older_than_the_tag_reads_as_before_and_new_seeds_beside_it_count_as_a_second_command(tmp_path, monkeypatch):
+    html, tests = _report(_store(tmp_path, monkeypatch, {"tutorial-base": [None] * 4, "fastai-simplenet": [None] * 4}), tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and 'id="decided-looked"' not in html
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    html, tests = _report(_store(mixed, monkeypatch, {"tutorial-base": [None, "c2", "c2", "c2"], "fastai-simplenet": [None] * 4}), mixed)
+    assert tests["verdict"].tolist() == [LOOKED] and "<b>tutorial-base</b> (2 commands)" in html
+
+
+def test_the_advice_for_untested_rows_is_repeats_auto(tmp_path, monkeypatch):
+    """One seed a recipe: the verdict compares two runs, and the command that settles it adds
+    seeds after this report was read, so it is `--repeats auto`, not a fixed `--repeats 3`."""
+    html, tests = _report(_store(tmp_path, monkeypatch, {"tutorial-base": ["c1"], "fastai-simplenet": ["c1"]}), tmp_path)
+    assert tests["verdict"].str.endswith("recipes untested").all()
+    assert tests["settle"].tolist() == ["harness run fastai-simplenet tutorial-base --repeats auto"]
+    basis = html[html.index('id="basis"'):][:3000]
+    assert "To settle it: <code>harness run fastai-simplenet tutorial-base --repeats auto</code>" in basis
+    assert "--repeats 3" not in re.sub(r"<code>--repeats 3</code> only for a recipe alone", "", basis)
+
+
+def test_each_run_records_the_command_that_trained_it():
+    """The CLI gives each command an id (RunOptions.invocation); every run it trains records it."""
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import Job
+    from harness.runs.run_record import run_record
+
+    a, b = new_invocation(), new_invocation()
+    assert a != b and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", a)
+    exp = load_catalogue()["tutorial-base"]
+    data = SimpleNamespace(fingerprint="f" * 16, root=Path("/d"), train_x=range(10), test_x=range(10))
+    prep = SimpleNamespace(n_train=10, val_is_test=True, val_x=[], test_x=range(10))
+    for opts, want in ((RunOptions(invocation=a), a), (RunOptions(), None)):
+        job = Job(exp, data, None, opts, 3, torch.device("cpu"), "h", "tutorial-base-s3", exp.train.epochs, overrides={}, train_images=10)
+        tags, _, _ = run_record(job, prep, 1)
+        assert tags.get("harness.invocation") == want
+
+
+def test_the_advice_trains_rows_of_one_command_in_one_loop():
+    """`--epochs 2` caps a 10-epoch recipe but not a 2-epoch one: rows trained by one capped
+    command are continued by one `--repeats auto` command, with the caps; a row of another
+    precision needs a command of its own (one recipe: `--repeats 3`, or nothing at 3 seeds)."""
+    import pandas as pd
+
+    from harness.report.keys import Key
+    from harness.report.looked import auto_command
+    from harness.report.rows import Row
+
+    def row(eid, epochs, recipe_epochs, precision="fp32", n=1):
+        key = Key(eid, "d" * 16, epochs, recipe_epochs, 400, True, precision, "s")
+        return Row(eid, key.capped, pd.DataFrame(), [], stats={"n": n, "cap": 400}, ckey=key)
+
+    long, short = row("fastai-simplenet", 2, 10), row("tutorial-base", 2, 2)
+    assert auto_command([long, short]) == "harness run fastai-simplenet tutorial-base --repeats auto --epochs 2 --max-train-images 400"
+    assert auto_command([short, long]) == "harness run tutorial-base fastai-simplenet --repeats auto --epochs 2 --max-train-images 400"
+    bf16 = row("tutorial-c16", 2, 2, "bf16")
+    assert auto_command([long, short, bf16]).endswith("; harness run tutorial-c16 --repeats 3 --max-train-images 400 --precision bf16")
+    assert auto_command([long, row("tutorial-c16", 2, 2, "bf16", n=3)]) == "harness run fastai-simplenet --repeats 3 --epochs 2 --max-train-images 400"
+    assert auto_command([long, row("skl-cnn", 5, 10)]).count("harness run") == 2  # --epochs 2 and --epochs 5: two configurations
