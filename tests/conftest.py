@@ -97,9 +97,16 @@ def pytest_xdist_auto_num_workers(config):
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# session fixtures whose tests share one worker (the group's name); a test using a module-scoped
-# fixture runs on the worker of its module's other tests (that fixture is then built once)
-SHARED = {"server": "tracking-server", "admin": "tracking-server"}
+# fixtures whose tests share one worker (the group's name), the first that a test uses deciding:
+# the Ray cluster's tests (module-scoped cluster, ~10 minutes of the suite) are a group of their
+# own, with a tracking server of their own on their worker, so that they and the other server
+# tests (outages, tracking server: ~5 minutes) run beside each other, not one after the other.
+# A test using another module-scoped fixture runs on the worker of its module's other tests
+# (that fixture is then built once).
+SHARED = {"cluster": "ray-cluster", "server": "tracking-server", "admin": "tracking-server"}
+# the longest groups, given to the workers first (xdist otherwise hands out groups by their number
+# of tests, and a long group handed out late is the suite's tail)
+LONGEST_FIRST = ("ray-cluster", "tracking-server")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which names each test's group from the mark, and -m's selection
@@ -109,13 +116,29 @@ def pytest_collection_modifyitems(config, items):
         names = set(getattr(item, "fixturenames", ()))
         if "server" in names:  # starting PostgreSQL and the server alone takes longer than the quick tier's share
             item.add_marker(pytest.mark.slow)
-        group = next((SHARED[n] for n in sorted(names) if n in SHARED), None)
+        group = next((g for n, g in SHARED.items() if n in names), None)
         if group is None and info is not None:
             scoped = [d[-1] for n, d in info.name2fixturedefs.items() if n in names and d and d[-1].scope in ("module", "class", "package")]
             if scoped:
                 group = item.module.__name__ if item.module else item.nodeid.split("::")[0]
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup, with the groups of LONGEST_FIRST handed out before any other work."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class LongestFirst(LoadGroupScheduling):
+        def _assign_work_unit(self, node):
+            for name in reversed(LONGEST_FIRST):
+                if name in self.workqueue:
+                    self.workqueue.move_to_end(name, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")

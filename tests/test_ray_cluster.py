@@ -27,7 +27,10 @@ import pytest
 
 from tests.servers import CAP, REPO, free_port, harness, server_env
 
-SUITE = ["fastai-simplenet", "tutorial-base", "fastai-convnet", "skl-cnn"]
+SUITE = ["fastai-simplenet", "tutorial-base", "fastai-convnet", "skl-cnn"]  # measure_scale_out's capped suite
+# the test's: 2 recipes x 2 seeds, 4 runs for 2 one-CPU nodes, two of them queued while the first two train:
+# spreading, queueing and each-run-once as with the suite's 8, at half the training
+SPREAD = ["fastai-simplenet", "tutorial-base"]
 
 
 def loopback_only() -> bool:
@@ -123,16 +126,16 @@ def only(ids):
 
 def test_a_capped_suite_spreads_over_both_nodes_and_trains_each_run_once(server, cluster, admin, synthetic_root, tmp_path):
     t0 = time.time()
-    p = run_all(server, cluster, "ray-suite", *only(SUITE), "--repeats", "2", "--data-dir", synthetic_root, *CAP)
+    p = run_all(server, cluster, "ray-suite", *only(SPREAD), "--repeats", "2", "--data-dir", synthetic_root, *CAP)
     out, err = p.communicate(timeout=900)
     wall = time.time() - t0
     assert p.returncode == 0, out + err
     runs = runs_of(admin, "ray-suite")
     keys = sorted((r.data.tags["harness.experiment_id"], r.data.tags["harness.seed"]) for r in runs)
-    assert keys == sorted((e, str(s)) for e in SUITE for s in (0, 1)), keys  # each once
+    assert keys == sorted((e, str(s)) for e in SPREAD for s in (0, 1)), keys  # each once
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["harness.node"].split("/")[-1] for r in runs} == set(cluster["nodes"].values())  # both nodes trained
-    assert out.count(": finished, test accuracy") == 8 and "experiment" in out  # a line per run, then the table
+    assert out.count(": finished, test accuracy") == len(keys) and "experiment" in out  # a line per run, then the table
     for r in runs:
         arts = {a.path for a in admin.list_artifacts(r.info.run_id)}
         assert {"config.json", "test_predictions.csv", "confusion_matrix.png"} <= arts and "harness-state" not in arts
