@@ -81,36 +81,15 @@ def require_a_cluster_here() -> None:
 
 
 @pytest.fixture(scope="module")
-def server():
-    """This module's own tracking server (tests/servers.py), set up as the README's cluster section
-    advises: `auth_cache_ttl_seconds = 60`. With MLflow's default (0, the other server tests'),
-    every request re-hashes the password (scrypt, 90 ms of CPU here), and a cluster's runs, two
-    drivers and this test's polling keep the one-worker server busy hashing rather than serving:
-    the capped suite's server spent 5x the CPU its Ray workers did. A wrong password is never
-    cached: it is refused as before. (A module fixture of its own, so that the suite's session
-    server, with the default, serves the outage and tracking-server tests on another worker.)"""
+def server(cached_server):
+    """The tracking server with the README's auth cache (conftest.cached_server)."""
     require_a_cluster_here()
-    from tests.servers import tracking_server
-
-    with tracking_server(auth_cache_ttl_s=60) as s:
-        yield s
+    return cached_server
 
 
 @pytest.fixture(scope="module")
-def admin(server):
-    """As conftest's admin, for this module's server; the credentials it sets are put back after."""
-    from mlflow.tracking import MlflowClient
-
-    from tests.servers import ADMIN, PASSWORD
-
-    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    before = {n: os.environ.get(n) for n in names}
-    os.environ.update(zip(names, (ADMIN, PASSWORD)))
-    try:
-        yield MlflowClient(server["url"])
-    finally:
-        for n, v in before.items():
-            os.environ.pop(n, None) if v is None else os.environ.__setitem__(n, v)
+def admin(cached_admin):
+    return cached_admin
 
 
 @pytest.fixture(scope="module")
