@@ -217,6 +217,7 @@ def code_env(experiments: list[Experiment]) -> dict:
 
 
 CANCEL_WAIT_S = 30.0  # for tasks to end their runs themselves after a Ctrl-C, before they are killed
+COLLECT_S = 1.0  # for the replies of tasks that already ended to be taken in before the others are cancelled
 
 
 def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcomes: list, echo) -> str:
@@ -226,9 +227,13 @@ def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcom
     KILLED (a run that finished but was not yet collected stays FINISHED); a new run that no task
     started is deleted. What it left, in a line."""
     refs = list(pending)
-    for ref in refs:
+    # tasks that ended while the driver was busy (or stopped) are collected, not cancelled: a cancel
+    # that crosses a task's arriving reply can abort Ray's driver (2.60: task_manager.cc, "Check failed:
+    # it != submissible_tasks_.end()", seen in test_ray_cluster's stop test)
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=COLLECT_S) if refs else ([], [])
+    for ref in running:
         ray.cancel(ref, force=False)
-    _, late = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
+    _, late = ray.wait(running, num_returns=len(running), timeout=CANCEL_WAIT_S) if running else ([], [])
     for ref in late:
         ray.cancel(ref, force=True)
     if late:
