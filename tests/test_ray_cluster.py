@@ -325,9 +325,12 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, 
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     again = admin.get_run(victim.info.run_id)  # the same MLflow run, finished on the head node
     assert again.data.tags["harness.node"].endswith(head)
-    assert sorted(m.step for m in admin.get_metric_history(victim.info.run_id, "epoch_time_s")) == [0, 1, 2, 3]  # each epoch once
-    assert resumed_after is not None
-    print(f"\nworker node killed; its run resumed on the head node {resumed_after:.1f} s later")
+    history = admin.get_metric_history(victim.info.run_id, "epoch_time_s")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # each epoch once
+    # when the head took it over: seen while polling, else (a resume quicker than the polls) its first epoch logged after the kill
+    later = [m.timestamp / 1e3 - t_kill for m in history if m.timestamp / 1e3 > t_kill]
+    took = resumed_after if resumed_after is not None else min(later, default=None)
+    print(f"\nworker node killed; its run resumed on the head node" + (f", its next epoch logged {took:.1f} s later" if took is not None else ""))
 
 
 def test_a_cluster_that_loses_every_node_able_to_take_the_runs_is_said_then_stopped_resumable():
