@@ -257,3 +257,41 @@ def test_a_retried_ray_task_takes_the_run_from_its_first_attempt(tracker):
     tracker.set_tags(c.run_id, {lifecycle.OWNER: other})
     assert take_attempt(tracker, c.run_id, driver.owner) == (None, other)  # another claimer's run is not taken
 
+
+
+def test_a_retried_ray_task_never_reopens_the_run_its_first_attempt_finished(tracker, synthetic_root, monkeypatch):
+    """The first attempt finished the run (and removed its checkpoint), then its node was lost
+    before Ray had the reply: the retry reopened the FINISHED run, found no checkpoint and left it
+    KILLED "resumable", and the next command retrained it from epoch 1. Now the retry sees it
+    finished and trains nothing; the run stays FINISHED, each epoch once."""
+    from harness.data.cifar_files import load_cifar10
+    from harness.executors import ray as ray_executor
+    from harness.executors.local import make_job, run_one
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.claims import take_attempt
+    from harness.runs.job import RunOptions
+    from harness.runs.liveness import attempt_owner, new_owner
+    from harness.runs.one_run import train_run
+
+    exp, data = load_catalogue()["tutorial-base"], load_cifar10(synthetic_root / "cifar-10-batches-py")
+    opts = RunOptions(epochs=2, max_train_images=60, progress=False, system_metrics=False)
+    driver = new_owner()
+    first = run_one(exp, data, tracker, opts, 0, echo=lambda *a: None, claimer=Claimer(tracker, ClaimPolicy(settle_s=0), owner=driver))
+    assert first.status == "finished"
+    tracker.set_tags(first.run_id, {lifecycle.OWNER: attempt_owner(driver)})  # as the first attempt left it
+    # the retry, as run_task trains: its own attempt owner, then a resumed train_run
+    owner, _ = take_attempt(tracker, first.run_id, driver)
+    again = train_run(make_job(exp, data, tracker, opts, 0, echo=lambda *a: None), first.run_id, resumed=True, recorded=True, beat_s=10, owner=owner)
+    assert again.status == "skipped" and "finished already" in again.reason
+    # and run_task itself answers before taking the run (its node's name, without a cluster)
+    monkeypatch.setattr(ray_executor, "_node_name", lambda: "here")
+    spec = ray_executor.TaskSpec(exp, opts, 0, first.run_id, tracker.uri, tracker.experiment_name, str(synthetic_root / "cifar-10-batches-py"),
+                                 data.fingerprint, {}, 10.0, driver)
+    told = ray_executor.run_task(spec)
+    assert told.status == "skipped" and "earlier attempt" in told.reason
+    rec = tracker.run_record(first.run_id)
+    assert rec.status == "FINISHED" and rec.tags[lifecycle.OWNER] == owner
+    steps = sorted(s for s in tracker.logged_steps(first.run_id, "epoch_time_s"))
+    assert steps == [0, 1]
+    rerun = run_one(exp, data, tracker, opts, 0, echo=lambda *a: None, claimer=Claimer(tracker, ClaimPolicy(settle_s=0)))
+    assert rerun.status == "skipped" and rerun.run_id == first.run_id  # the same command: done, nothing trained again

@@ -104,6 +104,8 @@ def run_task(spec: TaskSpec) -> Outcome:
     if data.fingerprint != spec.fingerprint:
         return Outcome(spec.exp.id, spec.seed, "failed", spec.run_id, reason=f"the data in {spec.data_root} on {node} differ from the driver's")
     job = make_job(spec.exp, data, tracker, spec.opts, spec.seed, echo=_to_driver(spec.lines))
+    if tracker.run_record(spec.run_id).status == "FINISHED":  # an earlier attempt finished it, its reply lost with its node
+        return Outcome(spec.exp.id, spec.seed, "skipped", spec.run_id, reason="finished by an earlier attempt of this task")
     # this attempt's own owner: a retry while an earlier attempt still lives takes the run from it
     owner, found = take_attempt(tracker, spec.run_id, spec.owner)
     if owner is None:

@@ -142,6 +142,8 @@ def start_training(tracker: Tracker, run_id: str, owner: str | None, resumed: bo
     with the state, such as where its checkpoint lives)."""
     check_owner(tracker, run_id, owner)
     if resumed:
+        if tracker.run_record(run_id).status == "FINISHED":  # never reopened: a Ray retry whose first attempt finished it
+            raise TakenOver(f"run {run_id} is finished already (an earlier attempt ended it): nothing to train")
         tracker.reopen(run_id)
     tracker.set_tags(run_id, {**(tags or {}), STATE: TRAINING})
 
