@@ -200,18 +200,20 @@ def test_a_difference_is_real_only_with_seeds_measured(default):
     # one seed: McNemar says the two runs differ (b = 50, c = 0), and the verdict says that is all
     med = tests.loc["medium-three-conv"]
     assert med["verdict"] == "two runs differ; recipes untested" and int(med["b"]) == 50 and int(med["c"]) == 0
-    # the command that settles it adds seeds after this report was read: `--repeats auto` (report/looked.py)
-    assert med["p_seeds"] == "" and med["settle"] == "harness run fastai-simplenet medium-three-conv --repeats auto --data-dir /data/aaaa"
-    bf = tests.loc["tutorial-base · bf16"]
-    assert bf["verdict"] == "two runs differ; recipes untested"
+    # the command that settles it adds seeds after this report was read: `--repeats auto` (report/looked.py), one loop
+    # over every compared row (a loop over the pair alone would decide at its own level, not the family's);
     # alone in its run options (a loop compares two in one command): the fewest seeds the test uses, the short side only
-    assert bf["settle"] == "harness run tutorial-base --repeats 3 --precision bf16 --data-dir /data/aaaa"
+    every = ("harness run fastai-simplenet medium-three-conv tutorial-base --repeats auto --data-dir /data/aaaa; "
+             "harness run tutorial-base --repeats 3 --precision bf16 --data-dir /data/aaaa")
+    assert med["p_seeds"] == "" and med["settle"] == every
+    bf = tests.loc["tutorial-base · bf16"]
+    assert bf["verdict"] == "two runs differ; recipes untested" and bf["settle"] == every
     csv = default["csv"]
     assert csv.loc["tutorial-base", "verdict"] == "real" and csv.loc["medium-three-conv", "verdict"] == "two runs differ; recipes untested"
     # the best is the best run, not a ranking of recipes, while a compared row has one seed
     assert csv.loc["fastai-simplenet", "verdict"] == "best run (seeds untested)"
     sig = table(default["html"], "significance")
-    assert sig.count('<span class="tag real">real</span>') == 1 and "fastai-simplenet medium-three-conv --repeats auto" in sig
+    assert sig.count('<span class="tag real">real</span>') == 1 and "fastai-simplenet medium-three-conv tutorial-base --repeats auto" in sig
     basis = default["html"][default["html"].index('id="basis"'):]
     assert "not a ranking of recipes" in basis[:1500] and "--repeats auto" in basis[:1500]
 
