@@ -62,6 +62,22 @@ def test_seeds_added_by_a_later_command_get_the_anytime_valid_verdicts_not_welch
     assert html.index('id="decided"') < html.index("Is the difference real?")  # the verdicts that hold come first
 
 
+def test_seeds_retrained_with_force_by_a_later_command_count_as_looking(tmp_path, monkeypatch):
+    """`run A B --repeats 4`, read the report, then `--force` the same seeds: the counted runs all
+    come from the second command, the ones they replaced from the first. Re-drawing seeds after
+    reading a result is choosing by looking: the fixed-n p-values are hidden."""
+    from harness.tracking import Tracker
+
+    from .test_report_mixtures import write_run
+
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1"] * 4, "fastai-simplenet": ["c1"] * 4})
+    t = Tracker(store, "cifar10-harness")
+    for s in range(4):  # the --force rerun of tutorial-base's seeds, by a second command
+        write_run(t, "tutorial-base", s, 50.5 + SPREAD[s], [40.0] * 2, 1.0, tags_extra={"harness.invocation": "c2"})
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and "<b>tutorial-base</b> (2 commands)" in html
+
+
 def test_seeds_of_one_command_keep_their_fixed_n_verdicts(tmp_path, monkeypatch):
     html, tests = _report(_store(tmp_path, monkeypatch, {"tutorial-base": ["c1"] * 4, "fastai-simplenet": ["c1"] * 4}), tmp_path)
     assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05 and 'id="decided-looked"' not in html

@@ -3,8 +3,8 @@ stats.py) holds only for a number of seeds fixed before any result was read. Two
 otherwise, both read from the runs themselves:
 
 - a loop chose them: a run tagged harness.repeats=auto (`--repeats auto`, auto/state.py);
-- a person may have: a row whose counted runs were trained by more than one command (tag
-  harness.invocation, one id per command). The second command started after the first's results
+- a person may have: a row whose runs (counted, or replaced by a later run of their seed, as
+  `--force` does) were trained by more than one command (tag harness.invocation, one id per command). The second command started after the first's results
   could be read: adding seeds where a report said "untested" and reading it again is choosing n
   by looking (about 15% false positives at a nominal 5% for looks from 3 to 10 seeds). A stopped
   command run again, or two drivers sharing the work, look the same; the report takes the safe
@@ -51,10 +51,13 @@ def loop_record(compared: list[Row]) -> dict:
 
 
 def commands(row: Row) -> int:
-    """How many commands trained the row's counted runs (those that predate the tag: one)."""
-    if row.runs.empty:
+    """How many commands trained the row's runs (those that predate the tag: one), the runs a
+    later run of the same seed replaced included: `--force` after reading a report re-draws the
+    seeds it retrains (or trains more of them) just as a second command adding seeds does."""
+    runs = pd.concat([row.runs, row.superseded], ignore_index=True) if not row.superseded.empty else row.runs
+    if runs.empty:
         return 0
-    ids = row.runs[INVOCATION] if INVOCATION in row.runs else pd.Series([None] * len(row.runs))
+    ids = runs[INVOCATION] if INVOCATION in runs else pd.Series([None] * len(runs))
     return len({v if isinstance(v, str) and v else BEFORE for v in ids})
 
 
