@@ -73,9 +73,9 @@ def test_mlflow_only_in_tracking(path):
             assert part_of(module) == "tracking", f"{module} imports {target}"
 
 
-def test_only_the_cli_and_shared_leaves_are_flat():
+def test_only_the_shared_leaves_are_flat():
     flat = {p.stem for p in PKG.glob("*.py")}
-    assert flat == {"__init__", "cli", "errors", "plots"}
+    assert flat == {"__init__", "errors", "plots"}
     for folder in (p for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
         for module in folder.glob("*.py"):

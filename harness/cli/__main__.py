@@ -1,0 +1,6 @@
+"""`python -m harness.cli`."""
+
+from . import main
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
