@@ -13,7 +13,7 @@ from ..errors import HarnessError
 MAX_SEED = 2**31 - 1  # seeds feed torch, NumPy (< 2**32) and per-epoch generators (seed * 1_000_003 + epoch)
 
 
-def _fail(msg: str, code: int = 1):
+def fail(msg: str, code: int = 1):
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
 
@@ -26,7 +26,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except HarnessError as e:
-            _fail(str(e), getattr(e, "exit_code", 1))
+            fail(str(e), getattr(e, "exit_code", 1))
         except KeyboardInterrupt as e:
             # the runner says what the interrupt left behind (a run marked KILLED, or nothing yet)
             click.echo(f"\ninterrupted: {e}" if str(e) else "\ninterrupted: no run had been created yet; nothing was recorded", err=True)

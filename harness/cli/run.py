@@ -10,7 +10,7 @@ import time
 import click
 
 from ..errors import UsageError
-from .common import MAX_SEED, _fail, flushes_denormals, friendly
+from .common import MAX_SEED, fail, flushes_denormals, friendly
 from .options import AUTO_FLAGS, run_options
 
 
@@ -100,7 +100,7 @@ def _say_outcomes(outcomes, tracker):
     failed = [o for o in outcomes if o.status == "failed"]
     stopped = [o for o in outcomes if o.status == "resumable"]
     if failed or stopped:
-        _fail("; ".join(([f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}"] if failed else [])
+        fail("; ".join(([f"{len(failed)} run(s) failed: {', '.join(o.experiment_id for o in failed)}"] if failed else [])
                         + ([f"{len(stopped)} run(s) stopped and resumable (run the same command again): "
                             f"{', '.join(o.experiment_id for o in stopped)}"] if stopped else [])))
 
