@@ -41,7 +41,7 @@ def flushes_denormals(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .training.environment import flushing_denormals
+        from ..training.environment import flushing_denormals
 
         with flushing_denormals():
             return fn(*args, **kwargs)
