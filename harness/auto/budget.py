@@ -74,12 +74,12 @@ def calibrate(done: dict[str, tuple[float, float]], work: float | None = None) -
     small = min(done, key=lambda i: done[i][1])
     fixed = max(0.0, done[small][0] - done[small][1] / DEFAULT_MACS_PER_S)
     floor = max(0.0, min(w - wk / DEFAULT_MACS_PER_S for w, wk in done.values()))  # each recipe's fixed cost at the default rate: the least
-    big = [(wk / (w - floor), wk) for w, wk in done.values() if wk / DEFAULT_MACS_PER_S >= fixed and w > floor]
+    big = [(wk / (w - floor), wk) for w, wk in done.values() if wk > 0 and wk / DEFAULT_MACS_PER_S >= fixed and w > floor]
     if not big:
         return fixed, DEFAULT_MACS_PER_S
     if work is None:
         return fixed, max(big, key=lambda b: b[1])[0]
-    return fixed, min(big, key=lambda b: (abs(math.log(b[1] / work)) if work > 0 else -b[1], b[0]))[0]
+    return fixed, min(big, key=lambda b: (abs(math.log(b[1] / work)) if work > 0 else 0.0, b[0]))[0]
 
 
 def timed_here(seeds: dict, device: str | None) -> dict[str, list[float]]:
