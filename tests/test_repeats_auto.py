@@ -64,7 +64,8 @@ def fake(monkeypatch):
         store = FakeStore(means, **kw)
         monkeypatch.setattr(loop, "seed_hashes", lambda e, data, opts, seeds: {})
         monkeypatch.setattr(loop, "with_aliases", lambda tracker, exps, data, opts, hashes: hashes)
-        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall), dict(s.run)) for i, s in store.seeds.items()})
+        monkeypatch.setattr(loop, "read_state", lambda tracker, exps, hashes: {i: Seeds(dict(s.acc), dict(s.wall), dict(s.run), dict(s.device))
+                                                                               for i, s in store.seeds.items()})
         monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: {e.id: store.cost for e in exps})
         return store
 
@@ -419,6 +420,41 @@ def test_the_loop_records_on_its_runs_that_it_chose_their_seeds_and_why_it_stopp
                       loop.AutoOptions(max_repeats=10, alpha=0.1), store.execute, echo=lambda m: None, clock=lambda: store.now)
     assert r.reason == loop.ANSWERED and written and all(t["harness.auto_alpha"] == "0.1" and "question is answered" in t["harness.auto_stop"]
                                                           for t in written.values())
+
+
+def test_only_runs_the_loop_trained_say_a_loop_chose_their_seeds(fake):
+    """A loop run on seeds that already answer the question trains nothing: it chose no seed, so
+    the runs it read keep their fixed-n record (no harness.repeats=auto; the report would hide
+    their Welch tests), though they note the loop's level and stop. A loop that trains marks
+    the runs it trained, and only those."""
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    for i, base in (("a", 90.0), ("b", 70.0)):  # five seeds a side, 20 points apart: answered at the start
+        store.seeds[i].acc.update({k: base + (0.3, -0.2, 0.1, -0.4, 0.2)[k] for k in range(5)})
+        store.seeds[i].run.update({k: f"old-{i}{k}" for k in range(5)})
+    written = {}
+    tracker = SimpleNamespace(set_tags=lambda rid, t: written.__setitem__(rid, t))
+    exps = [SimpleNamespace(id=i) for i in store.means]
+    r = loop.run_auto(exps, SimpleNamespace(train_x=[0]), tracker, RunOptions(), loop.AutoOptions(), store.execute, echo=lambda m: None,
+                      clock=lambda: store.now)
+    assert r.reason == loop.ANSWERED and store.trained == [] and len(written) == 10
+    assert all("harness.repeats" not in t and "question is answered" in t["harness.auto_stop"] for t in written.values())
+
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    for i in store.seeds:
+        store.seeds[i].acc.update({0: store.means[i]})
+        store.seeds[i].run.update({0: f"old-{i}0"})
+
+    def execute(todo):  # as the store records them: each trained seed's run
+        out = store.execute(todo)
+        for o in out:
+            store.seeds[o.experiment_id].run[o.seed] = o.run_id
+        return out
+
+    written.clear()
+    r = loop.run_auto(exps, SimpleNamespace(train_x=[0]), tracker, RunOptions(), loop.AutoOptions(), execute, echo=lambda m: None,
+                      clock=lambda: store.now)
+    assert store.trained and {rid for rid, t in written.items() if t.get("harness.repeats") == "auto"} == {f"run-{i}-{k}" for i, k in store.trained}
+    assert "harness.repeats" not in written["old-a0"] and "harness.repeats" not in written["old-b0"]
 
 
 def test_with_jobs_a_round_is_timed_on_the_pools_own_packing(fake):

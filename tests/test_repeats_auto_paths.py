@@ -9,6 +9,7 @@ import collections
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,6 +87,49 @@ def test_a_first_wave_of_tiny_recipes_does_not_price_a_vgg_out_of_the_budget():
     # a VGG measured at half the default rate prices the other VGG at half it too (beyond the fixed cost)
     slow = seed_costs(exps, 5170, opts, {"fastai-simplenet": [5.0], "cs598-vgg-bn-aug": [2 * w["cs598-vgg-bn-aug"] + fixed]})
     assert slow["medium-vgg-bn"] == pytest.approx(2 * w["medium-vgg-bn"] + fixed) and slow["fastai-simplenet"] == 5.0
+
+
+def test_a_tiny_recipe_slower_than_the_default_rate_does_not_price_a_vgg_short():
+    """Under `--budget 30m` a VGG seed started on a first estimate of 1,524 s took about 2,274 s
+    and overran by 8 minutes. The calibration took a run's fixed cost from the recipe of least
+    work (its walls less that work at the default rate): a tiny recipe that trains slower than
+    the default rate left its slow training in the fixed cost, and the rate taken on the others'
+    time beyond that cost came out many times too fast. Here (fixed cost 3 s): tutorial-base at
+    4 G/s, medium-three-conv and the VGG at 48 G/s; the VGG's estimate must not fall short of its
+    time (it was priced at about 280 s), nor be absurdly long."""
+    from harness.auto.budget import seed_costs
+    from harness.executors.schedule import expected_work
+    from harness.recipes.catalogue import load_catalogue
+
+    cat = load_catalogue()
+    exps = [cat[i] for i in ("cs598-vgg-bn-aug", "medium-three-conv", "tutorial-base")]
+    opts = RunOptions()
+    work = {e.id: expected_work(e, 5170, opts) for e in exps}
+    true = {"tutorial-base": 3 + work["tutorial-base"] / 4e9, "medium-three-conv": 3 + work["medium-three-conv"] / 48e9,
+            "cs598-vgg-bn-aug": 3 + work["cs598-vgg-bn-aug"] / 48e9}
+    cost = seed_costs(exps, 5170, opts, {i: [true[i]] for i in ("tutorial-base", "medium-three-conv")})
+    assert true["cs598-vgg-bn-aug"] <= cost["cs598-vgg-bn-aug"] <= 1.5 * true["cs598-vgg-bn-aug"]
+
+
+def test_only_seeds_timed_on_this_device_price_the_next_ones(fake, monkeypatch):  # noqa: F811
+    """A store shared by a GPU machine and a CPU one: seeds timed on the GPU say nothing of what a
+    seed costs on the CPU (there they would price a VGG at seconds, and start it under any
+    budget). The loop prices its seeds on the walls of its own device (harness.device)."""
+    from harness.auto.budget import timed_here
+    from harness.auto.state import Seeds
+
+    seeds = {"a": Seeds({0: 1.0, 1: 2.0}, {0: 5.0, 1: 900.0}, {}, {0: "cuda:NVIDIA H100", 1: "cpu:Xeon, 2 cores"}), "b": Seeds({0: 1.0}, {0: 4.0}, {}, {})}
+    assert timed_here(seeds, "cpu:Xeon, 2 cores") == {"a": [900.0], "b": []} and timed_here(seeds, None) == {"a": [5.0, 900.0], "b": [4.0]}
+
+    store = fake({"a": 90.0, "b": 70.0}, sd=1.0)
+    for i in store.seeds:  # one seed each, timed on a GPU
+        store.seeds[i].acc[0], store.seeds[i].wall[0], store.seeds[i].device[0] = store.means[i], 1.0, "cuda:NVIDIA H100"
+    seen = []
+    monkeypatch.setattr(loop, "seed_costs", lambda exps, n, opts, walls: seen.append(walls) or {e.id: store.cost for e in exps})
+    exps = [SimpleNamespace(id=i) for i in store.means]
+    loop.run_auto(exps, SimpleNamespace(train_x=[0] * 10, test_x=[0] * 1000), None, RunOptions(), loop.AutoOptions(max_repeats=4), store.execute,
+                  echo=lambda m: None, clock=lambda: store.now, device="cpu:Xeon, 2 cores")
+    assert seen and seen[0] == {"a": [], "b": []}
 
 
 # ------------------------------------------------------------------ the Ray executor

@@ -32,7 +32,8 @@ def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, preci
     from harness.runs.run_record import run_record
 
     exp = load_catalogue()[exp_id]
-    opts = RunOptions(seed=seed, epochs=epochs, max_train_images=max_images, precision=precision)
+    # as a run recorded before harness.invocation: tags_extra gives a run its command where a test needs one
+    opts = RunOptions(seed=seed, epochs=epochs, max_train_images=max_images, precision=precision, invocation="")
     n_val = int(n_available * exp.data.val_fraction)
     split = n_available - n_val
     overrides = effective_overrides(opts, exp.train.epochs, split)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 import torch
 
 from harness.report.looked import LOOKED
@@ -20,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 SPREAD = (0.3, -0.2, 0.1, -0.4)
 
 
-def _store(tmp_path, monkeypatch, commands: dict[str, list[str | None]]) -> str:
-    """Two recipes 10 points apart, a run per entry of commands[recipe] (seed i trained by the
-    command commands[recipe][i]; None: a run recorded before harness.invocation existed)."""
+def _store(tmp_path, monkeypatch, commands: dict[str, list], means: dict[str, float] | None = None) -> str:
+    """Recipes 10 points apart (`means`; default tutorial-base 50, fastai-simplenet 60), a run per
+    entry of commands[recipe]: seed i trained by the command commands[recipe][i], an id, or
+    (id, plan) with the seeds that command set out to train (harness.plan, as RunOptions.plan
+    records it); None: a run recorded before harness.invocation existed."""
     from harness.recipes.catalogue import load_catalogue
     from harness.tracking import Tracker
 
@@ -32,10 +35,11 @@ def _store(tmp_path, monkeypatch, commands: dict[str, list[str | None]]) -> str:
     store = f"sqlite:///{tmp_path}/mlflow.db"
     t = Tracker(store, "cifar10-harness")
     cat = load_catalogue()
-    for exp_id, mean in (("tutorial-base", 50.0), ("fastai-simplenet", 60.0)):
+    for exp_id, mean in (means or {"tutorial-base": 50.0, "fastai-simplenet": 60.0}).items():
         for s, cmd in enumerate(commands[exp_id]):
-            write_run(t, exp_id, s, mean + SPREAD[s], [40.0] * cat[exp_id].train.epochs, 1.0,
-                      tags_extra={"harness.invocation": cmd} if cmd else None)
+            inv, plan = cmd if isinstance(cmd, tuple) else (cmd, None)
+            tags = ({"harness.invocation": inv} if inv else {}) | ({"harness.plan": plan} if plan else {})
+            write_run(t, exp_id, s, mean + SPREAD[s], [40.0] * cat[exp_id].train.epochs, 1.0, tags_extra=tags or None)
     return store
 
 
@@ -104,20 +108,26 @@ def test_the_advice_for_untested_rows_is_repeats_auto(tmp_path, monkeypatch):
 
 
 def test_each_run_records_the_command_that_trained_it():
-    """The CLI gives each command an id (RunOptions.invocation); every run it trains records it."""
+    """Each command has an id (RunOptions.invocation: the CLI's, else a fresh one per RunOptions)
+    and a plan (the seeds it set out to train; `--force`'s its own); every run it trains records both."""
     from harness.recipes.catalogue import load_catalogue
     from harness.runs.job import Job
     from harness.runs.run_record import run_record
 
     a, b = new_invocation(), new_invocation()
     assert a != b and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", a)
+    # trained from Python without the CLI: each RunOptions made is a command of its own (it was
+    # none, and such runs counted with every other untagged run as one command)
+    python = RunOptions(seed=3, repeats=4)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", python.invocation) and python.invocation != RunOptions().invocation
     exp = load_catalogue()["tutorial-base"]
     data = SimpleNamespace(fingerprint="f" * 16, root=Path("/d"), train_x=range(10), test_x=range(10))
     prep = SimpleNamespace(n_train=10, val_is_test=True, val_x=[], test_x=range(10))
-    for opts, want in ((RunOptions(invocation=a), a), (RunOptions(), None)):
+    for opts, want, plan in ((RunOptions(invocation=a), a, "seeds 0-0"), (python, python.invocation, "seeds 3-6"),
+                             (RunOptions(repeats=2, force=True, invocation=b), b, f"seeds 0-1 --force {b}"), (RunOptions(invocation=""), None, None)):
         job = Job(exp, data, None, opts, 3, torch.device("cpu"), "h", "tutorial-base-s3", exp.train.epochs, overrides={}, train_images=10)
         tags, _, _ = run_record(job, prep, 1)
-        assert tags.get("harness.invocation") == want
+        assert tags.get("harness.invocation") == want and tags.get("harness.plan") == plan
 
 
 def test_the_advice_trains_rows_of_one_command_in_one_loop():
@@ -141,3 +151,56 @@ def test_the_advice_trains_rows_of_one_command_in_one_loop():
     assert auto_command([long, short, bf16]).endswith("; harness run tutorial-c16 --repeats 3 --max-train-images 400 --precision bf16")
     assert auto_command([long, row("tutorial-c16", 2, 2, "bf16", n=3)]) == "harness run fastai-simplenet --repeats 3 --epochs 2 --max-train-images 400"
     assert auto_command([long, row("skl-cnn", 5, 10)]).count("harness run") == 2  # --epochs 2 and --epochs 5: two configurations
+
+
+def _looked_paragraph(html: str) -> str:
+    looked = html[html.index('id="decided-looked"'):]
+    return looked[: looked.index("</p>")]
+
+
+def test_a_command_stopped_short_of_its_planned_seeds_counts_as_chosen_by_looking(tmp_path, monkeypatch):
+    """`harness run A B --repeats 10`, stopped with Ctrl-C after 4 seeds a recipe by a person
+    reading the report as it went: one command, but the seeds it ended with were chosen by
+    watching. Each run records the seeds its command set out to train (harness.plan); rows short
+    of them get the anytime-valid verdicts only, and Decided says why."""
+    plan = ("c1", "seeds 0-9")
+    html, tests = _report(_store(tmp_path, monkeypatch, {"tutorial-base": [plan] * 4, "fastai-simplenet": [plan] * 4}), tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""]
+    looked = _looked_paragraph(html)
+    assert "<b>tutorial-base</b> (4 of 10 planned seeds)" in looked and "Ctrl-C" in looked and "later command" not in looked
+    # the same command run to the end of its plan: its seed count was fixed before any result
+    done = tmp_path / "done"
+    done.mkdir()
+    html, tests = _report(_store(done, monkeypatch, {"tutorial-base": [("c1", "seeds 0-3")] * 4, "fastai-simplenet": [("c1", "seeds 0-3")] * 4}), done)
+    assert tests["verdict"].tolist() == ["real"] and 'id="decided-looked"' not in html
+
+
+def test_the_same_plan_run_again_is_one_command_and_another_plan_is_looking(tmp_path, monkeypatch):
+    """A stopped `--repeats 4` run again to finish its seeds (or two drivers sharing it): two
+    invocations of one plan, whose seed count was fixed in advance, keep the fixed-n verdicts.
+    A second command of another plan (seeds added after reading the first's result) does not."""
+    resumed = {"tutorial-base": [("c1", "seeds 0-3")] * 2 + [("c2", "seeds 0-3")] * 2, "fastai-simplenet": [("c1", "seeds 0-3")] * 4}
+    html, tests = _report(_store(tmp_path, monkeypatch, resumed), tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05 and 'id="decided-looked"' not in html
+    more = tmp_path / "more"
+    more.mkdir()
+    added = {"tutorial-base": [("c1", "seeds 0-1")] * 2 + [("c2", "seeds 0-3")] * 2, "fastai-simplenet": [("c1", "seeds 0-3")] * 4}
+    html, tests = _report(_store(more, monkeypatch, added), more)
+    assert tests["verdict"].tolist() == [LOOKED] and "<b>tutorial-base</b> (2 commands)" in _looked_paragraph(html)
+
+
+def test_only_pairs_with_a_row_chosen_by_looking_lose_their_fixed_n_tests(tmp_path, monkeypatch):
+    """Three recipes; seeds were added to tutorial-base by a later command, the two others were
+    trained by one command each. The pair of those two keeps its Welch test, Holm-adjusted over
+    the whole family (the looked pairs counting as never rejected: m stays 3); the pairs with
+    tutorial-base show none."""
+    means = {"tutorial-base": 50.0, "fastai-simplenet": 60.0, "fastai-convnet": 70.0}
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4,
+                                           "fastai-convnet": ["c3"] * 4}, means)
+    html, tests = _report(store, tmp_path)
+    assert tests["other"].tolist() == ["fastai-simplenet", "tutorial-base"]  # against the best, fastai-convnet
+    assert tests["verdict"].tolist() == ["real", LOOKED] and tests["p_seeds"][1] == "" and tests["p_holm"][1] == ""
+    p = float(tests["p_seeds"][0])
+    assert float(tests["p_holm"][0]) == pytest.approx(min(1.0, 3 * p))  # Holm's first step over all 3 pairs
+    looked = _looked_paragraph(html)
+    assert "<b>tutorial-base</b> (2 commands)" in looked and "fastai-convnet" not in looked and "keep theirs" in looked

@@ -3,6 +3,7 @@ the budget left (a run that cannot finish within it, by the estimate, is not sta
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..errors import UsageError
@@ -41,28 +42,51 @@ def fmt_duration(seconds: float) -> str:
 
 def seed_costs(experiments: list[Experiment], train_images: int, opts: RunOptions, walls: dict[str, list[float]]) -> dict[str, float]:
     """Seconds a further seed of each recipe is expected to take: the mean wall time of its
-    finished seeds; else a run's fixed cost plus its work (schedule.expected_work) at a rate,
-    both calibrated on the store's finished seeds of the other recipes (calibrate)."""
+    finished seeds (`walls`: timed on the device the loop trains on, timed_here); else a run's
+    fixed cost plus its work (schedule.expected_work) at a rate, both calibrated on the store's
+    finished seeds of the other recipes (calibrate)."""
     one = RunOptions(**{**opts.__dict__, "repeats": 1})
     work = {e.id: expected_work(e, train_images, one) for e in experiments}
-    fixed, rate = calibrate({i: (sum(walls[i]) / len(walls[i]), work[i]) for i in work if walls.get(i)})
-    return {i: (sum(walls[i]) / len(walls[i]) if walls.get(i) else work[i] / rate + fixed) for i in work}
+    done = {i: (sum(walls[i]) / len(walls[i]), work[i]) for i in work if walls.get(i)}
+    out = {}
+    for i in work:
+        if walls.get(i):
+            out[i] = done[i][0]
+        else:
+            fixed, rate = calibrate(done, work[i])
+            out[i] = work[i] / rate + fixed
+    return out
 
 
-def calibrate(done: dict[str, tuple[float, float]]) -> tuple[float, float]:
-    """(a run's fixed seconds, work units a second) from finished recipes' (mean wall s, work).
-    The fixed cost (start, claim, evaluation, final writes): the wall of the recipe with least work,
-    less that work at the default rate. The rate: from the recipes whose training takes longer
-    than the fixed cost, on their time beyond it; none yet: the default. (A rate taken on whole
-    walls of the tiny recipes a loop trains first, mostly fixed cost, put a VGG at 30x its time,
-    and left it out of every budget.)"""
+def calibrate(done: dict[str, tuple[float, float]], work: float | None = None) -> tuple[float, float]:
+    """(a run's fixed seconds, work units a second for a recipe of `work` units) from finished
+    recipes' (mean wall s, work). The fixed cost (start, claim, evaluation, final writes): the
+    wall of the recipe with least work, less that work at the default rate. The rate: that of
+    the timed recipe nearest in work (log scale; None: the largest) among those whose training
+    takes longer than the fixed cost, on its time beyond the least fixed cost any timed recipe
+    allows; none yet: the default. (A rate taken on whole walls of the tiny recipes a loop trains
+    first, mostly fixed cost, put a VGG at 30x its time and left it out of every budget. A rate
+    taken beyond the first fixed cost, pooled over recipes, made a tiny recipe that trains
+    slower than the default rate, its slow training counted as fixed cost, shrink the time of
+    the others' training: a VGG of 2,274 s priced at 278 s, started under a budget it overran.)"""
     if not done:
         return RUN_OVERHEAD_S, DEFAULT_MACS_PER_S
     small = min(done, key=lambda i: done[i][1])
     fixed = max(0.0, done[small][0] - done[small][1] / DEFAULT_MACS_PER_S)
-    big = [(w - fixed, work) for w, work in done.values() if work / DEFAULT_MACS_PER_S >= fixed and w > fixed]
-    rate = sum(work for _, work in big) / sum(t for t, _ in big) if big else DEFAULT_MACS_PER_S
-    return fixed, rate
+    floor = max(0.0, min(w - wk / DEFAULT_MACS_PER_S for w, wk in done.values()))  # each recipe's fixed cost at the default rate: the least
+    big = [(wk / (w - floor), wk) for w, wk in done.values() if wk > 0 and wk / DEFAULT_MACS_PER_S >= fixed and w > floor]
+    if not big:
+        return fixed, DEFAULT_MACS_PER_S
+    if work is None:
+        return fixed, max(big, key=lambda b: b[1])[0]
+    return fixed, min(big, key=lambda b: (abs(math.log(b[1] / work)) if work > 0 else 0.0, b[0]))[0]
+
+
+def timed_here(seeds: dict, device: str | None) -> dict[str, list[float]]:
+    """Each recipe's finished seeds' wall times (`seeds`: recipe -> state.Seeds) that price a
+    further seed on `device` (its harness.device name; None: any): a seed timed on another
+    machine (a GPU's seeds priced on a CPU, or the reverse) says nothing of its cost here."""
+    return {i: [w for k, w in s.wall.items() if w == w and (device is None or s.device.get(k) == device)] for i, s in seeds.items()}
 
 
 def round_time(runs: list[str], cost: dict[str, float], workers: int, widths: dict[str, int] | None = None, cores: int = 0) -> float:

@@ -19,7 +19,7 @@ from ..recipes.spec import Experiment
 from ..report.sequential import ALPHA, MARGIN, MIN_SEEDS, Decisions, decide, next_seeds, se_floor
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from .budget import fit_round, fmt_duration, round_time, seed_costs, wave
+from .budget import fit_round, fmt_duration, round_time, seed_costs, timed_here, wave
 from .state import Seeds, read_state, record_stop, seed_hashes, with_aliases
 
 WAVE_MIN_S = 60.0  # the shortest round worth a look under a budget
@@ -73,10 +73,11 @@ def _verdict_text(p) -> str:
 
 
 def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opts: RunOptions, auto: AutoOptions, execute: Execute,
-             echo=print, clock=time.monotonic, sleep=time.sleep, start: float | None = None) -> AutoResult:
+             echo=print, clock=time.monotonic, sleep=time.sleep, start: float | None = None, device: str | None = None) -> AutoResult:
     """Rounds until answered, out of budget, at the cap, or a round that finished nothing and
     cannot wait for another process (AutoResult.reason, .detail). `start`: when the command began
-    on `clock` (the budget counts from there), else now."""
+    on `clock` (the budget counts from there), else now. `device`: the device name the seeds
+    train on (harness.device): only seeds timed there price the next ones (None: any)."""
     auto.check(len(experiments))
     start = clock() if start is None else start
     by_id = {e.id: e for e in experiments}
@@ -102,7 +103,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
         if d.answered:
             reason = ANSWERED
             break
-        walls = {i: [w for w in state[i].wall.values() if w == w] for i in by_id}
+        walls = timed_here({i: state[i] for i in by_id}, device)
         cost = seed_costs(experiments, train_images, opts, walls)
         plan, reason, detail = _plan(d, n, failed, cost, auto)
         if not plan:
@@ -133,7 +134,7 @@ def run_auto(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
                 break
     result = AutoResult(reason, d, state, rounds, clock() - start, outcomes, detail)
     line = stop_line(result, auto)
-    missed = record_stop(tracker, state, auto.alpha, auto.margin, line)
+    missed = record_stop(tracker, state, auto.alpha, auto.margin, line, {o.run_id for o in outcomes if o.status == "finished" and o.run_id})
     echo(line)
     if missed:
         echo(f"warning: the loop's alpha, margin and stop reason could not be recorded on {len(missed)} run(s) ({missed[0]}, ...)")

@@ -24,6 +24,7 @@ class Seeds:
     acc: dict[int, float] = field(default_factory=dict)
     wall: dict[int, float] = field(default_factory=dict)
     run: dict[int, str] = field(default_factory=dict)  # seed -> the run id that counts
+    device: dict[int, str] = field(default_factory=dict)  # seed -> the device it was timed on (tag harness.device)
 
     @property
     def values(self) -> np.ndarray:
@@ -82,6 +83,9 @@ def read_state(tracker: Tracker, experiments: list[Experiment], hashes: dict[str
             seed = by_hash[run[col]]
             out[eid].acc[seed] = float(run["metrics.test_acc"])
             out[eid].run[seed] = str(run["run_id"])
+            dev = run.get(f"tags.{TAG}device")
+            if isinstance(dev, str):
+                out[eid].device[seed] = dev
             end, start = run.get("end_time"), run.get("start_time")
             out[eid].wall[seed] = float((end - start).total_seconds()) if isinstance(end, pd.Timestamp) and isinstance(start, pd.Timestamp) else float("nan")
     return out
@@ -93,19 +97,24 @@ def loop_tags(alpha: float, margin: float) -> tuple[tuple[str, str], ...]:
     return (("repeats", "auto"), ("auto_alpha", repr(float(alpha))), ("auto_margin", repr(float(margin))))
 
 
-def record_stop(tracker: Tracker | None, state: dict[str, Seeds], alpha: float, margin: float, stop: str) -> list[str]:
+def record_stop(tracker: Tracker | None, state: dict[str, Seeds], alpha: float, margin: float, stop: str,
+                trained: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """At the loop's end: every run its verdicts rest on (trained by it or found in the store)
-    records that a loop looked at it, the level and margin, and why the loop stopped. Returns
-    the runs that could not be tagged (deleted meanwhile, the server gone): the verdicts stand,
-    the report then falls back to its defaults for them."""
+    records the level and margin the loop decided at and why it stopped (the report decides at
+    the same and shows the reason); the runs it trained (`trained`: their ids, a killed seed it
+    resumed included) also that a loop chose their seeds (harness.repeats=auto, set at their
+    start too). A run it only read keeps its own record: a loop that trains nothing chose no
+    seed. Returns the runs that could not be tagged (deleted meanwhile, the server gone): the
+    verdicts stand, the report then falls back to its defaults for them."""
     if tracker is None:
         return []
-    tags = {f"{TAG}{k}": v for k, v in loop_tags(alpha, margin)} | {f"{TAG}auto_stop": stop[:4000]}
+    level = {f"{TAG}{k}": v for k, v in loop_tags(alpha, margin) if k != "repeats"} | {f"{TAG}auto_stop": stop[:4000]}
+    chose = {f"{TAG}{k}": v for k, v in loop_tags(alpha, margin)}
     missed = []
     for s in state.values():
         for rid in s.run.values():
             try:
-                tracker.set_tags(rid, tags)
+                tracker.set_tags(rid, level | (chose if rid in trained else {}))
             except Exception:  # advisory: a run that cannot take the record keeps its own tags
                 missed.append(rid)
     return missed

@@ -26,13 +26,15 @@ def decided_section(compared: list[Row], alpha: float | None = None, margin: flo
     anytime-valid interval of a - b and seeds a side, whether the question is answered, and the
     seeds and train time each row used. Rows ordered by mean, so a pair reads higher row first.
     `alpha`, `margin`: given (`harness report --alpha/--margin`), else the latest loop's, else the defaults.
-    `looked` (with `by_loop`, `later`): whether seed counts were chosen by looking (looked.py)."""
+    `looked` (with `by_loop`, `later`, `short`, and `looked_rows`: which rows): whether seed counts were
+    chosen by looking (looked.py)."""
     rec = looked_record(compared)
     given = alpha is not None or margin is not None
     alpha = alpha if alpha is not None else rec.get("alpha", ALPHA)
     margin = margin if margin is not None else rec.get("margin", MARGIN)
     section = _section(compared, alpha, margin)
-    section.update(looked=rec["looked"], by_loop=rec["by_loop"], later=rec["later"], loop_stop=rec.get("stop"),
+    section.update(looked=rec["looked"], by_loop=rec["by_loop"], later=rec["later"], short=rec["short"], looked_rows=rec["rows"],
+                   loop_stop=rec.get("stop"),
                    level_from="given" if given else "the loop's" if "alpha" in rec else "default")
     return section
 

@@ -1,22 +1,30 @@
-"""Were the compared rows' seed counts chosen by looking? A fixed-n test (Welch over seeds,
-stats.py) holds only for a number of seeds fixed before any result was read. Two records say
-otherwise, both read from the runs themselves:
+"""Were a row's seed counts chosen by looking? A fixed-n test (Welch over seeds, stats.py) holds
+only for a number of seeds fixed before any result was read. The runs' own records say where
+they may not have been, row by row:
 
-- a loop chose them: a run tagged harness.repeats=auto (`--repeats auto`, auto/state.py);
-- a person may have: a row whose runs (counted, or replaced by a later run of their seed, as
-  `--force` does) were trained by more than one command (tag harness.invocation, one id per command). The second command started after the first's results
-  could be read: adding seeds where a report said "untested" and reading it again is choosing n
-  by looking (about 15% false positives at a nominal 5% for looks from 3 to 10 seeds). A stopped
-  command run again, or two drivers sharing the work, look the same; the report takes the safe
-  reading. Runs recorded before the tag existed count together as one earlier command, so an old
-  store of runs alone is read as before, and old runs plus new seeds count as two commands.
+- a loop chose them: a run tagged harness.repeats=auto, which `--repeats auto` sets on the runs it
+  trains (auto/state.py), not on those it only read;
+- more than one plan trained the row: each run records its command (harness.invocation) and the
+  seeds that command set out to train (harness.plan, runs/job.RunOptions.plan). A later plan
+  started when the earlier results could be read: adding seeds where a report said "untested"
+  and reading it again is choosing n by looking (about 15% false positives at a nominal 5% for
+  looks from 3 to 10 seeds). The runs a later run of their seed replaced count too (`--force`
+  re-draws seeds; its plan is its own). The same plan run again (a stopped command rerun, two
+  drivers sharing it) is one plan. Runs recorded before harness.plan count by their command, and
+  runs recorded before harness.invocation together as one earlier command, so an old store of
+  runs alone is read as before, and old runs plus new seeds count as two;
+- the plan ended short: the row lacks some of the seeds its command set out to train (stopped
+  early by a person watching the results, a seed failed, or the command still runs).
 
-Where seeds were chosen by looking, the fixed-n p-values are hidden and the Decided section's
-anytime-valid verdicts (decided.py) are the ones that hold. Either way, the advice to train more
-seeds is `--repeats auto`: seeds added after reading a report are chosen by looking.
+A pair shows its fixed-n p-values only where neither row was chosen by looking; elsewhere they
+are hidden and the Decided section's anytime-valid verdicts (decided.py) are the ones that hold.
+Either way, the advice to train more seeds is `--repeats auto`: seeds added after reading a
+report are chosen by looking.
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 
@@ -26,21 +34,30 @@ from .stats import MIN_SEEDS
 
 LOOKED = "fixed-n test, not valid for seeds chosen by looking: see Decided"
 INVOCATION = f"tags.{TAG}invocation"
+PLAN = f"tags.{TAG}plan"
 BEFORE = "(recorded before harness.invocation)"  # the command of runs that predate the tag
+SEEDS = re.compile(r"seeds (\d+)-(\d+)")  # RunOptions.plan: the seeds a command set out to train
 
 
 def _col(k: str) -> str:
     return f"tags.{TAG}{k}"
 
 
+def _text(v) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _every_run(row: Row) -> pd.DataFrame:
+    """The row's counted runs and those a later run of their seed replaced."""
+    return pd.concat([row.runs, row.superseded], ignore_index=True) if not row.superseded.empty else row.runs
+
+
 def loop_record(compared: list[Row]) -> dict:
     """What `--repeats auto` recorded on the compared rows' runs (auto/state.py): whether a loop
-    chose any of their seeds (tag harness.repeats=auto), and the alpha, margin and stop reason of
-    the latest loop, so the report decides as the loop did."""
-    runs = pd.concat([r.runs for r in compared], ignore_index=True) if compared else pd.DataFrame()
-    if runs.empty or _col("repeats") not in runs or not (runs[_col("repeats")] == "auto").any():
-        return {"looked": False}
-    out = {"looked": True}
+    trained any of their seeds (tag harness.repeats=auto), and the alpha, margin and stop reason
+    of the latest loop that read them, so the report decides as the loop did."""
+    runs = pd.concat([_every_run(r) for r in compared], ignore_index=True) if compared else pd.DataFrame()
+    out = {"looked": bool(not runs.empty and _col("repeats") in runs and (runs[_col("repeats")] == "auto").any())}
     rec = runs[runs[_col("auto_alpha")].notna()] if _col("auto_alpha") in runs else runs.iloc[:0]
     if not rec.empty:
         last = rec.sort_values("start_time").iloc[-1]
@@ -50,61 +67,95 @@ def loop_record(compared: list[Row]) -> dict:
     return out
 
 
+def _plans(runs: pd.DataFrame) -> list[str]:
+    """Each run's plan: its harness.plan; a run recorded before that tag, its command alone; one
+    recorded before harness.invocation, BEFORE."""
+    inv = runs[INVOCATION] if INVOCATION in runs else pd.Series([None] * len(runs), dtype=object)
+    plan = runs[PLAN] if PLAN in runs else pd.Series([None] * len(runs), dtype=object)
+    return [_text(p) or (f"command {i}" if _text(i) else BEFORE) for p, i in zip(plan, inv)]
+
+
 def commands(row: Row) -> int:
-    """How many commands trained the row's runs (those that predate the tag: one), the runs a
-    later run of the same seed replaced included: `--force` after reading a report re-draws the
-    seeds it retrains (or trains more of them) just as a second command adding seeds does."""
-    runs = pd.concat([row.runs, row.superseded], ignore_index=True) if not row.superseded.empty else row.runs
-    if runs.empty:
-        return 0
-    ids = runs[INVOCATION] if INVOCATION in runs else pd.Series([None] * len(runs))
-    return len({v if isinstance(v, str) and v else BEFORE for v in ids})
+    """How many plans trained the row's runs (the runs a later run of the same seed replaced
+    included: `--force` after reading a report re-draws the seeds it retrains)."""
+    return len(set(_plans(_every_run(row))))
+
+
+def short_of_plan(row: Row) -> tuple[int, int] | None:
+    """(seeds the row has, seeds planned) of a plan whose seeds the row does not all have: the
+    command ended before its plan (a person stopping it on seeing the results chose n by
+    looking; a failed seed or a command still running read the same); None where none did."""
+    have = {s for s in row.seeds if s is not None}
+    for plan in dict.fromkeys(_plans(_every_run(row))):
+        m = SEEDS.match(plan)
+        if m:
+            planned = set(range(int(m[1]), int(m[2]) + 1))
+            if not planned <= have:
+                return len(planned & have), len(planned)
+    return None
+
+
+def by_loop(row: Row) -> bool:
+    runs = _every_run(row)
+    return bool(_col("repeats") in runs and (runs[_col("repeats")] == "auto").any())
 
 
 def added_later(compared: list[Row]) -> dict[str, int]:
-    """Each compared row trained by more than one command, with how many."""
+    """Each compared row trained by more than one plan, with how many."""
     return {r.key: n for r in compared if (n := commands(r)) > 1}
 
 
+def looked_rows(compared: list[Row]) -> set[str]:
+    """The compared rows whose seed counts were chosen by looking: by a loop, by more than one
+    plan, or by a command that ended short of its plan."""
+    return {r.key for r in compared if by_loop(r) or commands(r) > 1 or short_of_plan(r)}
+
+
 def looked_record(compared: list[Row]) -> dict:
-    """loop_record, plus `later`: the rows whose seeds came from more than one command, and
-    `looked` when either a loop or a later command chose seed counts."""
+    """loop_record, plus `later` (rows of more than one plan), `short` (rows whose command ended
+    short of its plan: row -> "k of n"), `rows` (every row chosen by looking) and `looked`
+    (any such row)."""
     rec = loop_record(compared)
-    later = added_later(compared)
-    return rec | {"by_loop": rec["looked"], "later": later, "looked": rec["looked"] or bool(later)}
+    short = {r.key: f"{k} of {n}" for r in compared if (kn := short_of_plan(r)) for k, n in [kn]}
+    rows = looked_rows(compared)
+    return rec | {"by_loop": rec["looked"], "later": added_later(compared), "short": short, "rows": sorted(rows), "looked": bool(rows)}
 
 
 def why_looked(rec: dict) -> str:
-    """Why the fixed-n tests do not hold here, in a clause."""
+    """Why the fixed-n tests do not hold for some pairs here, in a clause."""
     parts = ["seed counts chosen by `--repeats auto`"] if rec.get("by_loop") else []
     if rec.get("later"):
         parts.append("seeds added by a later command (" + ", ".join(f"{k}: {n} commands" for k, n in rec["later"].items())
                      + "), so their number may have been chosen after reading a result")
+    if rec.get("short"):
+        parts.append("a command ended short of its planned seeds (" + ", ".join(f"{k}: {v} seeds" for k, v in rec["short"].items())
+                     + "), so it may have been stopped on seeing the results")
     return "; ".join(parts)
 
 
 def mark_looked(ctx: dict, compared: list[Row]) -> None:
     """The advice to train more seeds points at `--repeats auto` (seeds added after reading this
-    report are chosen by looking). On a store whose seed counts were chosen by looking, by a loop
-    or a later command (ctx["decided"]), the fixed-n Welch tests (stats.py) are not valid: their
-    p-values are hidden, their "real"/"within noise" labels say so, and "best" rests on the
-    decided section."""
+    report are chosen by looking). A pair with a row whose seed counts were chosen by looking
+    (ctx["decided"]["looked_rows"]) has no valid fixed-n Welch test: its p-values are hidden and its
+    verdict says so; pairs of rows each fixed in advance keep theirs, and "best" rests on the
+    decided section where one of its tests is hidden."""
     # every pair's advice is the one loop over all compared rows: a loop over one pair would decide
     # at its own level (m = 1 pair), not the family's the report decides at (m = k(k-1)/2), and a
     # user following each pair's command in turn would meet a false "better" in 14% of stores of
     # 13 equal recipes (simulated) where this report calls none
     every = auto_command(compared)
-    looked = ctx["decided"].get("looked")
+    looked = set(ctx["decided"].get("looked_rows", ()))
     for t in ctx.get("tests", []) + ctx.get("neighbours", []):
-        if looked and t.get("seeds_measured"):
+        if t.get("seeds_measured") and (t.get("best") in looked or t.get("other") in looked):
             t.update(p_seeds=None, p_holm=None, verdict=LOOKED)
         if t.get("settle"):
             t["settle"] = every
     basis = ctx.get("basis") or {}
     if basis.get("settle"):
         basis["settle"] = auto_command(compared)
-    if looked and basis.get("measured"):
-        basis.update(beyond=False, text=f"{why_looked(ctx['decided'])}: the fixed-n tests do not hold, see Decided for the verdicts")
+    if basis.get("measured") and any(t.get("verdict") == LOOKED for t in ctx.get("tests", [])):
+        basis.update(beyond=False, text=f"{why_looked(ctx['decided'])}: the fixed-n tests of pairs with these rows do not hold, "
+                                        "see Decided for the verdicts")
 
 
 def _needs(r: Row) -> tuple[int | None, int | None, str]:

@@ -26,7 +26,9 @@ family (valid whatever the dependence between pairs, and whichever pairs a reade
 Interval: the anytime-valid confidence sequence of the difference a - b, every shift d whose
 e-value (of d_s - d) stays below m / alpha; E is increasing in |t|, so it is the t interval with
 a critical value from the e-process instead of Student's quantile, intersected over the looks
-(the first k seeds, every k: running_interval) so a verdict once reached stays. Verdicts read off one
+(the first k seeds, every k: running_interval) so a verdict once reached stays while seeds are
+added above the highest the pair has and the family (m) is fixed; a seed filled in below others
+changes the earlier looks, and a change of m changes the level, and either can reopen a verdict. Verdicts read off one
 interval: a better (lower bound > 0, equivalently E(0) >= m/alpha), b better, tied (the whole
 interval inside +-margin), else undecided.
 
@@ -163,7 +165,8 @@ def running_interval(d: np.ndarray, level: float, floor: float = 0.0) -> tuple[f
     """The confidence sequence of mean(d) at `level`, intersected over the looks: the interval
     on the first k differences (seed order, the order the loop adds them) for every k, all at
     once. The guarantee holds for all k together, so the intersection holds too, and a verdict
-    reached at one look cannot be undone by a later one (the interval only narrows)."""
+    reached at one look cannot be undone by a later one (the interval only narrows) as long as
+    `d` only grows at its end: a seed filled in below others changes the earlier looks."""
     k = np.arange(1, len(d) + 1, dtype=float)
     mean = np.cumsum(d) / k
     dev = np.array([float(d[:i].std(ddof=1)) if i > 1 else 0.0 for i in range(1, len(d) + 1)])

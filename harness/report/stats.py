@@ -99,10 +99,12 @@ def _correct(r: Row, preds: dict[str, pd.DataFrame]) -> np.ndarray | None:
     return None if p is None else (p["pred"] == p["label"]).to_numpy()
 
 
-def pair_pvalues(rows: list[Row], preds: dict[str, pd.DataFrame]) -> np.ndarray:
+def pair_pvalues(rows: list[Row], preds: dict[str, pd.DataFrame], looked: frozenset[str] | set[str] = frozenset()) -> np.ndarray:
     """The p-value each pair's verdict rests on (k x k, NaN where untested): Welch over seeds where
     both rows have MIN_SEEDS of them, else McNemar on the two rows' first runs where their
-    predictions cover the same test images of one data set."""
+    predictions cover the same test images of one data set. `looked`: rows whose seed counts were
+    chosen by looking (report/looked.py): a Welch p-value of theirs is not valid, and counts as 1
+    (never rejected; Holm stays valid for the rest, the family keeping its size)."""
     k = len(rows)
     p = np.full((k, k), np.nan)
     if k < 2:
@@ -111,6 +113,8 @@ def pair_pvalues(rows: list[Row], preds: dict[str, pd.DataFrame]) -> np.ndarray:
     welch = welch_matrix([r.acc for r in rows])
     both = measured[:, None] & measured[None, :]
     p[both] = welch[both]
+    chosen = np.array([r.key in looked for r in rows])
+    p[both & (chosen[:, None] | chosen[None, :])] = 1.0
     need = ~both & ~np.eye(k, dtype=bool)
     if need.any():
         correct = [_correct(r, preds) for r in rows]
@@ -131,8 +135,8 @@ class Family:
     """Every tested pair of `rows` (by identity): the raw p-value each verdict rests on and its
     Holm adjustment over all of them, the one family every verdict of the page is drawn from."""
 
-    def __init__(self, rows: list[Row], preds: dict[str, pd.DataFrame]):
-        p = pair_pvalues(rows, preds)
+    def __init__(self, rows: list[Row], preds: dict[str, pd.DataFrame], looked: frozenset[str] | set[str] = frozenset()):
+        p = pair_pvalues(rows, preds, looked)
         iu = np.triu_indices(len(rows), 1)
         adj = holm_array(p[iu])
         self.raw, self.adj = {}, {}
@@ -155,8 +159,8 @@ class Family:
         return out
 
 
-def family(rows: list[Row], preds: dict[str, pd.DataFrame]) -> Family:
-    return Family(rows, preds)
+def family(rows: list[Row], preds: dict[str, pd.DataFrame], looked: frozenset[str] | set[str] = frozenset()) -> Family:
+    return Family(rows, preds, looked)
 
 
 def compare_to_best(rows: list[Row], preds: dict[str, pd.DataFrame], fam: Family | None = None) -> list[dict]:

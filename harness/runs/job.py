@@ -31,9 +31,12 @@ class RunOptions:
     # --repeats auto: (name, value) tags each run it trains records (harness.repeats=auto, its
     # alpha and margin), so the report knows these seeds were chosen by looking; no part of the hash
     loop_tags: tuple[tuple[str, str], ...] = ()
-    # the command that trained the run (new_invocation(), set by the CLI; "" records none): a row
-    # whose seeds came from more than one command may have had their number chosen by looking
-    invocation: str = ""
+    # the command that trained the run (tag harness.invocation, with its plan: plan()): a row whose
+    # seeds came from more than one plan, or whose command ended short of its plan, may have had
+    # their number chosen by looking (report/looked.py). A fresh id for each RunOptions made, so
+    # runs trained from Python record their command too; "" records none (a run as recorded
+    # before the tag: such runs count together as one earlier command)
+    invocation: str = field(default_factory=lambda: new_invocation())
 
     def overrides(self) -> dict:
         """The overrides as given on the command line (the config hash of runs made before
@@ -46,6 +49,17 @@ class RunOptions:
         if self.precision != "fp32":
             o["precision"] = self.precision
         return o
+
+    def plan(self) -> str:
+        """What this command set out to train of each recipe (tag harness.plan): its seeds, fixed
+        before any result could be read; "--repeats auto" where a loop chooses them. Two commands
+        of one plan (a stopped command run again, two drivers sharing it) are one plan: the seeds
+        they end with were fixed in advance. `--force` re-draws seeds already trained: its plan
+        is its own (the invocation's), never the same as an earlier command's."""
+        if self.loop_tags:
+            return "--repeats auto"
+        seeds = f"seeds {self.seed}-{self.seed + self.repeats - 1}"
+        return f"{seeds} --force {self.invocation}" if self.force else seeds
 
 
 def new_invocation() -> str:

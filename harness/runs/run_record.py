@@ -18,6 +18,7 @@ from .job import Job
 
 EXECUTION = f"{TAG}execution"  # how the run was trained: "one-by-one", or "stacked" with other seeds
 INVOCATION = f"{TAG}invocation"  # the command that trained the run (RunOptions.invocation)
+PLAN = f"{TAG}plan"  # the seeds that command set out to train (RunOptions.plan)
 
 
 def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tuple[dict, dict, dict]:
@@ -44,8 +45,8 @@ def run_record(job: Job, prep: Prepared, n_params: int, together: int = 1) -> tu
         "mlflow.source.name": "harness", "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
     tags.update({f"{TAG}{k}": v for k, v in opts.loop_tags})  # trained by --repeats auto (auto/loop.py)
-    if opts.invocation:  # which command trained it (report/looked.py: seeds added by a later command)
-        tags[INVOCATION] = opts.invocation
+    if opts.invocation:  # which command trained it, and its plan (report/looked.py: seeds chosen by looking)
+        tags.update({INVOCATION: opts.invocation, PLAN: opts.plan()})
     if exp.user_spec:  # a recipe of the user's own, beside the documented ones
         tags.update({f"{TAG}user_recipe": "true", f"{TAG}spec_path": exp.user_spec})
     if exp.code is not None:
