@@ -54,11 +54,14 @@ def test_a_write_retried_through_an_outage_asks_whose_the_run_is_first(tracker, 
             outbox.submit(tracker.log_metrics, rid, {"epoch_time_s": 1.0}, 1, run=rid)
             outbox.submit(tracker.log_metrics, rid, {"train_loss": 0.5}, 1, run=rid)  # queued behind it: dropped too
             outbox.flush(rid)
-    assert sorted(tracker.logged_steps(rid, "epoch_time_s")) == [0, 1] and len(waits) == 2
+    with pytest.raises(TakenOver):  # any call about the run, from this owner, is refused from now on
+        tracker.logged_steps(rid, "epoch_time_s")
+    assert sorted(m.step for m in other.get_metric_history(rid, "epoch_time_s")) == [0, 1] and len(waits) == 2
     assert [m.value for m in other.get_metric_history(rid, "epoch_time_s") if m.step == 1] == [2.0]  # the taker's
     assert not other.get_metric_history(rid, "train_loss")
     # outside an outage a write asks nothing first (the fence costs one call per outage)
     asked = []
+    lifecycle.unfence(tracker, rid)
     tracker.outage.fence(rid, lambda: asked.append(1))
     tracker.set_tags(rid, {"x": "1"})
     assert asked == []
