@@ -101,7 +101,7 @@ def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     if fault == "kill":
         assert rc == -9, out
     check(cell, rc, out, done=fault in ("claimer", "clock"), unwritable=fault in ("kill", "store"),
-          held=fault in ("term", "term_bg") and step in ("final_metrics", "model", "finish", "clear"))
+          held=fault in ("term", "term_bg") and step in ("final_metrics", "model", "finish", "clear"), deleted=fault == "delete")
     rc2, out2 = cell.run()  # the same command again finishes the work
     check(cell, rc2, out2, done=True)
 
