@@ -119,10 +119,10 @@ class Outage:
             self.fences.pop(run_id, None)
             self._fenced.pop(run_id, None)
 
-    def call(self, fn, *args, **kwargs):
+    def call(self, fn, /, *args, **kwargs):
         return self.call_for(None, fn, *args, **kwargs)
 
-    def call_for(self, run_id: str | None, fn, *args, **kwargs):
+    def call_for(self, run_id: str | None, fn, /, *args, **kwargs):
         """`fn(*args, **kwargs)` retried through an outage; a call about `run_id` fenced."""
         delay, failed = 1.0, False
         while True:
