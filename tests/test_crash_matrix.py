@@ -29,7 +29,11 @@ liveness were asked, and those are what the cells test. `delete` not at
 `checkpoint`: the checkpoint follows the epoch's end with no store call between (delete-epoch_end
 is that moment).
 
-Run time: about 4 minutes for the 66 tests on 2 cores shared with other work (3 to 6 s a cell:
+Beside the matrix: an outage on the owner's side only, past the stale limit, while another
+machine takes the run over (the fence: nothing of the old owner lands in the taker's run), two
+stalled owners that wake after a takeover, a killed --jobs worker, and the checker's own test.
+
+Run time: about 4 minutes for the 68 tests on 2 cores shared with other work (3 to 6 s a cell:
 two or three commands of about a second each, their imports paid once by the fork server), plus
 a few seconds for the fork server and the template store. The quick tier (`-m "not slow"`) keeps
 three cells (a resume from a checkpoint, the final writes held, two claimers) and the stalled
@@ -181,6 +185,7 @@ def _checkpoint_epoch(path) -> int | None:
         return None
 
 
+@pytest.mark.slow  # two commands and a 4-s stale watch, about 20 s; test_run_fences.py checks the fence in-process, quick
 def test_an_owner_cut_off_from_the_store_past_the_stale_limit_writes_nothing_into_its_takers_run(tmp_path, zygote, tiny, template):
     """An outage on the owner's side only, longer than the stale limit and inside the outage
     window: another machine sees the heartbeat silent, takes the run over and finishes it. When
