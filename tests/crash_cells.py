@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,9 +122,10 @@ def runs(cell: Cell):
     return c, c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=100)
 
 
-def check(cell: Cell, rc: int, out: str, *, done: bool, unwritable: bool = False, held: bool = False) -> dict:
+def check(cell: Cell, rc: int, out: str, *, done: bool, unwritable: bool = False, held: bool = False, deleted: bool = False) -> dict:
     """Every invariant, after one command (`done`: the work must be complete now; `unwritable`: the
-    command could write nothing at its end, SIGKILLed or its store gone). Returns the runs by status."""
+    command could write nothing at its end, SIGKILLed or its store gone; `deleted`: the fault
+    deleted the run in the store, perhaps after a line said what became of it). Returns the runs by status."""
     c, found = runs(cell)
     live = [r for r in found if r.info.lifecycle_stage == "active"]
     by = {}
@@ -165,8 +167,9 @@ def check(cell: Cell, rc: int, out: str, *, done: bool, unwritable: bool = False
     assert not list(cell.root.rglob("*.pt.tmp")), out
     if not unwritable:
         assert not list(cell.root.rglob("*.lock")), out
-    # 6. one line, no traceback
+    # 6. one line, no traceback, and what each line says of a run is what the store says of it
     assert "Traceback" not in out, out
+    said_as_stored(found, current, out, deleted)
     if rc not in (0, -9):
         said = [ln for ln in out.splitlines() if ln.startswith(("error:", "interrupted:"))]
         assert len(said) == 1, out
@@ -179,3 +182,50 @@ def check(cell: Cell, rc: int, out: str, *, done: bool, unwritable: bool = False
         assert not left and not list(cell.root.rglob("*.lock")), (left, out)
         assert c.search_logged_models(experiment_ids=[live[0].info.experiment_id]), out
     return by
+
+
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
+STOP_LINE = re.compile(r"^(error:|interrupted:|\S+ \(seed \d+\): |\S+: test accuracy )")
+# what a clause of a stop line says became of a run, by its words (the first that matches)
+CLAIMS = (("could not be", "unwritten"), ("recorded FINISHED", "FINISHED"), ("test accuracy", "FINISHED"),
+          ("identical finished run exists", "FINISHED"), ("superseded", "superseded"), ("was deleted in the store", "deleted"),
+          ("were deleted", "deleted"), ("marked KILLED", "resumable"), ("left resumable", "resumable"),
+          ("is resumable", "resumable"), ("RESUMABLE, ", "resumable"))
+
+
+def said_as_stored(found: list, current: list, out: str, deleted: bool = False) -> None:
+    """Each stop line (an outcome, the finished line, `interrupted:`/`error:`) is cut into its
+    clauses; a clause that says what became of a run (finished, resumable, deleted, superseded)
+    must agree with the store: the runs it names by id, or else the configuration's current run.
+    `unwritten`: the line says the end could not be recorded (the store gone): RUNNING or resumable.
+    `deleted`: someone else deleted the run (the `delete` fault), maybe after the line was said."""
+    by_id = {r.info.run_id: r for r in found}
+    for line in out.splitlines():
+        if not STOP_LINE.match(line):
+            continue
+        for clause in line.split("; "):
+            claim = next((c for words, c in CLAIMS if words in clause), None)
+            if claim is None:
+                continue
+            ids = RUN_ID.findall(clause)
+            if not ids and claim == "resumable" and "RESUMABLE, " in clause and "to resume it" not in line:
+                continue  # nothing of it was recorded: no run to be resumable
+            if not ids and claim in ("superseded", "deleted"):
+                continue
+            runs_meant = [by_id[i] for i in ids if i in by_id] if ids else current[:1] if len(current) == 1 else []
+            assert runs_meant or not ids, (clause, "names a run the store does not have", out)
+            for r in runs_meant:
+                assert _stored(r) in _AGREES[claim] | ({"deleted"} if deleted else set()), (clause, _stored(r), out)
+
+
+_AGREES = {"FINISHED": {"FINISHED"}, "resumable": {"KILLED/resumable"}, "unwritten": {"RUNNING/training", "KILLED/resumable", "RUNNING/claimed",
+                                                                                      "RUNNING/recorded"},
+           "deleted": {"deleted"}, "superseded": {"KILLED/superseded"}}
+
+
+def _stored(r) -> str:
+    if r.info.lifecycle_stage == "deleted":
+        return "deleted"
+    if r.info.status == "FINISHED":
+        return "FINISHED"
+    return f"{r.info.status}/{r.data.tags.get('harness.state')}"

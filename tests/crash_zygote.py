@@ -45,6 +45,24 @@ def warm() -> None:
     plt.close(fig)
 
 
+def _elsewhere() -> None:
+    """Test-only hooks that put a command past this machine's quick skip, so the store's claim and
+    liveness are what decide: HARNESS_TEST_LOCK_DIR, a lock folder of its own (the configuration
+    lock another machine, or another lock folder, would take); HARNESS_FAKE_HOST, another machine
+    as liveness sees it (its owner's process is judged by the heartbeat, not by /proc)."""
+    locks = os.environ.get("HARNESS_TEST_LOCK_DIR")
+    if locks:
+        import harness.executors.local as local
+        from pathlib import Path
+
+        local.lock_root = lambda uri: Path(locks)
+    host = os.environ.get("HARNESS_FAKE_HOST")
+    if host:
+        import socket
+
+        socket.gethostname = lambda: host
+
+
 def child(req: dict) -> None:
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
@@ -58,6 +76,7 @@ def child(req: dict) -> None:
     from harness.tracking import faults
 
     faults._step_clock()
+    _elsewhere()
     # a background job of a script starts with SIGINT ignored, as Python then leaves it
     signal.signal(signal.SIGINT, signal.SIG_IGN if req.get("sigint") == "ignore" else signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

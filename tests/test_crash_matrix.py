@@ -22,13 +22,18 @@ model, finish, clear) x 8 faults (kill, term, term_bg, store, disk, delete, clai
 Cells skipped by design (17): `disk` (torch.save failing as on a full disk) only at `checkpoint`, the
 one local file a run writes (the store's own disk is the `store` fault); `clock` (a second claimer
 whose wall clock is stepped) at claim, epoch_end and model only: it is the `claimer` cell with
-another clock, and the owner's liveness it tests does not change between the steps. On one
-machine a SQLite store's lock (beside the file) orders the two claimers before liveness is asked,
-so the liveness under a stepped clock itself is checked in test_run_invariants.py. `delete` not at
+another clock, and the owner's liveness it tests does not change between the steps. The second
+claimer of both takes a lock folder of its own (tests/crash_zygote.py's HARNESS_TEST_LOCK_DIR):
+a SQLite store's lock beside the file would stop it before the store's claim and the owner's
+liveness were asked, and those are what the cells test. `delete` not at
 `checkpoint`: the checkpoint follows the epoch's end with no store call between (delete-epoch_end
 is that moment).
 
-Run time: about 4 minutes for the 66 tests on 2 cores shared with other work (3 to 6 s a cell:
+Beside the matrix: an outage on the owner's side only, past the stale limit, while another
+machine takes the run over (the fence: nothing of the old owner lands in the taker's run), two
+stalled owners that wake after a takeover, a killed --jobs worker, and the checker's own test.
+
+Run time: about 4 minutes for the 68 tests on 2 cores shared with other work (3 to 6 s a cell:
 two or three commands of about a second each, their imports paid once by the fork server), plus
 a few seconds for the fork server and the template store. The quick tier (`-m "not slow"`) keeps
 three cells (a resume from a checkpoint, the final writes held, two claimers) and the stalled
@@ -75,12 +80,16 @@ def fault_run(cell: Cell, step: str, fault: str) -> tuple[int, str]:
     if fault == "term_bg":
         return cell.run(spec + "term", sigint="ignore")
     # claimer / clock: the first pauses at the step while a second claims the same configuration
-    # from another state folder (claimer) or with its wall clock stepped by a second (clock)
+    # from another state folder (claimer) or with its wall clock stepped by a second (clock). The
+    # second takes a lock folder of its own (crash_zygote's hook), as a claimer the local lock does
+    # not order would: it gets past this machine's quick skip, so the store's claim and the
+    # owner's liveness are what must stop it
     pid, out = cell.start(spec + "pause")
     cell.wait_paused(out)
     other = {"HARNESS_STATE_DIR": str(cell.root / "state2")} if fault == "claimer" else {"HARNESS_FAKE_CLOCK_STEP": "1"}
-    rc2, out2 = cell.run(**other)
+    rc2, out2 = cell.run(HARNESS_TEST_LOCK_DIR=str(cell.root / "locks2"), **other)
     assert rc2 == 0 and "skipped" in out2 and "test accuracy" not in out2, out2  # it left the run to the first
+    assert "on this machine" not in out2, out2  # ... because of the store, not of the local lock
     assert not (cell.root / "state2").exists() or not any((cell.root / "state2").iterdir()), out2
     (cell.root / "faults" / "go").touch()
     return cell.z.wait(pid), out.read_text() + out2
@@ -96,7 +105,7 @@ def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     if fault == "kill":
         assert rc == -9, out
     check(cell, rc, out, done=fault in ("claimer", "clock"), unwritable=fault in ("kill", "store"),
-          held=fault in ("term", "term_bg") and step in ("final_metrics", "model", "finish", "clear"))
+          held=fault in ("term", "term_bg") and step in ("final_metrics", "model", "finish", "clear"), deleted=fault == "delete")
     rc2, out2 = cell.run()  # the same command again finishes the work
     check(cell, rc2, out2, done=True)
 
@@ -158,3 +167,71 @@ def test_a_stalled_owner_that_wakes_mid_training_after_a_takeover_writes_nothing
     assert ck.read_bytes() == before, text  # no checkpoint of epoch 2 written over the new owner's
     assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == [0], text
     assert c.get_run(run.info.run_id).info.status == "RUNNING", text
+
+
+def _wait_for(check, what: str, out) -> None:
+    deadline = time.monotonic() + 120
+    while not check():
+        assert time.monotonic() < deadline, f"{what}:\n{out.read_text()}"
+        time.sleep(0.05)
+
+
+def _checkpoint_epoch(path) -> int | None:
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not there yet
+        return None
+
+
+@pytest.mark.slow  # two commands and a 4-s stale watch, about 20 s; test_run_fences.py checks the fence in-process, quick
+def test_an_owner_cut_off_from_the_store_past_the_stale_limit_writes_nothing_into_its_takers_run(tmp_path, zygote, tiny, template):
+    """An outage on the owner's side only, longer than the stale limit and inside the outage
+    window: another machine sees the heartbeat silent, takes the run over and finishes it. When
+    the store answers the owner again, its queued epoch writes (retried through the outage) were
+    landing in the new owner's run (epoch_time_s at steps [0, 1, 1]); now the first call after
+    the outage asks the store whose the run is (a fence), the queue is dropped and the old owner
+    stops with one line. Ordered by files (the outage ends when the test writes `go`), no sleeps."""
+    cell = Cell(tmp_path, zygote, tiny, template)
+    quick = {"HARNESS_STALE_AFTER_S": "4", "HARNESS_OUTAGE_WINDOW_S": "300"}  # beats every second; 4 s silent is dead
+    pid, out = cell.start("epoch_end@2:outage", **quick)  # the store gone for this process after its second epoch
+    _wait_for((cell.root / "faults" / "fired-epoch_end").exists, "the outage never began", out)
+    c, [run] = runs(cell)
+    rid = run.info.run_id
+    _wait_for(lambda: _checkpoint_epoch(cell.root / "state" / rid / "state.pt") == 1, "no checkpoint of epoch 2", out)
+    # another machine (its own lock folder, its own host name): it watches the silent heartbeat and takes the run over
+    rc2, out2 = cell.run(HARNESS_FAKE_HOST="elsewhere", HARNESS_TEST_LOCK_DIR=str(cell.root / "locks-b"), **quick)
+    assert rc2 == 0 and "test accuracy" in out2 and f"run {rid}" in out2, out2
+    assert c.get_run(rid).data.tags["harness.owner"].startswith("elsewhere/"), out2
+    (cell.root / "faults" / "go").touch()  # the store answers the first owner again
+    rc, text = zygote.wait(pid), out.read_text()
+    said = [ln for ln in text.splitlines() if "(seed 0): skipped" in ln]
+    assert rc == 0 and len(said) == 1 and "taken over by elsewhere/" in said[0], text
+    by = check(cell, rc, text + out2, done=True)
+    assert [r.info.run_id for r in by["FINISHED"]] == [rid], text
+    for key in ("epoch_time_s", "train_loss", "val_acc"):
+        assert sorted(m.step for m in c.get_metric_history(rid, key)) == [0, 1], (key, text)
+    assert "test_acc" in c.get_run(rid).data.metrics, text
+
+
+def test_the_checker_holds_each_stop_line_to_the_store():
+    """A line that says a run is resumable while the store says FINISHED (or the reverse) fails
+    the checker, not only a count of lines."""
+    from types import SimpleNamespace as NS
+
+    from tests.crash_cells import said_as_stored
+
+    rid = "a" * 32
+    done = NS(info=NS(run_id=rid, lifecycle_stage="active", status="FINISHED"), data=NS(tags={"harness.state": "finished"}))
+    killed = NS(info=NS(run_id=rid, lifecycle_stage="active", status="KILLED"), data=NS(tags={"harness.state": "resumable"}))
+    finished_line = f"tutorial-base: test accuracy 10.00% (published none), train 1.0s, run {rid}"
+    resumable_line = "tutorial-base (seed 0): RESUMABLE, interrupted (Ctrl-C); run the same command again to resume it"
+    killed_line = f"interrupted: run tutorial-base ({rid}) is marked KILLED; run the same command again to resume it"
+    said_as_stored([done], [done], finished_line)
+    said_as_stored([killed], [killed], resumable_line + "\n" + killed_line)
+    for line in (resumable_line, killed_line):
+        with pytest.raises(AssertionError):
+            said_as_stored([done], [done], line)
+    with pytest.raises(AssertionError):
+        said_as_stored([killed], [killed], finished_line)

@@ -107,7 +107,7 @@ def run_task(spec: TaskSpec) -> Outcome:
     if tracker.run_record(spec.run_id).status == "FINISHED":  # an earlier attempt finished it, its reply lost with its node
         return Outcome(spec.exp.id, spec.seed, "skipped", spec.run_id, reason="finished by an earlier attempt of this task")
     # this attempt's own owner: a retry while an earlier attempt still lives takes the run from it
-    owner, found = take_attempt(tracker, spec.run_id, spec.owner)
+    owner, found = take_attempt(tracker, spec.run_id, spec.owner, ClaimPolicy.for_store(tracker.uri).settle_s)
     if owner is None:
         return Outcome(spec.exp.id, spec.seed, "skipped", spec.run_id, reason=f"taken over by {found} before this task started")
     tracker.set_tags(spec.run_id, {f"{TAG}node": node})
@@ -252,8 +252,10 @@ def _stop(ray, pending: dict, tracker: Tracker, claims: dict, owner: str, outcom
             echo(outcome_line(o))
         status, tags = tracker.run_status(run_id), tracker.run_tags(run_id)
         holder = tags.get(lifecycle.OWNER, "")
-        if status == "RUNNING" and of_claim(holder, owner):  # its task (an attempt of it) could not end it: the driver does
-            if f"{TAG}node" not in tags and not claims[i].resumed:  # claimed here, never started: nothing to keep
+        # its task (an attempt of it) could not end it, or never started (a KILLED run taken over
+        # to resume, still KILLED and claimed): the driver does, and says it resumable again
+        if status in ("RUNNING", "KILLED") and of_claim(holder, owner):
+            if status == "RUNNING" and f"{TAG}node" not in tags and not claims[i].resumed:  # claimed here, never started: nothing to keep
                 tracker.delete_run(run_id)
                 never += 1
                 continue

@@ -145,13 +145,24 @@ class SharedRunState:
         if older is not None:  # still queued: its upload will carry this newer one instead
             shutil.rmtree(older[0].parent, ignore_errors=True)
         else:
-            self.outbox.submit(self._upload_pending)
+            try:
+                self.outbox.submit(self._upload_pending, run=self.run_id, dropped=self._discard_pending)
+            except BaseException:  # the outbox refuses (the run lost, a write failed): no upload, no temporary file
+                self._discard_pending()
+                raise
 
     def _upload_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
             self._upload(*pending)
+
+    def _discard_pending(self) -> None:
+        """The upload dropped (the run is another owner's now): its temporary file goes too."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            shutil.rmtree(pending[0].parent, ignore_errors=True)
 
     def _upload(self, path: Path, epoch: int) -> None:
         try:

@@ -39,16 +39,20 @@ from .liveness import ALIVE, DEAD, WATCHING, Observer, attempt_owner, beating, m
 # --------------------------------------------------------------------------- the store's claim
 
 
-def take_attempt(tracker: Tracker, run_id: str, claim_owner: str) -> tuple[str | None, str]:
+def take_attempt(tracker: Tracker, run_id: str, claim_owner: str, settle_s: float = 0.0, sleep=time.sleep) -> tuple[str | None, str]:
     """One attempt at a run that `claim_owner` claimed (a Ray task of its driver) takes the run
     under an owner of its own (liveness.attempt_owner): (that owner, or None when the run is
-    another claimer's now; the owner it found)."""
+    another claimer's or another attempt's now; the owner it found). As a takeover in the store
+    (Claimer._confirm): write, wait `settle_s`, read back; of two attempts taking the run at
+    once, only the last writer, the one every reader sees, trains."""
     found = tracker.run_tags(run_id).get(OWNER, "")
     if not of_claim(found, claim_owner):
         return None, found
     mine = attempt_owner(claim_owner)
     tracker.set_tags(run_id, {OWNER: mine})
-    return mine, found
+    sleep(settle_s)
+    now = tracker.run_tags(run_id).get(OWNER, "")
+    return (mine, found) if now == mine else (None, now)
 
 
 @dataclass(frozen=True)

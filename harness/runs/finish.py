@@ -19,6 +19,7 @@ from ..training.recipe_data import Prepared
 from ..recipes.spec import Experiment
 from ..tracking import Tracker, faults
 from ..tracking.guards import sigint_deferred
+from ..tracking.outage import Fenced
 from ..tracking.outbox import Outbox
 
 
@@ -95,12 +96,24 @@ def log_final(tracker: Tracker, run_id: str, model, exp: Experiment, data: Cifar
 
 def finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
            owner: str | None) -> Outcome:
+    """Test, log the final metrics and model, end the run FINISHED and remove its checkpoint. A run
+    taken over or deleted meanwhile (TakenOver, RunDeleted) gets nothing more: the run's writes
+    still queued are dropped too."""
+    try:
+        return _finish(job, run_id, prep, model, loss_fn, state, pr, n_params, outbox, owner)
+    except Fenced as e:
+        outbox.drop(run_id, e)
+        raise
+
+
+def _finish(job: Job, run_id: str, prep: Prepared, model, loss_fn, state, pr: Progress, n_params: int, outbox: Outbox,
+            owner: str | None) -> Outcome:
     exp = job.exp
     faults.point("outbox_flush", job.tracker, run_id)
     # a process that stalled past the stale limit and wakes after another took the run over must
     # not write its final metrics and model into the new owner's run (its status write checks again)
     lifecycle.check_owner(job.tracker, run_id, owner)
-    outbox.flush()  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
+    outbox.flush(run_id)  # every epoch's metrics and checkpoint have landed (the loss curve reads them back)
     if exp.train.checkpoint == "best_val_loss" and pr.best_weights is not None:
         model.load_state_dict(pr.best_weights)
     test = evaluate(model, prep.test_x, prep.test_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)

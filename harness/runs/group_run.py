@@ -42,6 +42,8 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     tracker, n = jobs[0].tracker, len(jobs)
     done: dict[int, Outcome] = {}
     resumed = list(resumed) if resumed is not None else [ck is not None for ck in checkpoints]
+    for rid in run_ids:
+        lifecycle.fence(tracker, rid, owner)
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors, flushing_denormals():
             for rid in run_ids:
@@ -59,7 +61,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
                                                               resume=checkpoints[i] is not None))
             stack = Stack(models, [b[4] for b in built])
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
-            progress = _restore(jobs, run_ids, stack, optimizer, checkpoints)
+            progress = _restore(jobs, run_ids, stack, optimizer, checkpoints, owner)
             _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat, outbox, owner)
             for i, job in enumerate(jobs):
                 if i not in done:
@@ -88,6 +90,9 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
         for i, rid in enumerate(run_ids):
             if i not in done:
                 done[i] = ended_outcome(jobs[i], rid, owner, recorded[i] or resumed[i], e)
+    finally:
+        for rid in run_ids:
+            lifecycle.unfence(tracker, rid)
     return [done[i] for i in range(n)]
 
 
@@ -112,12 +117,12 @@ def _stop(tracker, run_id: str, owner: str | None) -> bool:
         return False
 
 
-def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None]) -> list[Progress]:
+def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None], owner: str | None = None) -> list[Progress]:
     if checkpoints[0] is None:
         return [Progress() for _ in jobs]
     for i, ck in enumerate(checkpoints):
         stack.load_network(i, ck["model"], ck["rng_cpu"].cpu())
-        relog_missing(jobs[i].tracker, run_ids[i], ck)
+        relog_missing(jobs[i].tracker, run_ids[i], ck, owner)
     optimizer.load_state_dict(stacked_optimizer_state([ck["optimizer"] for ck in checkpoints]))
     jobs[0].echo(f"{', '.join(j.run_name for j in jobs)}: resuming together after epoch {checkpoints[0]['epoch'] + 1}/{jobs[0].epochs}")
     return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), history=dict(ck.get("history", {})))
@@ -138,8 +143,9 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
         for i, job in enumerate(jobs):
             if i in done:
                 continue
-            lost = _lost(tracker, run_ids[i], owner, heartbeat, epoch)
+            lost = _lost(tracker, run_ids[i], owner, heartbeat, outbox, epoch)
             if lost is not None:  # deleted: its checkpoint removed; taken over: the new owner's, touch neither
+                outbox.drop(run_ids[i], lost)  # nor its writes still queued
                 done[i] = ended_outcome(job, run_ids[i], owner, True, lost) if isinstance(lost, RunDeleted) else \
                     Outcome(job.exp.id, job.seed, "skipped", run_ids[i], reason=str(lost))
                 heartbeat.drop(run_ids[i])
@@ -158,17 +164,19 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
             keep_best(exp, models[i], val, pr)
             pr.history[epoch] = {"metrics": metrics, "series": series}
             states[i].save(checkpoint(job, models[i].state_dict(), optimizer_state_of(optimizer, i, n), stack.rng_state(i), epoch, pr, metrics, series))
-            outbox.submit(tracker.log_metrics, run_ids[i], metrics, epoch, series)
+            outbox.submit(tracker.log_metrics, run_ids[i], metrics, epoch, series, run=run_ids[i])
             if job.opts.progress:
                 job.echo(epoch_line(job, epoch, pr, metrics, t_start))
         if len(done) == n:  # every network diverged or was taken over
             return
 
 
-def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, epoch: int) -> Exception | None:
+def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, outbox: Outbox, epoch: int) -> Exception | None:
     """Why this network's run gets nothing more from this process (RunDeleted, TakenOver), as the
-    heartbeat saw it or, before its checkpoint and metrics, the store itself says; None: still ours.
-    (Its metrics already queued are the outbox's, shared by the group: they land, or fail alone.)"""
+    heartbeat saw it, its fence refused a queued write (outbox.lost) or, before its checkpoint and
+    metrics, the store itself says; None: still ours."""
+    if run_id in outbox.lost:
+        return outbox.lost[run_id]
     seen = heartbeat.lost.get(run_id)
     if seen == DELETED:
         return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")

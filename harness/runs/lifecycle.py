@@ -18,8 +18,11 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
      deleted writes nothing more (the store asked before each checkpoint, the final writes and
-     each status write: `still_held`, `check_owner`); each attempt of a Ray task is an owner of
-     its own (liveness.attempt_owner), so a retry cannot train beside its first attempt.
+     each status write: `still_held`, `check_owner`; and, after an outage on the owner's side
+     that let another machine take the run over, before the first write about the run: `fence`,
+     which drops the writes still queued); each attempt of a Ray task is an owner of its own
+     (liveness.attempt_owner, written then read back after the settling wait), so a retry cannot
+     train beside its first attempt.
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
      SIGTERM in the foreground or as a background job, a fault, a claim interrupted, a signal
      between the claim and training) ends it KILLED, FAILED or FINISHED; a KILLED run whose
@@ -30,7 +33,9 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      a signal or a lost worker leave the run resumable, with its reason.
   5. Nothing a run leaves behind outlives it: its checkpoint is removed when it finishes (a kill
      between the finish and the removal: by the next claim that finds it finished), fails for
-     good or is deleted in the store; a lock file is removed by its holder.
+     good (any FAILED end: one_run.ended_outcome; no claim resumes a FAILED run) or is deleted
+     in the store; a lock file is removed by its holder; an owner that loses its run drops the
+     writes still queued for it, and their temporary checkpoint files.
   6. Every stop says in one line what became of each run, and the same command then finishes the work.
 
 The state is the tag `harness.state` beside MLflow's own status, written in the same step.
@@ -47,7 +52,7 @@ from __future__ import annotations
 
 from ..errors import DivergedError
 from ..tracking import TAG, Tracker
-from ..tracking.outage import StoreUnavailable, store_fault
+from ..tracking.outage import Fenced, StoreUnavailable, store_fault
 
 OWNER = f"{TAG}owner"
 HEARTBEAT = f"{TAG}heartbeat"
@@ -62,11 +67,11 @@ SUPERSEDED = "superseded"  # KILLED and retired: a newer run of its configuratio
 _STATUS = {FINISHED: "FINISHED", RESUMABLE: "KILLED", FAILED: "FAILED"}
 
 
-class TakenOver(Exception):
+class TakenOver(Fenced):
     """The run was claimed by another process while this one trained it."""
 
 
-class RunDeleted(Exception):
+class RunDeleted(Fenced):
     """The run was deleted in the store while this process trained it: nothing more is written to
     it and its checkpoint is removed; the same command then trains a new run."""
 
@@ -125,6 +130,31 @@ def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
     now = run.tags.get(OWNER, owner)
     if owner is not None and now != owner:
         raise TakenOver(f"taken over by {now}")
+
+
+def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
+    """While this process trains the run: a call about it that follows a failed call (an outage,
+    its own retry) first asks the store whether the run is still this owner's (tracking/outage.py's
+    fence). An owner cut off from the store past the stale limit, whose run another machine took
+    over meanwhile, then writes nothing into it when the store answers again: its queued writes
+    are dropped (TakenOver, RunDeleted) and it stops with one line."""
+    if owner is None:
+        return
+    ask = tracker.impatient()  # one try: the fenced call's own loop retries through the outage
+
+    def check() -> None:
+        run = ask.run_record(run_id)
+        if run.deleted:
+            raise RunDeleted("deleted in the store while this process could not reach it")
+        now = run.tags.get(OWNER, owner)
+        if now != owner:
+            raise TakenOver(f"taken over by {now} while this process could not reach the store")
+
+    tracker.outage.fence(run_id, check)
+
+
+def unfence(tracker: Tracker, run_id: str) -> None:
+    tracker.outage.unfence(run_id)
 
 
 def claimed_tags(owner: str, beat: str, beat_s: float) -> dict:

@@ -43,6 +43,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
     tracker = job.tracker
     bar = None
     started = recorded or resumed
+    lifecycle.fence(tracker, run_id, owner)  # after an outage: the store asked whose the run is before a write
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, flushing_denormals():
             heartbeat.hold(run_id)
@@ -54,7 +55,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
             state = run_state(tracker, run_id, outbox)  # where it is (a home recorded by an earlier attempt), or this process's
             lifecycle.start_training(tracker, run_id, owner, resumed, {HOME_TAG: state.home()})
             with tracker.system_metrics(run_id, job.opts.system_metrics, job.opts.system_metrics_interval_s, resume=resumed):
-                pr = _restore(job, run_id, state, model, optimizer) if resumed else Progress()
+                pr = _restore(job, run_id, state, model, optimizer, owner) if resumed else Progress()
                 bar = progress_bar(job, len(prep.train) * (job.epochs - pr.start_epoch))
                 _train_epochs(job, run_id, prep, model, optimizer, loss_fn, state, pr, bar, heartbeat, outbox, owner)
                 if bar is not None:
@@ -80,6 +81,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
     except Exception as e:  # any other fault ends this run (failed or resumable), not the whole run-all
         return ended_outcome(job, run_id, owner, started, e)
     finally:
+        lifecycle.unfence(tracker, run_id)
         if bar is not None:
             bar.close()
 
@@ -106,9 +108,8 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
         if lifecycle.permanent(e):
             return Outcome(job.exp.id, job.seed, "failed", reason=reason)
         return Outcome(job.exp.id, job.seed, "resumable", reason=f"{reason}; run the same command again")
-    if ended == FAILED:
-        if isinstance(e, DivergedError):
-            run_state(job.tracker, run_id).clear()
+    if ended == FAILED:  # failed for good: no claim resumes it, so nothing of it is kept to resume from
+        run_state(job.tracker, run_id).clear()
         return Outcome(job.exp.id, job.seed, "failed", run_id, reason=reason)
     return Outcome(job.exp.id, job.seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
 
@@ -144,7 +145,7 @@ def build(job: Job):
     return model, optimizer, loss_function(exp.train.loss), count_params(model)
 
 
-def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
+def _restore(job: Job, run_id: str, state, model, optimizer, owner: str | None = None) -> Progress:
     """Continue a killed run after its last checkpointed epoch (logging that epoch if the kill
     came between the checkpoint and the store write)."""
     ck = state.load(job.device)
@@ -158,7 +159,7 @@ def _restore(job: Job, run_id: str, state, model, optimizer) -> Progress:
     torch.set_rng_state(ck["rng_cpu"].cpu())
     if job.device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
-    relog_missing(job.tracker, run_id, ck)
+    relog_missing(job.tracker, run_id, ck, owner)
     keep_threads(job, ck.get("threads"))
     job.echo(f"{job.run_name}: resuming run {run_id} after epoch {ck['epoch'] + 1}/{job.epochs}")
     return Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), scaler=ck.get("scaler"),
@@ -175,12 +176,17 @@ def keep_threads(job: Job, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def relog_missing(tracker, run_id: str, ck: dict) -> None:
+def relog_missing(tracker, run_id: str, ck: dict, owner: str | None = None) -> None:
     """Log the epochs the checkpoint has and the store lacks: the epoch of a kill between the
-    checkpoint and its metrics, and any still queued (outbox) when the process ended."""
+    checkpoint and its metrics, and any still queued (outbox) when the process ended. Only while
+    `owner` holds the run (the store asked after reading what is logged: a run taken over since
+    the claim is relogged by its new owner, not by both)."""
     logged = set(tracker.logged_steps(run_id, "epoch_time_s"))
     history = {int(e): v for e, v in ck.get("history", {}).items()} | {ck["epoch"]: {"metrics": ck["metrics"], "series": ck["series"]}}
-    for epoch in sorted(set(history) - logged):
+    missing = sorted(set(history) - logged)
+    if missing:
+        lifecycle.still_held(tracker, run_id, owner)
+    for epoch in missing:
         tracker.log_metrics(run_id, history[epoch]["metrics"], epoch, history[epoch]["series"])
 
 
@@ -217,6 +223,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
             raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
         if run_id in heartbeat.lost:
             raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
+        outbox.raise_error(run_id)  # a queued write fenced off (taken over during an outage): no checkpoint either
         _still_held(job.tracker, run_id, owner, outbox, epoch)
         metrics, series = epoch_metrics(stats, val, epoch, steps)
         metrics.update(epoch_test_acc(exp, model, prep, loss_fn, job.opts.precision))
@@ -225,7 +232,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         pr.scaler = scaler.state_dict() if scaler is not None else None
         pr.history[epoch] = {"metrics": metrics, "series": series}
         state.save(checkpoint(job, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), epoch, pr, metrics, series))
-        outbox.submit(job.tracker.log_metrics, run_id, metrics, epoch, series)  # after the checkpoint: in order
+        outbox.submit(job.tracker.log_metrics, run_id, metrics, epoch, series, run=run_id)  # after the checkpoint: in order
         if job.opts.progress and (bar is None or bar.disable):
             job.echo(epoch_line(job, epoch, pr, metrics, t_start))
 

@@ -12,6 +12,8 @@ HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached, 1 by 
   kill      SIGKILL this process          term   SIGTERM this process (Ctrl-C as signals.py makes it)
   disk      the disk full: raises torch.save's RuntimeError (at checkpoint)
   store     the store unreachable from now on: every store call fails as a refused connection
+  outage    the store unreachable until $HARNESS_FAULT_DIR/go exists (an outage on this process's
+            side only: other processes reach the store meanwhile), then it answers again
   delete    the run deleted in the store (by someone else), then go on (only where the step knows its run)
 Each fault that fires first writes $HARNESS_FAULT_DIR/fired-<step> (when that variable is set).
   pause     write $HARNESS_FAULT_DIR/paused, then wait until $HARNESS_FAULT_DIR/go exists (a test
@@ -30,10 +32,11 @@ import time
 from pathlib import Path
 
 STEPS = ("claim", "settle", "record", "epoch_end", "checkpoint", "outbox_flush", "final_metrics", "model", "finish", "clear")
-FAULTS = ("kill", "term", "disk", "store", "delete", "pause")
+FAULTS = ("kill", "term", "disk", "store", "outage", "delete", "pause")
 
 _seen: dict[str, int] = {}
 _store_down = False
+_outage_until: Path | None = None  # the file whose appearance ends an `outage`
 
 
 def _wanted() -> tuple[str, int, str] | None:
@@ -68,6 +71,9 @@ def point(step: str, tracker=None, run_id: str | None = None) -> None:
     elif fault == "store":
         global _store_down
         _store_down = True
+    elif fault == "outage":
+        global _outage_until
+        _outage_until = Path(os.environ["HARNESS_FAULT_DIR"]) / "go"
     elif fault == "delete":
         if tracker is not None and run_id is not None:
             tracker.client.delete_run(run_id)
@@ -90,8 +96,13 @@ def _fired(step: str, fault: str) -> None:
 
 def store_down() -> None:
     """Raise as an unreachable store would, once the `store` fault has fired."""
+    global _outage_until
     if _store_down:
         raise ConnectionError("Connection refused (HARNESS_FAULT: the store unreachable)")
+    if _outage_until is not None:
+        if not _outage_until.exists():
+            raise ConnectionError("Connection refused (HARNESS_FAULT: the store unreachable until go)")
+        _outage_until = None
 
 
 def _step_clock() -> None:

@@ -8,11 +8,19 @@ clock, shared by every call of one Tracker; past it the call raises StoreUnavail
 stops resumable. A call that fails for another reason (a bad request, a permission) is raised at
 once. Retrying is safe because every write the harness makes during a run is idempotent (tags and
 params are set to the same values, metrics carry their own timestamp, artifacts are overwritten).
+
+A fence keeps an outage from turning into a write into another owner's run: a run trained here
+registers a check of its owner (`fence`, runs/lifecycle.py's). A call about that run (its first
+parameter is the run id) that follows a failed call, its own retry or the first after an outage,
+asks the store first who owns the run; when it is not this owner any more (another machine took it
+over while this one could not reach the store) the check raises a Fenced error and the write is not
+made. Outside outages nothing is asked: the check costs one call per run per outage.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -41,6 +49,11 @@ _TRANSIENT = ("max retries exceeded", "connection refused", "connection reset", 
 
 class StoreUnavailable(HarnessError):
     """The tracking store stayed unreachable past the outage window."""
+
+
+class Fenced(Exception):
+    """A write refused because its run is not this process's any more (runs/lifecycle.py's
+    TakenOver and RunDeleted): never retried, never a store fault."""
 
 
 def window_s() -> float:
@@ -86,19 +99,44 @@ class Outage:
     """When the store became unreachable (None: it answers), shared by the calls of one Tracker,
     so that consecutive calls during one outage share one window."""
 
-    def __init__(self, window: float, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, window: float, clock=time.monotonic, sleep=time.sleep, parent: "Outage | None" = None):
         self.window, self.clock, self.sleep = window, clock, sleep
+        self.parent = parent  # an impatient copy's (window 0): its failures count as the parent's outages
         self.since: float | None = None
         self.longest = 0.0  # the longest outage ridden out, in seconds (for the log and tests)
+        self.outages = 0  # how many began: a run's fence is asked again after each
+        self.fences: dict[str, object] = {}  # run id -> its owner check (raises Fenced)
+        self._fenced: dict[str, int] = {}  # run id -> the outage count when its check last passed
         self._lock = threading.Lock()
 
-    def call(self, fn, *args, **kwargs):
-        delay = 1.0
+    def fence(self, run_id: str, check) -> None:
+        """Ask `check()` before a call about `run_id` that follows a failed call (see the module)."""
+        with self._lock:
+            self.fences[run_id], self._fenced[run_id] = check, self.outages
+
+    def unfence(self, run_id: str) -> None:
+        with self._lock:
+            self.fences.pop(run_id, None)
+            self._fenced.pop(run_id, None)
+
+    def call(self, fn, /, *args, **kwargs):
+        return self.call_for(None, fn, *args, **kwargs)
+
+    def call_for(self, run_id: str | None, fn, /, *args, **kwargs):
+        """`fn(*args, **kwargs)` retried through an outage; a call about `run_id` fenced."""
+        delay, failed = 1.0, False
         while True:
             try:
                 faults.store_down()
+                self._ask_fence(run_id, failed)
                 result = fn(*args, **kwargs)
+            except Fenced:
+                self._answered()  # the store said so: it is reachable
+                raise
             except Exception as e:
+                failed = True
+                if self.parent is not None and transient(e):
+                    self.parent.note_outage()  # a heartbeat or an owner check that failed: the next write is fenced
                 if self.window <= 0 or not transient(e):
                     raise
                 self._failed(e)
@@ -112,9 +150,30 @@ class Outage:
             self._answered()
             return result
 
+    def note_outage(self) -> None:
+        """The store failed a call made without riding it out (an impatient copy's): the fences
+        are asked again before the next write, as after an outage of this Outage's own."""
+        with self._lock:
+            self.outages += 1
+        if self.parent is not None:
+            self.parent.note_outage()
+
+    def _ask_fence(self, run_id: str | None, failed: bool) -> None:
+        check = self.fences.get(run_id) if run_id is not None else None
+        if check is None:
+            return
+        outages = self.outages
+        if not failed and self.since is None and self._fenced.get(run_id) == outages:
+            return
+        check()  # Fenced: not ours; a store error: this attempt failed, the outage goes on
+        with self._lock:
+            if run_id in self.fences:
+                self._fenced[run_id] = outages
+
     def _failed(self, e: BaseException) -> None:
         with self._lock:
             if self.since is None:
+                self.outages += 1
                 self.since = self.clock()
                 log.warning("tracking store unreachable (%s); training goes on, its writes are retried for up to %g s",
                             one_line(e), self.window)
@@ -130,14 +189,18 @@ class Outage:
 
 def riding(per_attempt):
     """A decorator for methods of an object with an `outage` (a Tracker): the call is retried
-    through an outage, each attempt wrapped by `per_attempt`."""
+    through an outage, each attempt wrapped by `per_attempt`; a method whose first parameter is
+    `run_id` is fenced for that run."""
 
     def decorate(fn):
         inner = per_attempt(fn)
+        names = list(inspect.signature(fn).parameters)
+        about_run = len(names) > 1 and names[1] == "run_id"
 
         @functools.wraps(fn)
         def wrapper(self, *args, **kwargs):
-            return self.outage.call(inner, self, *args, **kwargs)
+            run_id = (args[0] if args else kwargs.get("run_id")) if about_run else None
+            return self.outage.call_for(run_id, inner, self, *args, **kwargs)
 
         return wrapper
 

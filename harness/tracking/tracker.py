@@ -88,7 +88,7 @@ class Tracker(RunContext, LoggedModels):
         """This connection without riding out outages: for calls that are repeated anyway (a
         heartbeat) and must not stall for the window."""
         other = copy.copy(self)
-        other.outage = Outage(0)
+        other.outage = Outage(0, parent=self.outage)  # its failures still fence this connection's next write
         return other
 
     # ------------------------------------------------------------------ queries
