@@ -59,7 +59,9 @@ def test_a_run_rides_out_the_server_killed_and_restarted(server, admin, syntheti
     assert_finished_once(admin, run)
 
 
-def test_a_run_rides_out_postgresql_restarted(server, admin, synthetic_root):
+def test_a_run_rides_out_postgresql_restarted(default_auth_server, admin, synthetic_root):
+    """On MLflow's default auth (no cache): the auth check's own database is down, and answers 401s."""
+    server = default_auth_server
     p = start_run(server, "outage-postgres", synthetic_root)
     run = wait_for_epoch(admin, "outage-postgres", p)
     server["stop_postgres"]()
