@@ -86,6 +86,14 @@ def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def pytest_sessionfinish(session):
+    """This process's fork server for `harness` commands (tests/forkserver.py), if a test started it."""
+    import sys
+
+    if "tests.forkserver" in sys.modules:
+        sys.modules["tests.forkserver"].close()
+
+
 # --- pytest-xdist (pyproject: -n auto --dist loadgroup) ------------------------------------------
 # Most of the suite waits, not computes: `harness` subprocesses importing torch and MLflow, fresh
 # SQLite stores migrating their schema, servers answering. Two workers on 2 cores overlap that.
