@@ -86,6 +86,14 @@ def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def pytest_sessionfinish(session):
+    """This process's fork server for `harness` commands (tests/forkserver.py), if a test started it."""
+    import sys
+
+    if "tests.forkserver" in sys.modules:
+        sys.modules["tests.forkserver"].close()
+
+
 # --- pytest-xdist (pyproject: -n auto --dist loadgroup) ------------------------------------------
 # Most of the suite waits, not computes: `harness` subprocesses importing torch and MLflow, fresh
 # SQLite stores migrating their schema, servers answering. Two workers on 2 cores overlap that.
@@ -210,13 +218,33 @@ def sigint_as_in_a_terminal():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# As the README's cluster section advises (`auth_cache_ttl_seconds = 60`): with MLflow's default (0)
+# every request re-hashes the password (scrypt, ~90 ms of CPU here) and the one-worker server spends
+# its time hashing rather than serving. A wrong password is never cached: it is refused as with the
+# default (test_tracking_server, test_ray_cluster check it).
+AUTH_CACHE_TTL_S = 60
+
+
 @pytest.fixture(scope="session")
 def server():
-    """One PostgreSQL + basic-auth MLflow server for the session (tests/servers.py)."""
+    """One PostgreSQL + basic-auth MLflow server for the session (tests/servers.py), with the
+    README's auth cache. The one test that needs MLflow's default (no cache: a PostgreSQL restart
+    then answers 401s, a path runs ride out) asks for `default_auth_server` too."""
     from tests.servers import tracking_server
 
-    with tracking_server() as s:
+    with tracking_server(auth_cache_ttl_s=AUTH_CACHE_TTL_S) as s:
         yield s
+
+
+@pytest.fixture
+def default_auth_server(server):
+    """The session's server, restarted with MLflow's default auth_cache_ttl_seconds = 0 for one
+    test (its database, port and runs are the same), and restarted with the cache after it."""
+    server["restart_server"](0)
+    try:
+        yield server
+    finally:
+        server["restart_server"](AUTH_CACHE_TTL_S)
 
 
 @pytest.fixture(scope="session")
@@ -227,17 +255,13 @@ def admin(server):
 
 @pytest.fixture(scope="session")
 def cached_server():
-    """The same server set up as the README's cluster section advises: `auth_cache_ttl_seconds =
-    60`. With MLflow's default (0, `server`'s: the outage tests restart its PostgreSQL, which
-    then answers 401s, a path they ride out) every request re-hashes the password (scrypt, ~90 ms
-    of CPU here), and the one-worker server spends its time hashing rather than serving: in the
-    Ray capped suite it used 285 of the 353 CPU-seconds (the Ray workers 27), and the runs waited
-    on it. A wrong password is never cached: it is refused as with the default. The Ray cluster
-    tests use it (their module's `server`); the tracking-server tests, whose single runs it did
-    not measurably speed up, keep MLflow's default."""
+    """A second server set up as `server` (the README's auth cache), for the Ray cluster tests
+    (their module's `server`) on a worker of their own, beside the other server tests. Without
+    the cache the one-worker server spent 285 of the Ray capped suite's 353 CPU-seconds hashing
+    the password (the Ray workers 27), and the runs waited on it."""
     from tests.servers import tracking_server
 
-    with tracking_server(auth_cache_ttl_s=60) as s:
+    with tracking_server(auth_cache_ttl_s=AUTH_CACHE_TTL_S) as s:
         yield s
 
 

@@ -84,13 +84,16 @@ def tracking_server(auth_cache_ttl_s: int = 0):
     try:
         for db in ("mlflow", "mlflowauth"):
             subprocess.run(as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "postgres", db), check=True, capture_output=True)
-        (root / "auth.ini").write_text(
-            "[mlflow]\ndefault_permission = EDIT\n"
-            f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
-            f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # 0: MLflow's default, every request re-checks the password hash (measure_scale_out compares)
-            f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n")
+        def write_auth_ini(ttl_s: int) -> None:
+            (root / "auth.ini").write_text(
+                "[mlflow]\ndefault_permission = EDIT\n"
+                f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
+                f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                # 0: MLflow's default, every request re-checks the password hash (measure_scale_out compares)
+                f"auth_cache_ttl_seconds = {ttl_s}\n")
+
+        write_auth_ini(auth_cache_ttl_s)
         # no job runner: MLflow 3's server otherwise starts 8 more processes (huey consumers) that
         # harness never gives work, seconds of CPU at each start and restart of the server
         env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="harness-tests",
@@ -120,9 +123,16 @@ def tracking_server(auth_cache_ttl_s: int = 0):
         def start_postgres():
             subprocess.run(pg_start, check=True, capture_output=True)
 
+        def restart_server(ttl_s: int) -> None:
+            """The same server (database, port, runs) started again with another auth cache."""
+            kill_server()
+            write_auth_ini(ttl_s)
+            start_server()
+
         start_server()
         yield {"url": url, "root": root, "start_server": start_server, "kill_server": kill_server,
-               "stop_postgres": stop_postgres, "start_postgres": start_postgres}
+               "stop_postgres": stop_postgres, "start_postgres": start_postgres, "restart_server": restart_server,
+               "auth_cache_ttl_s": auth_cache_ttl_s}
     finally:
         if server_proc is not None:
             os.killpg(server_proc.pid, signal.SIGTERM)  # our own server and its workers, nothing else

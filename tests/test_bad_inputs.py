@@ -1,4 +1,5 @@
-"""A corpus of bad inputs, each run as a user would run it (a `harness` subprocess): every one
+"""A corpus of bad inputs, each run as a user would run it (a `harness` subprocess, forked from the
+tests' fork server, tests/forkserver.py, or a fresh interpreter where a case needs one): every one
 ends in a single `error:` line and the stated exit code, with no traceback and nothing written."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from . import forkserver
 from .conftest import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +33,10 @@ def harness(*args, cwd: Path, prefix=(), env_extra=None) -> subprocess.Completed
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
     env.update(env_extra or {})
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([*prefix, sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    if prefix or env_extra:  # under setpriv, or with a PYTHONPATH of its own (read at start-up): a fresh interpreter
+        return subprocess.run([*prefix, sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=180)
+    return forkserver.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
 def assert_one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.tracking import Tracker
+
+from . import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +71,8 @@ def test_a_log_file_gets_one_line_per_epoch(synthetic_root, tmp_path):
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", HARNESS_STATE_DIR=str(tmp_path / "state"))
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(tmp_path / "log", "w") as log:  # what `nohup harness run-all ... > log` gives: no terminal anywhere
-        p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "fastai-simplenet", "--data-dir", str(synthetic_root),
-                            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--epochs", "3", "--no-system-metrics"],
+        p = forkserver.run(["run", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                            "--epochs", "3", "--no-system-metrics"],
                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
     text = (tmp_path / "log").read_text()
     assert p.returncode == 0, text

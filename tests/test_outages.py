@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
+from tests import forkserver
 from tests.servers import REPO, server_env
 
 ARGS = ["--epochs", "4", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
 
 
-def start_run(server, experiment: str, synthetic_root, recipe: str = "medium-vgg-bn", args=ARGS, window_s: int = 300) -> subprocess.Popen:
+def start_run(server, experiment: str, synthetic_root, recipe: str = "medium-vgg-bn", args=ARGS, window_s: int = 300) -> forkserver.Child:
+    """`harness run` as a process of its own (forked from tests/forkserver.py: no imports to pay)."""
     env = dict(server_env(server), HARNESS_OUTAGE_WINDOW_S=str(window_s))
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", recipe, "--experiment-name", experiment, "--data-dir",
-                             str(synthetic_root), *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return forkserver.popen(["run", recipe, "--experiment-name", experiment, "--data-dir", synthetic_root, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_epoch(admin, experiment: str, p: subprocess.Popen, epoch: int = 0):
+def wait_for_epoch(admin, experiment: str, p: forkserver.Child, epoch: int = 0):
     deadline = time.time() + 300
     while time.time() < deadline:
         exp = admin.get_experiment_by_name(experiment)
@@ -48,9 +49,11 @@ def test_a_run_rides_out_the_server_killed_and_restarted(server, admin, syntheti
     run = wait_for_epoch(admin, "outage-server", p)
     server["kill_server"]()
     try:
-        time.sleep(3)
+        # down longer than MLflow's own retries of a refused connection ride out (2 retries, backoff 2 s
+        # and 4 s plus up to 1 s of jitter each): the run's next writes fail to harness's outage handling
+        time.sleep(10)
     finally:
-        server["start_server"]()  # back after 3 s plus its start-up (seconds): the run's next writes fail meanwhile
+        server["start_server"]()  # back after 10 s plus its start-up (seconds)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     back = re.search(r"reachable again after (\d+) s", out)
@@ -59,7 +62,9 @@ def test_a_run_rides_out_the_server_killed_and_restarted(server, admin, syntheti
     assert_finished_once(admin, run)
 
 
-def test_a_run_rides_out_postgresql_restarted(server, admin, synthetic_root):
+def test_a_run_rides_out_postgresql_restarted(default_auth_server, admin, synthetic_root):
+    """On MLflow's default auth (no cache): the auth check's own database is down, and answers 401s."""
+    server = default_auth_server
     p = start_run(server, "outage-postgres", synthetic_root)
     run = wait_for_epoch(admin, "outage-postgres", p)
     server["stop_postgres"]()
@@ -134,3 +139,32 @@ def test_what_is_ridden_out_and_for_how_long_without_a_server():
     with pytest.raises(StoreUnavailable) as e:
         short.call(failing(99, Answered(503, "service unavailable")))
     assert waits == [1, 2, 4, 8, 5] and "\n" not in str(e.value) and "HARNESS_OUTAGE_WINDOW_S=20" in str(e.value), str(e.value)
+
+
+def test_an_experiment_tag_set_meanwhile_by_another_process_is_no_error(tmp_path, monkeypatch):
+    """What four runs starting at once into a new experiment on a server meet: another process
+    inserted the experiment's kind tag between this one's read and write (PostgreSQL answers a
+    duplicate key). Its tag is as good: the run goes on. Another failure still fails."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from harness.errors import HarnessError
+    from harness.tracking import Tracker
+    from harness.tracking.records import EXPERIMENT_KIND
+
+    real = MlflowClient.set_experiment_tag
+
+    def raced(self, experiment_id, key, value):
+        real(self, experiment_id, key, value)  # the other process's, first
+        raise MlflowException('duplicate key value violates unique constraint "experiment_tag_pk"')
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", raced)
+    t = Tracker(f"sqlite:///{tmp_path}/a.db")
+    assert MlflowClient(t.uri).get_experiment(t.experiment_id).tags[EXPERIMENT_KIND] == "custom_model_development"
+
+    def refused(self, experiment_id, key, value):
+        raise MlflowException("PERMISSION_DENIED: no")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refused)
+    with pytest.raises(HarnessError, match="PERMISSION_DENIED"):
+        Tracker(f"sqlite:///{tmp_path}/b.db")

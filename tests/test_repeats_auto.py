@@ -10,7 +10,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ from harness.auto.state import Seeds
 from harness.errors import UsageError
 from harness.runs.job import Outcome, RunOptions
 
+from . import forkserver
 from .test_bad_inputs import assert_one_line as one_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,9 +155,9 @@ def test_a_first_estimate_far_too_low_does_not_overshoot_the_budget_by_more_than
 # ------------------------------------------------------------------ as a user runs it
 
 
-def harness(*args, cwd, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=600, **kw)
+def harness(*args, cwd, env=None):
+    """`harness ARGS` as a process of its own, forked from tests/forkserver.py."""
+    return forkserver.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=600)
 
 
 def test_auto_options_are_checked_before_anything_runs(tmp_path):
@@ -202,8 +202,8 @@ def test_aa_pair_end_to_end_is_never_called_different(mine):
 @pytest.mark.slow
 def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine):
     d, env, where = mine
-    cmd = [sys.executable, "-m", "harness.cli", "run", d / "quick.toml", d / "frozen.toml", "--repeats", "auto", "--max-repeats", "8", *where, *CAP]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd = ["run", d / "quick.toml", d / "frozen.toml", "--repeats", "auto", "--max-repeats", "8", *where, *CAP]
+    proc = forkserver.popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True)
     seen = []
     for line in proc.stdout:  # Ctrl-C once the first round is in the store and the second has begun
@@ -221,7 +221,7 @@ def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine)
     client._tracking_client.store.engine.dispose()
     done = collections.Counter(r.data.tags["harness.experiment_id"] for r in runs if r.info.status == "FINISHED")
     assert done["quick"] >= 2 and done["frozen"] >= 2, done  # round 1 is in the store
-    again = harness(*cmd[3:], cwd=REPO, env=env)
+    again = harness(*cmd, cwd=REPO, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     start = next(x for x in again.stdout.splitlines() if x.startswith("start:"))
     # continued from the store, not from scratch: it starts from exactly the finished seeds there

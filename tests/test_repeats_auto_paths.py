@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +17,7 @@ from harness.auto import loop
 from harness.auto.budget import round_time
 from harness.runs.job import Outcome, RunOptions
 
+from . import forkserver
 from .test_repeats_auto import CAP, REPO, fake, mine, run  # noqa: F401 (fixtures)
 
 
@@ -232,9 +232,8 @@ def test_two_drivers_on_one_store_train_no_seed_twice_and_stop_at_the_cap(mine):
     decided (the same network under two ids, margin 0: never tied, never different): between
     them each recipe gets exactly its cap of seeds, each trained once, and both say why they stopped."""
     d, env, where = mine
-    cmd = [sys.executable, "-m", "harness.cli", "run", "tutorial-base", d / "my-net.toml", "--repeats", "auto", "--max-repeats", "4",
-           "--margin", "0", *where, *CAP]
-    procs = [subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd = ["run", "tutorial-base", d / "my-net.toml", "--repeats", "auto", "--max-repeats", "4", "--margin", "0", *where, *CAP]
+    procs = [forkserver.popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO), **env}) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

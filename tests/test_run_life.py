@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.tracking import Tracker
+
+from . import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--epochs", "3", "--max-train-images", "200", "--no-progress", "--no-system-metrics"]
@@ -273,10 +274,10 @@ def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_r
     """Same machine, same store, different HARNESS_STATE_DIR (so different lock folders): the
     second sees the first's process alive and leaves the run to it."""
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [sys.executable, "-m", "harness.cli", "run", "medium-vgg-bn", "--data-dir", str(synthetic_root), "--tracking-uri", store,
+    args = ["run", "medium-vgg-bn", "--data-dir", str(synthetic_root), "--tracking-uri", store,
             "--epochs", "6", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
     env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true")
-    first = subprocess.Popen(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s1")), stdout=subprocess.PIPE,
+    first = forkserver.popen(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s1")), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
@@ -286,7 +287,7 @@ def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_r
                 break
             assert first.poll() is None, first.stdout.read()
             time.sleep(0.2)
-        second = subprocess.run(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s2")), capture_output=True, text=True,
+        second = forkserver.run(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s2")), capture_output=True, text=True,
                                 timeout=300)
         assert second.returncode == 0 and "being trained by" in second.stdout, second.stdout + second.stderr
         out, _ = first.communicate(timeout=600)

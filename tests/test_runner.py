@@ -4,7 +4,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+
+from . import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = ["--epochs", "1", "--max-train-images", "512", "--no-progress"]
@@ -33,9 +34,9 @@ def runs(store, status=None):
 
 
 def harness_proc(*args, env_extra=None):
+    """`harness ARGS` as a process of its own, forked from tests/forkserver.py."""
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return forkserver.popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def start_and_wait_for_checkpoint(*args):

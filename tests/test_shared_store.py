@@ -7,13 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+
+from . import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["fastai-simplenet", "tutorial-base", "fastai-convnet"]
@@ -25,12 +26,12 @@ def folder(tmp_path: Path, name: str) -> Path:
     return d
 
 
-def harness(cwd: Path, *args) -> subprocess.Popen:
+def harness(cwd: Path, *args) -> forkserver.Child:
+    """`harness ARGS` in `cwd` as a process of its own, forked from tests/forkserver.py."""
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
     env.pop("HARNESS_STATE_DIR", None)  # where state lives is what these tests are about
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return forkserver.popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def check_each_trained_once(store: str, ids: list[str], epochs: int) -> None:

@@ -11,21 +11,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from . import forkserver
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--max-train-images", "300", "--no-progress", "--no-system-metrics"]
 
 
-def harness(*args, **env) -> subprocess.Popen:
+def harness(*args, **env) -> forkserver.Child:
+    """`harness ARGS` in a session of its own, forked from tests/forkserver.py (SIGINT's default handler, as a fresh process has)."""
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), **env)
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return forkserver.popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def all_runs(store: str):
@@ -34,7 +35,7 @@ def all_runs(store: str):
     return c.search_runs([exp.experiment_id], max_results=100) if exp else []
 
 
-def wait_for(what, p: subprocess.Popen, seconds: float = 180):
+def wait_for(what, p: forkserver.Child, seconds: float = 180):
     deadline = time.time() + seconds
     while time.time() < deadline:
         got = what()

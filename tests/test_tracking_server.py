@@ -9,7 +9,13 @@ import sys
 
 import pytest
 
-from tests.servers import ADMIN, CAP, PASSWORD, REPO, free_port, harness
+from tests import forkserver
+from tests.servers import ADMIN, CAP, PASSWORD, REPO, free_port, server_env
+
+
+def harness(server, *args, password=PASSWORD, cwd=None, timeout=600):
+    """servers.harness, forked from tests/forkserver.py (a process of its own, without the imports to pay)."""
+    return forkserver.run(args, cwd=cwd or REPO, env=server_env(server, password), capture_output=True, text=True, timeout=timeout)
 
 @pytest.fixture(scope="module")
 def trained(server, admin, synthetic_root):
@@ -70,8 +76,8 @@ def test_a_wrong_password_is_one_line_exit_2_and_no_run(server, trained, admin, 
 
 def test_an_unreachable_server_is_one_line(synthetic_root):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}", MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "fastai-simplenet", "--data-dir", str(synthetic_root), *CAP],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = forkserver.run(["run", "fastai-simplenet", "--data-dir", synthetic_root, *CAP], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "unreachable" in r.stderr, r.stderr
 
 
@@ -83,13 +89,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_in_the_server_artifact_store(s
     import signal
     import time
 
-    from tests.servers import server_env
-
     args = ["run", "medium-vgg-bn", "--experiment-name", "resume-anywhere", "--data-dir", synthetic_root, "--epochs", "4",
             "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
     env = server_env(server)
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    p = forkserver.popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, run = time.time() + 300, None
     while time.time() < deadline:
         exp = admin.get_experiment_by_name("resume-anywhere")
@@ -105,7 +108,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_in_the_server_artifact_store(s
     other = tmp_path / "elsewhere"
     shutil.copytree(REPO / "experiments", other / "experiments")
     env2 = dict(env, XDG_CACHE_HOME=str(tmp_path / "other-cache"))
-    r = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=other, env=env2, capture_output=True, text=True, timeout=600)
+    r = forkserver.run(args, cwd=other, env=env2, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and f"resuming run {run.info.run_id}" in r.stdout, r.stdout + r.stderr
     [done] = admin.search_runs([run.info.experiment_id])
     assert done.info.run_id == run.info.run_id and done.info.status == "FINISHED"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from . import forkserver
 from .conftest import make_synthetic
 from .test_bad_inputs import assert_one_line as one_line  # one line, the right code, no traceback
 
@@ -98,8 +99,8 @@ def recipe(spec_id: str, model: str) -> str:
 def harness(*args, cwd: Path, timeout=600) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    # a process of its own in `cwd`, forked from tests/forkserver.py (the user's modules are imported in it, not in the server)
+    return forkserver.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

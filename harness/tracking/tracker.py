@@ -71,7 +71,17 @@ class Tracker(RunContext, LoggedModels):
                 if exp is not None and create and EXPERIMENT_KIND not in exp.tags:
                     # MLflow 3's UI opens an experiment on its GenAI overview unless told it is
                     # model training; a kind the user set is left alone
-                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+                    try:
+                        self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+                    except MlflowException as e:
+                        # runs starting at once into a new experiment on a server race to insert the same
+                        # tag (PostgreSQL: "duplicate key value violates unique constraint experiment_tag_pk");
+                        # another process's tag is as good as this one's
+                        if not any(k in str(e).lower() for k in ("unique constraint", "duplicate key", "uniqueviolation", "integrityerror")):
+                            raise
+                        exp = self.client.get_experiment(exp.experiment_id)
+                        if EXPERIMENT_KIND not in exp.tags:
+                            raise
         except HarnessError:
             raise
         except Exception as e:  # connection, driver and schema errors surface as assorted types
