@@ -18,7 +18,9 @@ import harness.cli  # noqa: F401  (torch, MLflow and every room of the harness, 
 import harness.executors.local  # noqa: F401
 import harness.runs.one_run  # noqa: F401
 import harness.tracking.tracker  # noqa: F401
-import mlflow.pytorch  # noqa: F401
+from harness.tracking.logged_models import pytorch_flavor
+
+pytorch_flavor()  # mlflow.pytorch, with the root logger kept as a fresh command has it
 
 
 def warm() -> None:

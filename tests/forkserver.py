@@ -109,19 +109,11 @@ def _child(req: dict, fds: list[int], close: list, set_by_import: dict) -> None:
 
 
 def serve(path: str) -> None:
-    import logging
 
     before = dict(os.environ)
-    root = logging.getLogger()
-    root_level, root_handlers = root.level, list(root.handlers)
-    from tests.crash_zygote import warm  # imports the harness, torch and MLflow
+    from tests.crash_zygote import warm  # imports the harness, torch and MLflow (mlflow.pytorch keeping the root logger)
 
     warm()
-    # `import mlflow.pytorch` (warm's; a fresh command's at its first log_model, after training)
-    # runs logging.basicConfig(level=ERROR): the root logger as a fresh command has it while it
-    # trains, so that its warnings (a tracking store unreachable) are printed
-    root.setLevel(root_level)
-    root.handlers[:] = root_handlers
     set_by_import = {k: v for k, v in os.environ.items() if k not in before}
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)

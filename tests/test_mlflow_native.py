@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,14 @@ def test_run_all_and_the_report_point_at_the_training_view_of_the_ui(synthetic_r
 
     links = re.findall(r'href="(http://127\.0\.0\.1:5000/[^"]+)"', out.read_text())
     assert links and all(link.endswith("?workflowType=machine_learning") for link in links)
+
+
+def test_logging_a_model_leaves_the_harness_warnings_audible():
+    """mlflow.pytorch's import calls logging.basicConfig(level=ERROR): in a command with no logging
+    set up, every warning after the first logged model (a later run's "tracking store unreachable")
+    went silent. A fresh interpreter, as a command starts."""
+    code = ("import logging; from harness.tracking.logged_models import pytorch_flavor; pytorch_flavor(); "
+            "logging.getLogger('harness.outage').warning('tracking store unreachable (test)')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tracking store unreachable (test)" in r.stderr

@@ -17,6 +17,20 @@ logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 _riding_held = riding(held)
 
 
+def pytorch_flavor():
+    """mlflow.pytorch, imported with the root logger kept as it was: its import runs
+    `logging.basicConfig(level=ERROR)` (mlflow/pytorch/_lightning_autolog.py), which in a command
+    with no logging set up silenced every warning after a run's first logged model (a later run's
+    "tracking store unreachable" included)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    import mlflow.pytorch
+
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    return mlflow.pytorch
+
+
 class LoggedModels:
     """Tracker's logged-model calls (self.client, self.experiment_id: Tracker's)."""
 
@@ -49,10 +63,10 @@ class LoggedModels:
         # on entry, FINISHED on exit) behind the lifecycle's owner check; runs/lifecycle.py is the
         # one writer of a run's status. The logged model goes to the run's experiment.
         mlflow.set_experiment(experiment_id=self.experiment_id)
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
-                                 input_example=input_example, pip_requirements=pip_requirements, run_id=run_id)
+        pytorch_flavor().log_model(model, name="model", serialization_format="pickle", code_paths=code_paths,
+                                   input_example=input_example, pip_requirements=pip_requirements, run_id=run_id)
 
 
 def load_model(uri: str, run_id: str):
     mlflow.set_tracking_uri(uri)
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    return pytorch_flavor().load_model(f"runs:/{run_id}/model")
