@@ -109,7 +109,6 @@ def _child(req: dict, fds: list[int], close: list, set_by_import: dict) -> None:
 
 
 def serve(path: str) -> None:
-
     before = dict(os.environ)
     from tests.crash_zygote import warm  # imports the harness, torch and MLflow (mlflow.pytorch keeping the root logger)
 
