@@ -86,7 +86,7 @@ def permanent(e: BaseException) -> bool:
     fault, memory, a signal or a stopped process is not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
-    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver, NoCheckpoint)) or store_fault(e):
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, Fenced, NoCheckpoint)) or store_fault(e):
         return False
     if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
         return False
@@ -109,7 +109,7 @@ def check_owner(tracker: Tracker, run_id: str, owner: str | None) -> None:
     if owner is not None:
         now = tracker.run_tags(run_id).get(OWNER, owner)
         if now != owner:
-            raise TakenOver(f"taken over by {now}")
+            raise TakenOver(f"taken over by {now}", run_id=run_id)
 
 
 def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
@@ -126,10 +126,10 @@ def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
     except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
         return
     if run.deleted:
-        raise RunDeleted("deleted in the store while it trained")
+        raise RunDeleted("deleted in the store while it trained", run_id=run_id)
     now = run.tags.get(OWNER, owner)
     if owner is not None and now != owner:
-        raise TakenOver(f"taken over by {now}")
+        raise TakenOver(f"taken over by {now}", run_id=run_id)
 
 
 def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
@@ -145,10 +145,10 @@ def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
     def check() -> None:
         run = ask.run_record(run_id)
         if run.deleted:
-            raise RunDeleted("deleted in the store while this process could not reach it")
+            raise RunDeleted("deleted in the store while this process could not reach it", run_id=run_id)
         now = run.tags.get(OWNER, owner)
         if now != owner:
-            raise TakenOver(f"taken over by {now} while this process could not reach the store")
+            raise TakenOver(f"taken over by {now} while this process could not reach the store", run_id=run_id)
 
     tracker.outage.fence(run_id, check)
 

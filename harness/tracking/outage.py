@@ -53,7 +53,12 @@ class StoreUnavailable(HarnessError):
 
 class Fenced(Exception):
     """A write refused because its run is not this process's any more (runs/lifecycle.py's
-    TakenOver and RunDeleted): never retried, never a store fault."""
+    TakenOver and RunDeleted): never retried, never a store fault. `run_id`: the run it concerns,
+    where known (a group trains several: one run's refusal says nothing of the others)."""
+
+    def __init__(self, *args, run_id: str | None = None):
+        super().__init__(*args)
+        self.run_id = run_id
 
 
 def window_s() -> float:
