@@ -44,7 +44,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     done: dict[int, Outcome] = {}
     resumed = list(resumed) if resumed is not None else [ck is not None for ck in checkpoints]
     for rid in run_ids:
-        lifecycle.fence(tracker, rid, owner)
+        lifecycle.fence(tracker, rid, owner, beat_s)
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors, flushing_denormals():
             for rid in run_ids:

@@ -118,13 +118,19 @@ def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
     that stalled past the stale limit and wakes after a takeover or a deletion writes nothing more.
     Raises RunDeleted or TakenOver. While the store is unreachable (this connection is riding out
     an outage, or the one look fails) it cannot tell: training goes on and its writes wait in the
-    outbox, and the final writes look again."""
-    if tracker.outage.since is not None:
+    outbox, and the final writes look again. But once the owner's lease has run out (the outage
+    outlasted two beats: another machine may have taken the run over) the store must answer
+    first: this waits for it, within the outage window (past it StoreUnavailable, the run stops
+    resumable), so a cut-off owner neither trains on nor writes its local checkpoint beside a taker."""
+    if not tracker.outage.leased(run_id):
+        run = tracker.run_record(run_id)  # ridden out: its fence asks whose the run is first
+    elif tracker.outage.since is not None:
         return
-    try:
-        run = tracker.impatient().run_record(run_id)
-    except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
-        return
+    else:
+        try:
+            run = tracker.impatient().run_record(run_id)
+        except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
+            return
     if run.deleted:
         raise RunDeleted("deleted in the store while it trained", run_id=run_id)
     now = run.tags.get(OWNER, owner)
@@ -132,12 +138,16 @@ def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
         raise TakenOver(f"taken over by {now}", run_id=run_id)
 
 
-def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
+def fence(tracker: Tracker, run_id: str, owner: str | None, beat_s: float | None = None) -> None:
     """While this process trains the run: a call about it that follows a failed call (an outage,
-    its own retry) first asks the store whether the run is still this owner's (tracking/outage.py's
-    fence). An owner cut off from the store past the stale limit, whose run another machine took
-    over meanwhile, then writes nothing into it when the store answers again: its queued writes
-    are dropped (TakenOver, RunDeleted) and it stops with one line."""
+    its own retry), or made when the owner's lease has run out, first asks the store whether the
+    run is still this owner's (tracking/outage.py's fence). The lease is two beats (`beat_s`, the
+    heartbeat's interval, recorded on the run) from the last heartbeat that landed: an observer
+    takes a run over only after seeing its heartbeat unchanged for at least four beats
+    (liveness.Observer.limit), so within the lease no other process can hold the run. An owner cut
+    off from the store or stalled past it, whose run another machine took over meanwhile, then
+    writes nothing into it: its queued writes are dropped (TakenOver, RunDeleted) and it stops with
+    one line. Without `beat_s` the check is asked only after a failed call."""
     if owner is None:
         return
     ask = tracker.impatient()  # one try: the fenced call's own loop retries through the outage
@@ -150,7 +160,7 @@ def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
         if now != owner:
             raise TakenOver(f"taken over by {now} while this process could not reach the store", run_id=run_id)
 
-    tracker.outage.fence(run_id, check)
+    tracker.outage.fence(run_id, check, 2 * beat_s if beat_s else float("inf"))
 
 
 def unfence(tracker: Tracker, run_id: str) -> None:

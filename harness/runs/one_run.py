@@ -43,7 +43,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
     tracker = job.tracker
     bar = None
     started = recorded or resumed
-    lifecycle.fence(tracker, run_id, owner)  # after an outage: the store asked whose the run is before a write
+    lifecycle.fence(tracker, run_id, owner, beat_s)  # after an outage: the store asked whose the run is before a write
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, flushing_denormals():
             heartbeat.hold(run_id)
