@@ -83,14 +83,38 @@ class NoCheckpoint(Exception):
 
 def permanent(e: BaseException) -> bool:
     """Whether a rerun would fail the same way (the run ends FAILED). A store or network
-    fault, memory, a signal or a stopped process is not: the run stays resumable."""
+    fault, memory, a GPU or its driver failing (`device_fault`), a signal or a stopped process is
+    not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
     if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, Fenced, NoCheckpoint)) or store_fault(e):
         return False
-    if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
+    if isinstance(e, RuntimeError) and device_fault(e):
         return False
     return True  # an invalid spec or model (HarnessError, shapes that do not fit), a bug: the same again
+
+
+# what a GPU, its driver or its libraries say when the device failed rather than the run: an ECC
+# error, a launch that failed, a lost device, a library's internal or allocation failure, NCCL's
+# system or remote errors. A rerun on a healthy device finishes, so the run stays resumable (and
+# its checkpoint kept). Memory too (torch's allocator out of memory, CUDA's, shared memory).
+_DEVICE_FAULT = ("cuda error", "cuda driver error", "cudaerror", "cublas_status", "cudnn_status", "cusolver_status",
+                 "cufft_internal", "nccl error", "ncclsystemerror", "ncclinternalerror", "ncclremoteerror", "ncclunhandledcudaerror",
+                 "unspecified launch failure", "illegal memory access", "ecc error",
+                 "memory", "failed to allocate", "hip error", "xpu error")
+
+
+# ... except what the run's own code or set-up causes on any device: a kernel's assert (an index out
+# of range), a launch configuration or a build without kernels for this device; a rerun repeats them
+_RUNS_FAULT = ("device-side assert", "invalid configuration argument", "no kernel image", "invalid device function",
+               "operation not supported", "cublas_status_invalid_value", "cublas_status_not_supported",
+               "cudnn_status_bad_param", "cudnn_status_not_supported")
+
+
+def device_fault(e: BaseException) -> bool:
+    """Whether a RuntimeError is the device's fault (see _DEVICE_FAULT), not the run's."""
+    text = str(e).lower()
+    return any(k in text for k in _DEVICE_FAULT) and not any(k in text for k in _RUNS_FAULT)
 
 
 def ending(e: BaseException) -> str:
