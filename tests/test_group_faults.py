@@ -141,3 +141,32 @@ def test_one_runs_fenced_write_ends_only_that_run(synthetic_root, store, tmp_pat
         assert not (tmp_path / "state" / s0.info.run_id).exists()  # the deleted run's checkpoint removed
     else:
         assert s0.info.status == "RUNNING"  # the taker's now: this process leaves it alone
+
+
+def test_a_run_taken_over_in_a_group_drops_only_its_queued_writes(synthetic_root, store, monkeypatch):
+    """Seed 0 taken over (the store says so before its epoch-2 checkpoint) while a write of its is
+    still queued: that write is dropped, not landed in the taker's run; seed 1's land."""
+    import threading
+
+    import harness.runs.group_run as group_run
+    from harness.runs.lifecycle import OWNER
+
+    real, gate = group_run._lost, threading.Event()
+
+    def taken_over_with_a_write_queued(tracker, run_id, owner, heartbeat, outbox, epoch):
+        seeds = all_by_seed(store)
+        if epoch == 1 and run_id == seeds["0"].info.run_id and not gate.is_set():
+            outbox.submit(gate.wait, 10)
+            outbox.submit(tracker.set_tags, run_id, {"harness.late": "1"}, run=run_id)
+            MlflowClient(store).set_tag(run_id, OWNER, "elsewhere/0/0|1|t1|taker")
+            r = real(tracker, run_id, owner, heartbeat, outbox, epoch)
+            threading.Timer(0.5, gate.set).start()
+            return r
+        return real(tracker, run_id, owner, heartbeat, outbox, epoch)
+
+    monkeypatch.setattr(group_run, "_lost", taken_over_with_a_write_queued)
+    r = cli("run", "tutorial-base", *ARGS, "--data-dir", synthetic_root, "--tracking-uri", store)
+    assert gate.is_set() and "Traceback" not in r.output, r.output
+    runs = all_by_seed(store)
+    assert "harness.late" not in runs["0"].data.tags, r.output
+    assert runs["1"].info.status == "FINISHED" and epochs(store, runs["1"].info.run_id) == [0, 1], r.output
