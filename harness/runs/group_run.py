@@ -209,7 +209,8 @@ def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, outbox:
     except RunDeleted:
         return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id)
     except TakenOver as e:
-        return TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}", run_id=run_id)
+        why = str(e) if "while this process" in str(e) else f"{e} while this process stalled"
+        return TakenOver(f"{why}; stopped after epoch {epoch}", run_id=run_id)
     return None
 
 

@@ -250,7 +250,8 @@ def _still_held(tracker, run_id: str, owner: str | None, outbox: Outbox, epoch: 
         raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id) from None
     except TakenOver as e:
         outbox.abandon()
-        raise TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}", run_id=run_id) from None
+        why = str(e) if "while this process" in str(e) else f"{e} while this process stalled"
+        raise TakenOver(f"{why}; stopped after epoch {epoch}", run_id=run_id) from None
 
 
 def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:
