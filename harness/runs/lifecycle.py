@@ -18,9 +18,10 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
      deleted writes nothing more (the store asked before each checkpoint, the final writes and
-     each status write: `still_held`, `check_owner`; and, after an outage on the owner's side
-     that let another machine take the run over, before the first write about the run: `fence`,
-     which drops the writes still queued); each attempt of a Ray task is an owner of its own
+     each status write: `still_held`, `check_owner`; and, once the owner's last landed heartbeat
+     is two beats old (an outage on its side, a stall), before every write about the run, the
+     training thread waiting for the store's answer before its next checkpoint: `fence`, which
+     drops the writes still queued; a group's run lost this way ends alone); each attempt of a Ray task is an owner of its own
      (liveness.attempt_owner, written then read back after the settling wait), so a retry cannot
      train beside its first attempt.
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
