@@ -23,6 +23,7 @@ from .job import Job, Outcome, Progress
 from .lifecycle import RunDeleted, TakenOver
 from .finish import finish
 from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, keep_best, record, relog_missing
+from ..tracking.outage import Fenced
 from ..tracking.outbox import Outbox
 from .progress import epoch_line
 from ..training.environment import flushing_denormals
@@ -43,7 +44,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
     done: dict[int, Outcome] = {}
     resumed = list(resumed) if resumed is not None else [ck is not None for ck in checkpoints]
     for rid in run_ids:
-        lifecycle.fence(tracker, rid, owner)
+        lifecycle.fence(tracker, rid, owner, beat_s)
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, contextlib.ExitStack() as monitors, flushing_denormals():
             for rid in run_ids:
@@ -61,7 +62,7 @@ def train_group(jobs: list[Job], run_ids: list[str], recorded: list[bool], check
                                                               resume=checkpoints[i] is not None))
             stack = Stack(models, [b[4] for b in built])
             optimizer = build_optimizer(stack.holder, jobs[0].exp.train.optimizer, jobs[0].exp.train.phases[0].lr)
-            progress = _restore(jobs, run_ids, stack, optimizer, checkpoints, owner)
+            progress = _restore(jobs, run_ids, stack, optimizer, checkpoints, owner, done, heartbeat, outbox)
             _train_epochs(jobs, run_ids, preps, models, stack, optimizer, loss_fn, states, progress, done, heartbeat, outbox, owner)
             for i, job in enumerate(jobs):
                 if i not in done:
@@ -117,12 +118,16 @@ def _stop(tracker, run_id: str, owner: str | None) -> bool:
         return False
 
 
-def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None], owner: str | None = None) -> list[Progress]:
+def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, checkpoints: list[dict | None], owner: str | None,
+             done: dict, heartbeat: Heartbeat, outbox: Outbox) -> list[Progress]:
     if checkpoints[0] is None:
         return [Progress() for _ in jobs]
     for i, ck in enumerate(checkpoints):
         stack.load_network(i, ck["model"], ck["rng_cpu"].cpu())
-        relog_missing(jobs[i].tracker, run_ids[i], ck, owner)
+        try:
+            relog_missing(jobs[i].tracker, run_ids[i], ck, owner)
+        except Fenced as f:  # this run only: the others resume
+            _give_up(jobs[i], run_ids[i], i, owner, f, done, heartbeat, outbox)
     optimizer.load_state_dict(stacked_optimizer_state([ck["optimizer"] for ck in checkpoints]))
     jobs[0].echo(f"{', '.join(j.run_name for j in jobs)}: resuming together after epoch {checkpoints[0]['epoch'] + 1}/{jobs[0].epochs}")
     return [Progress(ck["epoch"] + 1, ck["best_val"], ck["train_time"], ck.get("best_model"), history=dict(ck.get("history", {})))
@@ -132,7 +137,7 @@ def _restore(jobs: list[Job], run_ids: list[str], stack: Stack, optimizer, check
 def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn, states, progress: list[Progress], done: dict,
                   heartbeat: Heartbeat, outbox: Outbox, owner: str | None) -> None:
     job0, n = jobs[0], len(jobs)
-    exp, steps, tracker = job0.exp, len(preps[0].train), job0.tracker
+    exp, steps = job0.exp, len(preps[0].train)
     t_start = time.perf_counter()
     for epoch in range(progress[0].start_epoch, job0.epochs):
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
@@ -143,32 +148,49 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
         for i, job in enumerate(jobs):
             if i in done:
                 continue
-            lost = _lost(tracker, run_ids[i], owner, heartbeat, outbox, epoch)
-            if lost is not None:  # deleted: its checkpoint removed; taken over: the new owner's, touch neither
-                outbox.drop(run_ids[i], lost)  # nor its writes still queued
-                done[i] = ended_outcome(job, run_ids[i], owner, True, lost) if isinstance(lost, RunDeleted) else \
-                    Outcome(job.exp.id, job.seed, "skipped", run_ids[i], reason=str(lost))
-                heartbeat.drop(run_ids[i])
-                continue
             if isinstance(stats[i], DivergedError):
                 done[i] = ended_outcome(job, run_ids[i], owner, True, stats[i])
                 continue
-            pr = progress[i]
-            pr.train_time += stats[i].time_s
-            stack.unstack_into(i, models[i])
-            torch.set_rng_state(stack.rng_state(i))  # a train-mode validation draws from the network's own generator
-            val = evaluate(models[i], preps[i].val_x, preps[i].val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
-            stack.generators[i].set_state(torch.get_rng_state())
-            metrics, series = epoch_metrics(stats[i], val, epoch, steps)
-            metrics.update(epoch_test_acc(exp, models[i], preps[i], loss_fn, job.opts.precision))  # eval mode: no RNG drawn
-            keep_best(exp, models[i], val, pr)
-            pr.history[epoch] = {"metrics": metrics, "series": series}
-            states[i].save(checkpoint(job, models[i].state_dict(), optimizer_state_of(optimizer, i, n), stack.rng_state(i), epoch, pr, metrics, series))
-            outbox.submit(tracker.log_metrics, run_ids[i], metrics, epoch, series, run=run_ids[i])
-            if job.opts.progress:
-                job.echo(epoch_line(job, epoch, pr, metrics, t_start))
+            try:  # a fenced write (raised at this run's next submit) or the store's word ends this run only
+                _end_epoch(job, run_ids[i], preps[i], models[i], stack, i, optimizer, loss_fn, states[i], progress[i], stats[i], epoch,
+                           heartbeat, outbox, owner, t_start)
+            except Fenced as f:
+                if f.run_id not in (None, run_ids[i]):
+                    raise
+                _give_up(job, run_ids[i], i, owner, f, done, heartbeat, outbox)
         if len(done) == n:  # every network diverged or was taken over
             return
+
+
+def _give_up(job: Job, run_id: str, i: int, owner: str | None, why: Fenced, done: dict, heartbeat: Heartbeat, outbox: Outbox) -> None:
+    """A group's run lost (deleted: its checkpoint removed; taken over: the new owner's, touch
+    neither), as one run alone would be: only its writes still queued and its heartbeat stop."""
+    outbox.drop(run_id, why)
+    heartbeat.drop(run_id)
+    done[i] = ended_outcome(job, run_id, owner, True, why) if isinstance(why, RunDeleted) else \
+        Outcome(job.exp.id, job.seed, "skipped", run_id, reason=str(why))
+
+
+def _end_epoch(job: Job, run_id: str, prep, model, stack: Stack, i: int, optimizer, loss_fn, state, pr: Progress, stats, epoch: int,
+               heartbeat: Heartbeat, outbox: Outbox, owner: str | None, t_start: float) -> None:
+    """One network's epoch end: validation, checkpoint and metrics, once the store said it is still ours."""
+    exp, tracker, steps = job.exp, job.tracker, len(prep.train)
+    lost = _lost(tracker, run_id, owner, heartbeat, outbox, epoch)
+    if lost is not None:
+        raise lost
+    pr.train_time += stats.time_s
+    stack.unstack_into(i, model)
+    torch.set_rng_state(stack.rng_state(i))  # a train-mode validation draws from the network's own generator
+    val = evaluate(model, prep.val_x, prep.val_y, loss_fn, exp.eval.batch_size, job.opts.precision, exp.eval.mode)
+    stack.generators[i].set_state(torch.get_rng_state())
+    metrics, series = epoch_metrics(stats, val, epoch, steps)
+    metrics.update(epoch_test_acc(exp, model, prep, loss_fn, job.opts.precision))  # eval mode: no RNG drawn
+    keep_best(exp, model, val, pr)
+    pr.history[epoch] = {"metrics": metrics, "series": series}
+    state.save(checkpoint(job, model.state_dict(), optimizer_state_of(optimizer, i, stack.n), stack.rng_state(i), epoch, pr, metrics, series))
+    outbox.submit(tracker.log_metrics, run_id, metrics, epoch, series, run=run_id)
+    if job.opts.progress:
+        job.echo(epoch_line(job, epoch, pr, metrics, t_start))
 
 
 def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, outbox: Outbox, epoch: int) -> Exception | None:
@@ -179,15 +201,16 @@ def _lost(tracker, run_id: str, owner: str | None, heartbeat: Heartbeat, outbox:
         return outbox.lost[run_id]
     seen = heartbeat.lost.get(run_id)
     if seen == DELETED:
-        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
+        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id)
     if seen is not None:
-        return TakenOver(f"taken over by {seen} while this process stalled; stopped after epoch {epoch}")
+        return TakenOver(f"taken over by {seen} while this process stalled; stopped after epoch {epoch}", run_id=run_id)
     try:
         lifecycle.still_held(tracker, run_id, owner)
     except RunDeleted:
-        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
+        return RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id)
     except TakenOver as e:
-        return TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}")
+        why = str(e) if "while this process" in str(e) else f"{e} while this process stalled"
+        return TakenOver(f"{why}; stopped after epoch {epoch}", run_id=run_id)
     return None
 
 

@@ -1,5 +1,7 @@
 """A claim's proof of life: the heartbeat tag of the runs a process trains, refreshed from a
-daemon thread, and each beat's check that the run is still this owner's (liveness.py reads it)."""
+daemon thread, and each beat's check that the run is still this owner's (liveness.py reads it).
+A beat that landed and was read back as this owner's renews the owner's lease on its writes
+(tracking/outage.py's fence): a run is beaten at once when held, then every interval."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class Heartbeat:
         self.tracker, self.interval_s, self.owner, self.clock = tracker.impatient(), interval_s, owner, clock
         self.runs: set[str] = set()
         self.lost: dict[str, str] = {}  # run id -> its new owner
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._mutex = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
 
@@ -37,18 +39,24 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         beating(self.owner, False)
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=30)
 
     def hold(self, run_id: str) -> None:
         with self._mutex:
             self.runs.add(run_id)
+        self._wake.set()  # its first beat now: the lease on its writes starts
 
     def drop(self, run_id: str) -> None:
         with self._mutex:
             self.runs.discard(run_id)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self._mutex:
                 runs = list(self.runs)
             for run_id in runs:
@@ -58,11 +66,20 @@ class Heartbeat:
                     pass
 
     def beat(self, run_id: str) -> None:
-        if self.owner is not None:
-            run = self.tracker.run_record(run_id)
-            now = DELETED if run.deleted else run.tags.get(OWNER)
-            if now != self.owner:
-                self.lost[run_id] = now or "another process"
-                self.drop(run_id)
-                return
+        began = self.tracker.outage.root().clock()
+        if not self._still_mine(run_id):
+            return
         self.tracker.set_tags(run_id, {HEARTBEAT: f"{self.clock():.3f}", BEAT_INTERVAL: f"{self.interval_s:g}"})
+        if self.owner is not None and self._still_mine(run_id):  # read back: a takeover during the beat is seen
+            self.tracker.outage.renew(run_id, began)
+
+    def _still_mine(self, run_id: str) -> bool:
+        if self.owner is None:
+            return True
+        run = self.tracker.run_record(run_id)
+        now = DELETED if run.deleted else run.tags.get(OWNER)
+        if now != self.owner:
+            self.lost[run_id] = now or "another process"
+            self.drop(run_id)
+            return False
+        return True

@@ -18,9 +18,10 @@ named step, tracking/faults.py, and checks them all with one checker, then rerun
      its process by start ticks since boot, which no clock step moves (liveness.py); an observer
      never counts a store outage as an owner's silence; an owner whose run was taken over or
      deleted writes nothing more (the store asked before each checkpoint, the final writes and
-     each status write: `still_held`, `check_owner`; and, after an outage on the owner's side
-     that let another machine take the run over, before the first write about the run: `fence`,
-     which drops the writes still queued); each attempt of a Ray task is an owner of its own
+     each status write: `still_held`, `check_owner`; and, once the owner's last landed heartbeat
+     is two beats old (an outage on its side, a stall), before every write about the run, the
+     training thread waiting for the store's answer before its next checkpoint: `fence`, which
+     drops the writes still queued; a group's run lost this way ends alone); each attempt of a Ray task is an owner of its own
      (liveness.attempt_owner, written then read back after the settling wait), so a retry cannot
      train beside its first attempt.
   3. A run is RUNNING only while a live owner holds it: every stop a process can see (Ctrl-C,
@@ -83,14 +84,38 @@ class NoCheckpoint(Exception):
 
 def permanent(e: BaseException) -> bool:
     """Whether a rerun would fail the same way (the run ends FAILED). A store or network
-    fault, memory, a signal or a stopped process is not: the run stays resumable."""
+    fault, memory, a GPU or its driver failing (`device_fault`), a signal or a stopped process is
+    not: the run stays resumable."""
     if isinstance(e, DivergedError):
         return True
-    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, TakenOver, NoCheckpoint)) or store_fault(e):
+    if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError, StoreUnavailable, Fenced, NoCheckpoint)) or store_fault(e):
         return False
-    if isinstance(e, RuntimeError) and "memory" in str(e).lower():  # torch's allocator, CUDA out of memory
+    if isinstance(e, RuntimeError) and device_fault(e):
         return False
     return True  # an invalid spec or model (HarnessError, shapes that do not fit), a bug: the same again
+
+
+# what a GPU, its driver or its libraries say when the device failed rather than the run: an ECC
+# error, a launch that failed, a lost device, a library's internal or allocation failure, NCCL's
+# system or remote errors. A rerun on a healthy device finishes, so the run stays resumable (and
+# its checkpoint kept). Memory too (torch's allocator out of memory, CUDA's, shared memory).
+_DEVICE_FAULT = ("cuda error", "cuda driver error", "cudaerror", "cublas_status", "cudnn_status", "cusolver_status",
+                 "cufft_internal", "nccl error", "ncclsystemerror", "ncclinternalerror", "ncclremoteerror", "ncclunhandledcudaerror",
+                 "unspecified launch failure", "illegal memory access", "ecc error",
+                 "memory", "failed to allocate", "hip error", "xpu error")
+
+
+# ... except what the run's own code or set-up causes on any device: a kernel's assert (an index out
+# of range), a launch configuration or a build without kernels for this device; a rerun repeats them
+_RUNS_FAULT = ("device-side assert", "invalid configuration argument", "no kernel image", "invalid device function",
+               "operation not supported", "cublas_status_invalid_value", "cublas_status_not_supported",
+               "cudnn_status_bad_param", "cudnn_status_not_supported")
+
+
+def device_fault(e: BaseException) -> bool:
+    """Whether a RuntimeError is the device's fault (see _DEVICE_FAULT), not the run's."""
+    text = str(e).lower()
+    return any(k in text for k in _DEVICE_FAULT) and not any(k in text for k in _RUNS_FAULT)
 
 
 def ending(e: BaseException) -> str:
@@ -109,7 +134,7 @@ def check_owner(tracker: Tracker, run_id: str, owner: str | None) -> None:
     if owner is not None:
         now = tracker.run_tags(run_id).get(OWNER, owner)
         if now != owner:
-            raise TakenOver(f"taken over by {now}")
+            raise TakenOver(f"taken over by {now}", run_id=run_id)
 
 
 def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
@@ -118,26 +143,36 @@ def still_held(tracker: Tracker, run_id: str, owner: str | None) -> None:
     that stalled past the stale limit and wakes after a takeover or a deletion writes nothing more.
     Raises RunDeleted or TakenOver. While the store is unreachable (this connection is riding out
     an outage, or the one look fails) it cannot tell: training goes on and its writes wait in the
-    outbox, and the final writes look again."""
-    if tracker.outage.since is not None:
+    outbox, and the final writes look again. But once the owner's lease has run out (the outage
+    outlasted two beats: another machine may have taken the run over) the store must answer
+    first: this waits for it, within the outage window (past it StoreUnavailable, the run stops
+    resumable), so a cut-off owner neither trains on nor writes its local checkpoint beside a taker."""
+    if not tracker.outage.leased(run_id):
+        run = tracker.run_record(run_id)  # ridden out: its fence asks whose the run is first
+    elif tracker.outage.since is not None:
         return
-    try:
-        run = tracker.impatient().run_record(run_id)
-    except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
-        return
+    else:
+        try:
+            run = tracker.impatient().run_record(run_id)
+        except Exception:  # noqa: BLE001 - the store unreachable: the heartbeat and the final writes check
+            return
     if run.deleted:
-        raise RunDeleted("deleted in the store while it trained")
+        raise RunDeleted("deleted in the store while it trained", run_id=run_id)
     now = run.tags.get(OWNER, owner)
     if owner is not None and now != owner:
-        raise TakenOver(f"taken over by {now}")
+        raise TakenOver(f"taken over by {now}", run_id=run_id)
 
 
-def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
+def fence(tracker: Tracker, run_id: str, owner: str | None, beat_s: float | None = None) -> None:
     """While this process trains the run: a call about it that follows a failed call (an outage,
-    its own retry) first asks the store whether the run is still this owner's (tracking/outage.py's
-    fence). An owner cut off from the store past the stale limit, whose run another machine took
-    over meanwhile, then writes nothing into it when the store answers again: its queued writes
-    are dropped (TakenOver, RunDeleted) and it stops with one line."""
+    its own retry), or made when the owner's lease has run out, first asks the store whether the
+    run is still this owner's (tracking/outage.py's fence). The lease is two beats (`beat_s`, the
+    heartbeat's interval, recorded on the run) from the last heartbeat that landed: an observer
+    takes a run over only after seeing its heartbeat unchanged for at least four beats
+    (liveness.Observer.limit), so within the lease no other process can hold the run. An owner cut
+    off from the store or stalled past it, whose run another machine took over meanwhile, then
+    writes nothing into it: its queued writes are dropped (TakenOver, RunDeleted) and it stops with
+    one line. Without `beat_s` the check is asked only after a failed call."""
     if owner is None:
         return
     ask = tracker.impatient()  # one try: the fenced call's own loop retries through the outage
@@ -145,12 +180,12 @@ def fence(tracker: Tracker, run_id: str, owner: str | None) -> None:
     def check() -> None:
         run = ask.run_record(run_id)
         if run.deleted:
-            raise RunDeleted("deleted in the store while this process could not reach it")
+            raise RunDeleted("deleted in the store while this process could not reach it", run_id=run_id)
         now = run.tags.get(OWNER, owner)
         if now != owner:
-            raise TakenOver(f"taken over by {now} while this process could not reach the store")
+            raise TakenOver(f"taken over by {now} while this process could not reach the store", run_id=run_id)
 
-    tracker.outage.fence(run_id, check)
+    tracker.outage.fence(run_id, check, 2 * beat_s if beat_s else float("inf"))
 
 
 def unfence(tracker: Tracker, run_id: str) -> None:

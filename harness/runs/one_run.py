@@ -43,7 +43,7 @@ def train_run(job: Job, run_id: str, resumed: bool, recorded: bool, beat_s: floa
     tracker = job.tracker
     bar = None
     started = recorded or resumed
-    lifecycle.fence(tracker, run_id, owner)  # after an outage: the store asked whose the run is before a write
+    lifecycle.fence(tracker, run_id, owner, beat_s)  # after an outage: the store asked whose the run is before a write
     try:
         with Heartbeat(tracker, beat_s, owner) as heartbeat, Outbox() as outbox, flushing_denormals():
             heartbeat.hold(run_id)
@@ -91,9 +91,12 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     else resumable (lifecycle.ending); a store that cannot even take that write leaves the run
     RUNNING with a silent heartbeat, which claims take over all the same."""
     reason = f"diverged: {e}" if isinstance(e, DivergedError) else one_line(e)
-    if isinstance(e, RunDeleted) or _deleted(job.tracker, run_id):
+    deleted = _deleted(job.tracker, run_id)  # asked about this run: `e` may be another run's of a group
+    if deleted is None:  # the store cannot say: `e` decides only if it names this run
+        deleted = isinstance(e, RunDeleted) and e.run_id == run_id
+    if deleted:
         run_state(job.tracker, run_id).clear()
-        why = str(e) if isinstance(e, RunDeleted) else "deleted in the store while it trained"
+        why = str(e) if isinstance(e, RunDeleted) and e.run_id in (None, run_id) else "deleted in the store while it trained"
         return Outcome(job.exp.id, job.seed, "skipped", run_id,
                        reason=f"run {run_id} was {why}; its checkpoint was removed and nothing more written to it: "
                               "the same command trains a new run")
@@ -114,12 +117,12 @@ def ended_outcome(job: Job, run_id: str, owner: str | None, started: bool, e: Ex
     return Outcome(job.exp.id, job.seed, "resumable", run_id, reason=f"{reason}; run the same command again to resume it")
 
 
-def _deleted(tracker, run_id: str) -> bool:
-    """Whether the run was deleted in the store (False when the store cannot say: an outage)."""
+def _deleted(tracker, run_id: str) -> bool | None:
+    """Whether the run was deleted in the store (None when the store cannot say: an outage)."""
     try:
         return tracker.impatient().run_record(run_id).deleted
     except Exception:
-        return False
+        return None
 
 
 def record(job: Job, run_id: str, prep: Prepared, n_params: int, extra_params: dict | None = None) -> None:
@@ -220,9 +223,9 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         if run_id in heartbeat.lost:  # the run is not ours to write any more: what is queued is dropped too
             outbox.abandon()
         if heartbeat.lost.get(run_id) == DELETED:
-            raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})")
+            raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id)
         if run_id in heartbeat.lost:
-            raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}")
+            raise TakenOver(f"taken over by {heartbeat.lost[run_id]} while this process stalled; stopped after epoch {epoch}", run_id=run_id)
         outbox.raise_error(run_id)  # a queued write fenced off (taken over during an outage): no checkpoint either
         _still_held(job.tracker, run_id, owner, outbox, epoch)
         metrics, series = epoch_metrics(stats, val, epoch, steps)
@@ -244,10 +247,11 @@ def _still_held(tracker, run_id: str, owner: str | None, outbox: Outbox, epoch: 
         lifecycle.still_held(tracker, run_id, owner)
     except RunDeleted:
         outbox.abandon()
-        raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})") from None
+        raise RunDeleted(f"deleted in the store while it trained (seen after epoch {epoch + 1})", run_id=run_id) from None
     except TakenOver as e:
         outbox.abandon()
-        raise TakenOver(f"{e} while this process stalled; stopped after epoch {epoch}") from None
+        why = str(e) if "while this process" in str(e) else f"{e} while this process stalled"
+        raise TakenOver(f"{why}; stopped after epoch {epoch}", run_id=run_id) from None
 
 
 def epoch_metrics(stats, val, epoch: int, steps: int) -> tuple[dict, dict]:

@@ -9,12 +9,16 @@ stops resumable. A call that fails for another reason (a bad request, a permissi
 once. Retrying is safe because every write the harness makes during a run is idempotent (tags and
 params are set to the same values, metrics carry their own timestamp, artifacts are overwritten).
 
-A fence keeps an outage from turning into a write into another owner's run: a run trained here
-registers a check of its owner (`fence`, runs/lifecycle.py's). A call about that run (its first
-parameter is the run id) that follows a failed call, its own retry or the first after an outage,
-asks the store first who owns the run; when it is not this owner any more (another machine took it
-over while this one could not reach the store) the check raises a Fenced error and the write is not
-made. Outside outages nothing is asked: the check costs one call per run per outage.
+A fence keeps an outage or a stall from turning into a write into another owner's run: a run
+trained here registers a check of its owner and a lease (`fence`, runs/lifecycle.py's). The owner
+writes without asking only while the lease holds: while its last heartbeat that landed, and was read
+back as its own (`renew`), is younger than the lease on this process's monotonic clock (twice the
+beat interval, half of the four beats an observer must see unchanged before it takes a run over:
+runs/liveness.py). A call about that run (its first parameter is the run id) made when the lease
+has run out (an outage kept the heartbeat from landing, the process stalled: SIGSTOP, a paused VM),
+or that follows a failed call, asks the store first who owns the run, every such call: when it is
+not this owner any more the check raises a Fenced error and the write is not made. On a healthy
+store the heartbeat renews the lease every beat, so nothing is asked.
 """
 
 from __future__ import annotations
@@ -53,7 +57,12 @@ class StoreUnavailable(HarnessError):
 
 class Fenced(Exception):
     """A write refused because its run is not this process's any more (runs/lifecycle.py's
-    TakenOver and RunDeleted): never retried, never a store fault."""
+    TakenOver and RunDeleted): never retried, never a store fault. `run_id`: the run it concerns,
+    where known (a group trains several: one run's refusal says nothing of the others)."""
+
+    def __init__(self, *args, run_id: str | None = None):
+        super().__init__(*args)
+        self.run_id = run_id
 
 
 def window_s() -> float:
@@ -107,17 +116,40 @@ class Outage:
         self.outages = 0  # how many began: a run's fence is asked again after each
         self.fences: dict[str, object] = {}  # run id -> its owner check (raises Fenced)
         self._fenced: dict[str, int] = {}  # run id -> the outage count when its check last passed
+        self._lease: dict[str, tuple[float, float | None]] = {}  # run id -> (lease s, when its last proof began)
         self._lock = threading.Lock()
 
-    def fence(self, run_id: str, check) -> None:
-        """Ask `check()` before a call about `run_id` that follows a failed call (see the module)."""
+    def fence(self, run_id: str, check, lease_s: float = float("inf")) -> None:
+        """Ask `check()` before a call about `run_id` that follows a failed call or finds its lease
+        run out (see the module); the lease starts at the first `renew`."""
         with self._lock:
             self.fences[run_id], self._fenced[run_id] = check, self.outages
+            self._lease[run_id] = (lease_s, None if lease_s != float("inf") else self.clock())
 
     def unfence(self, run_id: str) -> None:
         with self._lock:
             self.fences.pop(run_id, None)
             self._fenced.pop(run_id, None)
+            self._lease.pop(run_id, None)
+
+    def root(self) -> "Outage":
+        """The Outage whose fences and leases these are (an impatient copy's parent)."""
+        return self.parent.root() if self.parent is not None else self
+
+    def renew(self, run_id: str, since: float) -> None:
+        """The owner proved it holds `run_id` by a heartbeat begun at `since` (this Outage's
+        clock) that landed and was read back as its own: no write needs asking for a lease from then."""
+        root = self.root()
+        with root._lock:
+            if run_id in root._lease:
+                lease_s, held = root._lease[run_id]
+                root._lease[run_id] = (lease_s, since if held is None else max(held, since))
+
+    def leased(self, run_id: str) -> bool:
+        """Whether writes about `run_id` may skip asking its owner (a run with no fence: always)."""
+        root = self.root()
+        lease_s, held = root._lease.get(run_id, (float("inf"), 0.0))
+        return lease_s == float("inf") or (held is not None and root.clock() - held < lease_s)
 
     def call(self, fn, /, *args, **kwargs):
         return self.call_for(None, fn, *args, **kwargs)
@@ -163,7 +195,7 @@ class Outage:
         if check is None:
             return
         outages = self.outages
-        if not failed and self.since is None and self._fenced.get(run_id) == outages:
+        if not failed and self.since is None and self._fenced.get(run_id) == outages and self.leased(run_id):
             return
         check()  # Fenced: not ours; a store error: this attempt failed, the outage goes on
         with self._lock:

@@ -10,7 +10,8 @@ A write refused by its run's fence (outage.py: the run is another owner's now, o
 that run's writes still queued: those of a write submitted with `run=` (a group's outbox serves
 several runs; that run's error is raised at its next submit or flush), every write otherwise. A
 fenced exception leaving the `with` block drops them all: nothing queued lands in another owner's
-run. A dropped write's `dropped` callback runs (a checkpoint's temporary file removed).
+run, except a refusal that concerns one run only (a write submitted with `run=` raised it): then
+only that run's writes are dropped, and a group's other runs still land. A dropped write's `dropped` callback runs (a checkpoint's temporary file removed).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class Outbox:
         # after a clean end everything was flushed already; after a fault what is queued still
         # lands if the store answers within a few seconds (the checkpoint's history covers the
         # rest), unless the run is not this process's any more
-        if exc_type is not None and issubclass(exc_type, Fenced):
-            self.abandon()
+        if isinstance(exc, Fenced) and not any(exc is why for why in self.lost.values()):
+            self.abandon()  # one run's refusal (a `run=` write) dropped that run's writes already
         self.close(timeout=None if exc_type is None else 10.0)
 
     def submit(self, fn, *args, run: str | None = None, dropped=None, **kwargs) -> None:
