@@ -19,7 +19,7 @@ from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .decided import decided_section, decisions_frame
-from .looked import looked_rows, mark_looked
+from .looked import auto_command, looked_rows, mark_looked
 from .rows import build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
@@ -132,14 +132,15 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
 
 def _compare(rows: list, compared: list, ctx: dict) -> dict:
     # every verdict of the page: one family, all pairs; a pair with a row chosen by looking has no valid Welch test (looked.py)
-    fam = family(ranked_rows(compared), ctx["preds"], looked_rows(compared))
+    looked = looked_rows(compared)
+    fam = family(ranked_rows(compared), ctx["preds"], looked)
     tests = compare_to_best(compared, ctx["preds"], fam)
     device, timed = timing_device(compared)  # times are compared on one device only
     front = pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in timed])
     figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"], timed, front)
     figs["time_to_accuracy"] = time_to_accuracy_chart(timed, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN, device)
     return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"], fam), "family_size": len(fam), "figs": figs,
-            "budgets": budget_table(timed, ctx["curves"]), "basis": best_basis(compared, tests), "front": front,
+            "budgets": budget_table(timed, ctx["curves"], looked=looked, settle=auto_command(compared)), "basis": best_basis(compared, tests), "front": front,
             "timed_device": device, "untimed": [{"row": r.key, "device": r.ckey.device or "unrecorded"} for r in compared if r not in timed]}
 
 
