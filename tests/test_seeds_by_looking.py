@@ -204,3 +204,26 @@ def test_only_pairs_with_a_row_chosen_by_looking_lose_their_fixed_n_tests(tmp_pa
     assert float(tests["p_holm"][0]) == pytest.approx(min(1.0, 3 * p))  # Holm's first step over all 3 pairs
     looked = _looked_paragraph(html)
     assert "<b>tutorial-base</b> (2 commands)" in looked and "fastai-convnet" not in looked and "keep theirs" in looked
+
+
+def test_a_plan_whose_runs_were_deleted_still_counts(tmp_path, monkeypatch):
+    """`harness run A --repeats 3`, read the report, delete A's runs in the MLflow UI, `harness run
+    A --repeats 4`: the runs counted are one complete plan, but the first plan's results were read
+    before the second chose its seed count. The deleted runs (never counted) still count as a plan."""
+    from harness.tracking import Tracker
+
+    first = ("c1", "seeds 0-2")
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": [first] * 3, "fastai-simplenet": [("cB", "seeds 0-3")] * 4})
+    t = Tracker(store, "cifar10-harness")
+    for rid in t.search_runs_df().query("`tags.harness.experiment_id` == 'tutorial-base'")["run_id"]:
+        t.client.delete_run(rid)
+    from harness.recipes.catalogue import load_catalogue
+
+    from .test_report_mixtures import write_run
+
+    ep = load_catalogue()["tutorial-base"].train.epochs  # the second command: seeds 0-3, all of its plan
+    for s in range(4):
+        write_run(t, "tutorial-base", s, 50.0 + SPREAD[s], [40.0] * ep, 1.0, tags_extra={"harness.invocation": "c2", "harness.plan": "seeds 0-3"})
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""]
+    assert "<b>tutorial-base</b> (2 commands)" in _looked_paragraph(html)

@@ -14,13 +14,13 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
-from ..tracking.report_runs import log_report
+from ..tracking.report_runs import deleted_runs_df, log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .decided import decided_section, decisions_frame
 from .looked import auto_command, looked_rows, mark_looked
-from .rows import build_rows, load_runs
+from .rows import attach_deleted, build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
 
@@ -69,6 +69,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     if finished.empty:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
     rows = build_rows(finished)
+    gone = deleted_runs_df(tracker)  # deleted runs: counted nowhere, but their plans were run (looked.py)
+    attach_deleted(rows, finished, gone[(gone["status"] == "FINISHED")] if not gone.empty else gone)
     sets = data_sets(rows)
     chosen = choose_data(sets, data)
     compared, left_out = compared_rows(rows, chosen)

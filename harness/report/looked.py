@@ -9,7 +9,9 @@ they may not have been, row by row:
   started when the earlier results could be read: adding seeds where a report said "untested"
   and reading it again is choosing n by looking (about 15% false positives at a nominal 5% for
   looks from 3 to 10 seeds). The runs a later run of their seed replaced count too (`--force`
-  re-draws seeds; its plan is its own). The same plan run again (a stopped command rerun, two
+  re-draws seeds; its plan is its own), and so do finished runs deleted in the MLflow UI (read apart,
+  rows.attach_deleted: deleting a plan's runs and training another after reading them is looking;
+  runs removed for good by `mlflow gc` leave no trace). The same plan run again (a stopped command rerun, two
   drivers sharing it) is one plan. Runs recorded before harness.plan count by their command, and
   runs recorded before harness.invocation together as one earlier command, so an old store of
   runs alone is read as before, and old runs plus new seeds count as two;
@@ -48,8 +50,9 @@ def _text(v) -> str | None:
 
 
 def _every_run(row: Row) -> pd.DataFrame:
-    """The row's counted runs and those a later run of their seed replaced."""
-    return pd.concat([row.runs, row.superseded], ignore_index=True) if not row.superseded.empty else row.runs
+    """The row's counted runs, those a later run of their seed replaced, and its deleted ones."""
+    extra = [f for f in (row.superseded, row.deleted) if not f.empty]
+    return pd.concat([row.runs, *extra], ignore_index=True) if extra else row.runs
 
 
 def loop_record(compared: list[Row]) -> dict:

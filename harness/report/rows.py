@@ -30,6 +30,7 @@ class Row:
     user: bool = False  # a recipe of the user's own (tag harness.user_recipe), beside the documented ones
     ckey: Key | None = None
     superseded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    deleted: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs of this key deleted in the UI (plans only: looked.py)
 
     @property
     def key(self) -> str:
@@ -120,6 +121,24 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
     # uncapped first, then by accuracy
     rows.sort(key=lambda r: (r.capped, -r.stats["mean"], r.key))
     return rows
+
+
+def attach_deleted(rows: list[Row], finished: pd.DataFrame, deleted: pd.DataFrame) -> None:
+    """Give each row the finished runs of its key that were deleted (MLflow UI, `mlflow runs
+    delete`): never counted, but a plan that trained them was run, and its results could be read
+    before a later plan chose how many seeds to add (looked.py). Keys as build_rows gives them
+    (each experiment's spec columns from the runs it counts)."""
+    if deleted.empty or not rows:
+        return
+    eid = f"tags.{TAG}experiment_id"
+    both = infer_available(pd.concat([finished.assign(_deleted=False), deleted.assign(_deleted=True)], ignore_index=True))
+    spec_cols = {e: spec_columns(g) for e, g in finished.groupby(eid)}
+    by_key = {r.ckey: r for r in rows}
+    gone = both[both["_deleted"].astype(bool)].drop(columns=["_deleted"])
+    for _, x in gone.iterrows():
+        r = by_key.get(run_key(x, spec_cols.get(x[eid], spec_columns(gone[gone[eid] == x[eid]]))))
+        if r is not None:
+            r.deleted = pd.concat([r.deleted, x.to_frame().T], ignore_index=True) if not r.deleted.empty else x.to_frame().T.reset_index(drop=True)
 
 
 def _published_interval(g: pd.DataFrame, pub: list[float]) -> tuple[float, float] | None:
