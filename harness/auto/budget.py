@@ -84,9 +84,19 @@ def calibrate(done: dict[str, tuple[float, float]], work: float | None = None) -
 
 def timed_here(seeds: dict, device: str | None) -> dict[str, list[float]]:
     """Each recipe's finished seeds' wall times (`seeds`: recipe -> state.Seeds) that price a
-    further seed on `device` (its harness.device name; None: any): a seed timed on another
-    machine (a GPU's seeds priced on a CPU, or the reverse) says nothing of its cost here."""
-    return {i: [w for k, w in s.wall.items() if w == w and (device is None or s.device.get(k) == device)] for i, s in seeds.items()}
+    further seed on `device`: its harness.device name (`cuda:NVIDIA H100`), or a device type alone
+    (`cuda`, `cpu`: Ray's workers, whose machines the driver does not know, only whether a task
+    asks for a GPU); None: any. A seed timed on another kind of machine (a GPU's seeds priced on a
+    CPU, 10-50x short, or the reverse) says nothing of its cost here."""
+    return {i: [w for k, w in s.wall.items() if w == w and _on(s.device.get(k), device)] for i, s in seeds.items()}
+
+
+def _on(recorded: str | None, device: str | None) -> bool:
+    if device is None:
+        return True
+    if ":" in device:
+        return recorded == device
+    return isinstance(recorded, str) and recorded.split(":", 1)[0] == device
 
 
 def round_time(runs: list[str], cost: dict[str, float], workers: int, widths: dict[str, int] | None = None, cores: int = 0) -> float:
