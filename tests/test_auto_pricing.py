@@ -22,3 +22,23 @@ def test_a_ray_cpu_task_is_not_priced_on_gpu_timed_seeds():
     assert timed_here(seeds, ray_device(SimpleNamespace(gpus_per_run=1.0))) == {"vgg": [40.0, 42.0]}
     assert timed_here(seeds, CPU) == {"vgg": [1200.0]}  # the local loop: the exact device name
     assert timed_here(seeds, "cpu:another CPU, 8 cores") == {"vgg": []}
+
+
+def test_an_untimed_recipe_is_priced_with_a_margin_until_its_first_seed_is_timed():
+    """Priced from the other recipes' walls, a recipe's estimate fell to 0.70 of its wall on the
+    main job's real times (leave-one-out), and a budget would start a seed it then overran. An
+    untimed recipe's estimate carries UNTIMED_MARGIN over the model; a timed one is its mean wall."""
+    from harness.auto.budget import UNTIMED_MARGIN, calibrate, seed_costs
+    from harness.executors.schedule import expected_work
+    from harness.recipes.catalogue import load_catalogue
+    from harness.runs.job import RunOptions
+
+    cat = load_catalogue()
+    exps = [cat[i] for i in ("fastai-simplenet", "medium-three-conv", "medium-vgg-bn")]
+    opts = RunOptions()
+    work = {e.id: expected_work(e, 5170, opts) for e in exps}
+    walls = {"fastai-simplenet": [2.2, 2.4], "medium-three-conv": [80.5]}
+    cost = seed_costs(exps, 5170, opts, walls)
+    fixed, rate = calibrate({i: (sum(w) / len(w), work[i]) for i, w in walls.items()}, work["medium-vgg-bn"])
+    assert UNTIMED_MARGIN >= 1.45 and cost["medium-vgg-bn"] == UNTIMED_MARGIN * (work["medium-vgg-bn"] / rate + fixed)
+    assert cost["fastai-simplenet"] == 2.3 and cost["medium-three-conv"] == 80.5
