@@ -227,3 +227,22 @@ def test_a_plan_whose_runs_were_deleted_still_counts(tmp_path, monkeypatch):
     html, tests = _report(store, tmp_path)
     assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""]
     assert "<b>tutorial-base</b> (2 commands)" in _looked_paragraph(html)
+
+
+def test_a_diverged_seed_does_not_mark_its_row_as_stopped_by_looking(tmp_path, monkeypatch):
+    """`harness run A B --repeats 4`: seed 2 of tutorial-base diverged (FAILED; a rerun fails the
+    same way). The plan was run to its end, its seed count fixed in advance: the fixed-n test
+    stands, and the Decided section names the failed seed apart, not as a command stopped short."""
+    from harness.tracking import Tracker
+
+    plan = ("c1", "seeds 0-3")
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": [plan] * 4, "fastai-simplenet": [plan] * 4})
+    t = Tracker(store, "cifar10-harness")
+    runs = t.search_runs_df()
+    diverged = runs[(runs["tags.harness.experiment_id"] == "tutorial-base") & (runs["tags.harness.seed"] == "2")]["run_id"].iloc[0]
+    t.client.set_terminated(diverged, "FAILED")
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and tests["p_seeds"].tolist() != [""]
+    assert 'id="decided-looked"' not in html
+    failed = html[html.index('id="decided-failed"'):]
+    assert "<b>tutorial-base</b> (seed 2)" in failed[:600]

@@ -20,7 +20,7 @@ from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .decided import decided_section, decisions_frame
 from .looked import auto_command, looked_rows, mark_looked
-from .rows import attach_deleted, build_rows, load_runs
+from .rows import attach_apart, build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
 
@@ -70,7 +70,8 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
     rows = build_rows(finished)
     gone = deleted_runs_df(tracker)  # deleted runs: counted nowhere, but their plans were run (looked.py)
-    attach_deleted(rows, finished, gone[(gone["status"] == "FINISHED")] if not gone.empty else gone)
+    attach_apart(rows, finished, gone[(gone["status"] == "FINISHED")] if not gone.empty else gone, "deleted")
+    attach_apart(rows, finished, others[others["status"] == "FAILED"], "failed")  # a diverged seed was trained as planned
     sets = data_sets(rows)
     chosen = choose_data(sets, data)
     compared, left_out = compared_rows(rows, chosen)
