@@ -246,3 +246,14 @@ def test_a_diverged_seed_does_not_mark_its_row_as_stopped_by_looking(tmp_path, m
     assert 'id="decided-looked"' not in html
     failed = html[html.index('id="decided-failed"'):]
     assert "<b>tutorial-base</b> (seed 2)" in failed[:600]
+
+
+def test_the_interval_of_a_row_chosen_by_looking_is_marked(tmp_path, monkeypatch):
+    """A row's fixed-n 95% t interval over seeds covers 93.7% after adding seeds until a test is
+    significant: the summary marks it (a dagger and a note; CSV column ci95_looked) on the rows
+    chosen by looking only."""
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4})
+    html, _ = _report(store, tmp_path)
+    summary = pd.read_csv(tmp_path / "r.csv").set_index("row")
+    assert bool(summary.loc["tutorial-base", "ci95_looked"]) and not bool(summary.loc["fastai-simplenet", "ci95_looked"])
+    assert 'id="ci-looked"' in html and html.count("&dagger;</sup>") == 1

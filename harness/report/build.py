@@ -149,6 +149,7 @@ def _compare(rows: list, compared: list, ctx: dict) -> dict:
 
 def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
     verdict = {t["other"]: t["verdict"] for t in ctx["tests"]}
+    looked = set(ctx["decided"].get("looked_rows", ()))  # their t intervals do not hold under the stopping (looked.py)
     basis = ctx["basis"]
     table = []
     for r in rows:
@@ -161,7 +162,7 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped, "user": r.user,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
-            "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
+            "ci95": s["ci95"], "ci95_looked": bool(s["ci95"]) and r.key in looked, "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
             "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
             "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"], "precision": s["precision"],
             "data": s["data"], "execution": s["execution"], "val_on": s["val_on"], "compared": r in compared,
@@ -213,7 +214,7 @@ def _ci(t: dict, i: int):
 
 
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
-                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
+                "mean", "std", "ci95_looked", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
 BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "p_holm", "verdict"]
 
