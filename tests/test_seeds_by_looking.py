@@ -204,3 +204,56 @@ def test_only_pairs_with_a_row_chosen_by_looking_lose_their_fixed_n_tests(tmp_pa
     assert float(tests["p_holm"][0]) == pytest.approx(min(1.0, 3 * p))  # Holm's first step over all 3 pairs
     looked = _looked_paragraph(html)
     assert "<b>tutorial-base</b> (2 commands)" in looked and "fastai-convnet" not in looked and "keep theirs" in looked
+
+
+def test_a_plan_whose_runs_were_deleted_still_counts(tmp_path, monkeypatch):
+    """`harness run A --repeats 3`, read the report, delete A's runs in the MLflow UI, `harness run
+    A --repeats 4`: the runs counted are one complete plan, but the first plan's results were read
+    before the second chose its seed count. The deleted runs (never counted) still count as a plan."""
+    from harness.tracking import Tracker
+
+    first = ("c1", "seeds 0-2")
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": [first] * 3, "fastai-simplenet": [("cB", "seeds 0-3")] * 4})
+    t = Tracker(store, "cifar10-harness")
+    for rid in t.search_runs_df().query("`tags.harness.experiment_id` == 'tutorial-base'")["run_id"]:
+        t.client.delete_run(rid)
+    from harness.recipes.catalogue import load_catalogue
+
+    from .test_report_mixtures import write_run
+
+    ep = load_catalogue()["tutorial-base"].train.epochs  # the second command: seeds 0-3, all of its plan
+    for s in range(4):
+        write_run(t, "tutorial-base", s, 50.0 + SPREAD[s], [40.0] * ep, 1.0, tags_extra={"harness.invocation": "c2", "harness.plan": "seeds 0-3"})
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""]
+    assert "<b>tutorial-base</b> (2 commands)" in _looked_paragraph(html)
+
+
+def test_a_diverged_seed_does_not_mark_its_row_as_stopped_by_looking(tmp_path, monkeypatch):
+    """`harness run A B --repeats 4`: seed 2 of tutorial-base diverged (FAILED; a rerun fails the
+    same way). The plan was run to its end, its seed count fixed in advance: the fixed-n test
+    stands, and the Decided section names the failed seed apart, not as a command stopped short."""
+    from harness.tracking import Tracker
+
+    plan = ("c1", "seeds 0-3")
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": [plan] * 4, "fastai-simplenet": [plan] * 4})
+    t = Tracker(store, "cifar10-harness")
+    runs = t.search_runs_df()
+    diverged = runs[(runs["tags.harness.experiment_id"] == "tutorial-base") & (runs["tags.harness.seed"] == "2")]["run_id"].iloc[0]
+    t.client.set_terminated(diverged, "FAILED")
+    html, tests = _report(store, tmp_path)
+    assert tests["verdict"].tolist() == ["real"] and tests["p_seeds"].tolist() != [""]
+    assert 'id="decided-looked"' not in html
+    failed = html[html.index('id="decided-failed"'):]
+    assert "<b>tutorial-base</b> (seed 2)" in failed[:600]
+
+
+def test_the_interval_of_a_row_chosen_by_looking_is_marked(tmp_path, monkeypatch):
+    """A row's fixed-n 95% t interval over seeds covers 93.7% after adding seeds until a test is
+    significant: the summary marks it (a dagger and a note; CSV column ci95_looked) on the rows
+    chosen by looking only."""
+    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4})
+    html, _ = _report(store, tmp_path)
+    summary = pd.read_csv(tmp_path / "r.csv").set_index("row")
+    assert bool(summary.loc["tutorial-base", "ci95_looked"]) and not bool(summary.loc["fastai-simplenet", "ci95_looked"])
+    assert 'id="ci-looked"' in html and html.count("&dagger;</sup>") == 1

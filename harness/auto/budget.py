@@ -19,6 +19,10 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # 47 G/s), skl-cnn's batch-4 steps 30 G/s; a little under, so a first estimate errs long
 DEFAULT_MACS_PER_S = 40e9
 RUN_OVERHEAD_S = 3.0  # a run's fixed cost beyond training (claim, evaluation, final writes), until measured
+# an untimed recipe's estimate times this until its first seed is timed: priced from the other
+# recipes' walls (leave-one-out on the main job's real walls, 2 cores) the estimate fell to 0.70
+# of the wall, and a budget would start a run it then overran
+UNTIMED_MARGIN = 1.5
 
 
 def parse_budget(text: str | None) -> float | None:
@@ -44,7 +48,8 @@ def seed_costs(experiments: list[Experiment], train_images: int, opts: RunOption
     """Seconds a further seed of each recipe is expected to take: the mean wall time of its
     finished seeds (`walls`: timed on the device the loop trains on, timed_here); else a run's
     fixed cost plus its work (schedule.expected_work) at a rate, both calibrated on the store's
-    finished seeds of the other recipes (calibrate)."""
+    finished seeds of the other recipes (calibrate), times UNTIMED_MARGIN (the model's error
+    across recipes: a budget must not start a seed it will overrun)."""
     one = RunOptions(**{**opts.__dict__, "repeats": 1})
     work = {e.id: expected_work(e, train_images, one) for e in experiments}
     done = {i: (sum(walls[i]) / len(walls[i]), work[i]) for i in work if walls.get(i)}
@@ -54,7 +59,7 @@ def seed_costs(experiments: list[Experiment], train_images: int, opts: RunOption
             out[i] = done[i][0]
         else:
             fixed, rate = calibrate(done, work[i])
-            out[i] = work[i] / rate + fixed
+            out[i] = UNTIMED_MARGIN * (work[i] / rate + fixed)
     return out
 
 
@@ -84,9 +89,19 @@ def calibrate(done: dict[str, tuple[float, float]], work: float | None = None) -
 
 def timed_here(seeds: dict, device: str | None) -> dict[str, list[float]]:
     """Each recipe's finished seeds' wall times (`seeds`: recipe -> state.Seeds) that price a
-    further seed on `device` (its harness.device name; None: any): a seed timed on another
-    machine (a GPU's seeds priced on a CPU, or the reverse) says nothing of its cost here."""
-    return {i: [w for k, w in s.wall.items() if w == w and (device is None or s.device.get(k) == device)] for i, s in seeds.items()}
+    further seed on `device`: its harness.device name (`cuda:NVIDIA H100`), or a device type alone
+    (`cuda`, `cpu`: Ray's workers, whose machines the driver does not know, only whether a task
+    asks for a GPU); None: any. A seed timed on another kind of machine (a GPU's seeds priced on a
+    CPU, 10-50x short, or the reverse) says nothing of its cost here."""
+    return {i: [w for k, w in s.wall.items() if w == w and _on(s.device.get(k), device)] for i, s in seeds.items()}
+
+
+def _on(recorded: str | None, device: str | None) -> bool:
+    if device is None:
+        return True
+    if ":" in device:
+        return recorded == device
+    return isinstance(recorded, str) and recorded.split(":", 1)[0] == device
 
 
 def round_time(runs: list[str], cost: dict[str, float], workers: int, widths: dict[str, int] | None = None, cores: int = 0) -> float:

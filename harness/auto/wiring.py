@@ -57,10 +57,16 @@ def executor_for(experiments: list[Experiment], data: Cifar10, tracker: Tracker,
 
 def local_device(opts: RunOptions) -> str:
     """The device name (harness.device) this machine's runs record: only seeds timed on it price
-    the loop's next seeds. (Ray's workers may differ: there any seed's time is taken.)"""
+    the loop's next seeds. (Ray's workers may differ: there, ray_device.)"""
     from ..training.environment import device_name, resolve_device
 
     return device_name(resolve_device(opts.device))
+
+
+def ray_device(ray_opts) -> str:
+    """The kind of device a Ray task trains on, as far as the driver knows (budget.timed_here):
+    a GPU where each run asks for one, else a CPU; which model, the cluster decides."""
+    return "cuda" if ray_opts.gpus_per_run > 0 else "cpu"
 
 
 def pool_shape(experiments: list[Experiment], opts: RunOptions) -> tuple[dict[str, int], int]:
@@ -82,7 +88,7 @@ def run_auto_command(experiments: list[Experiment], data: Cifar10, tracker: Trac
     execute, workers = executor_for(experiments, data, tracker, opts, jobs, ray_opts, echo)
     widths, cores = pool_shape(experiments, opts) if ray_opts is None and jobs > 1 else (None, 0)
     result = run_auto(experiments, data, tracker, opts, replace(auto, workers=workers, widths=widths, cores=cores), execute, echo=echo,
-                      start=started, device=None if ray_opts is not None else local_device(opts))
+                      start=started, device=ray_device(ray_opts) if ray_opts is not None else local_device(opts))
     echo("seeds and time per recipe: " + "; ".join(f"{i} {n} seed(s), {fmt_duration(t)}" for i, (n, t) in seeds_per_recipe(result).items()))
     for p in result.decisions.pairs:
         if p.verdict != "undecided" or (p.a in result.decisions.top and p.b in result.decisions.top):

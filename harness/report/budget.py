@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .mathstats import holm_array, welch_matrix, welch_p
+from .looked import LOOKED
 from .rows import Row
 
 BUDGETS_MIN = (1, 5, 15, 60)
@@ -101,12 +102,15 @@ def pick(row: Row, curves: list[tuple]) -> tuple:
     return (CHOSEN_ON_VAL, chosen_within) if honest(row, curves) else (HELD_OUT, best_within)
 
 
-def budget_table(rows: list[Row], curves: dict[str, list[tuple]], budgets_min=BUDGETS_MIN) -> list[dict]:
+def budget_table(rows: list[Row], curves: dict[str, list[tuple]], budgets_min=BUDGETS_MIN, looked: frozenset[str] | set[str] = frozenset(),
+                 settle: str = "") -> list[dict]:
     """For each budget and each kind of images scored on (the test set; a validation split drawn
     by one rule, for runs recorded before test_acc_epoch): the row with the highest mean (over
     seeds) accuracy a user stopping there would get, the runner-up on the same images, and whether
     the gap is beyond seed noise (Welch over seeds, MIN_SEEDS+ each, Holm over every pair of rows
-    ranked at that budget: the best and runner-up are chosen by their means)."""
+    ranked at that budget: the best and runner-up are chosen by their means). `looked`: rows whose
+    seed counts were chosen by looking (looked.looked_rows), whose Welch test is not valid;
+    `settle`: the command that trains more seeds (looked.auto_command)."""
     out = []
     for minutes in budgets_min:
         by_kind: dict[str, list] = {}
@@ -117,12 +121,14 @@ def budget_table(rows: list[Row], curves: dict[str, list[tuple]], budgets_min=BU
             if per_seed:
                 by_kind.setdefault(scored_on(r, cs), []).append((float(np.mean(per_seed)), r.key, per_seed, how))
         kinds = sorted(by_kind, key=lambda k: (k != TEST_SET, k))  # the test set first
-        out.extend([budget_entry(minutes, k, by_kind[k]) for k in kinds] or [budget_entry(minutes, None, [])])
+        out.extend([budget_entry(minutes, k, by_kind[k], looked, settle) for k in kinds] or [budget_entry(minutes, None, [])])
     return out
 
 
-def budget_entry(minutes: int, kind: str | None, scored: list[tuple]) -> dict:
-    """One budget's best and runner-up among rows scored on one kind of images."""
+def budget_entry(minutes: int, kind: str | None, scored: list[tuple], looked: frozenset[str] | set[str] = frozenset(), settle: str = "") -> dict:
+    """One budget's best and runner-up among rows scored on one kind of images. Where either was
+    chosen by looking (`looked`), no p-value: its pairs count as p = 1 in the budget's Holm family
+    (as stats.pair_pvalues), and the verdict says the fixed-n test does not hold (looked.LOOKED)."""
     scored = sorted(scored, key=lambda s: (-s[0], s[1]))
     entry = {"minutes": minutes, "scored_on": kind, "selected": None, "best": None, "acc": None, "n": None, "runner_up": None,
              "runner_acc": None, "runner_n": None, "p": None, "p_holm": None, "verdict": "no run fits"}
@@ -130,16 +136,22 @@ def budget_entry(minutes: int, kind: str | None, scored: list[tuple]) -> dict:
         entry.update(best=scored[0][1], acc=scored[0][0], n=len(scored[0][2]), verdict="only candidate",
                      selected=scored[0][3] if len(scored[0]) > 3 else (LAST if kind == TEST_SET else HELD_OUT))
     if len(scored) > 1:
-        (_, _, sa, *_), (b, key_b, sb, *_) = scored[0], scored[1]
+        (_, key_a, sa, *_), (b, key_b, sb, *_) = scored[0], scored[1]
         entry.update(runner_up=key_b, runner_acc=b, runner_n=len(sb))
         if min(len(sa), len(sb)) < MIN_SEEDS:
-            entry["verdict"] = f"untested: {min(len(sa), len(sb))} seed(s) on a side, {MIN_SEEDS} needed (--repeats {MIN_SEEDS})"
+            entry["verdict"] = f"untested: {min(len(sa), len(sb))} seed(s) on a side, {MIN_SEEDS} needed ({settle or f'--repeats {MIN_SEEDS}'})"
+        elif key_a in looked or key_b in looked:
+            entry["verdict"] = LOOKED
         else:
             entry["p"] = welch_p(sa, sb)
             # the family: every pair of rows Welch can test at this budget (the best and the runner-up,
-            # both measured, are its first two: their pair is the first of the upper triangle)
-            measured = [np.asarray(s[2], dtype=float) for s in scored if len(s[2]) >= MIN_SEEDS]
-            adj = holm_array(welch_matrix(measured)[np.triu_indices(len(measured), 1)])
+            # both measured, are its first two: their pair is the first of the upper triangle); a pair
+            # with a row chosen by looking counts as p = 1, the family keeping its size
+            measured = [s for s in scored if len(s[2]) >= MIN_SEEDS]
+            p = welch_matrix([np.asarray(s[2], dtype=float) for s in measured])
+            chosen = np.array([s[1] in looked for s in measured])
+            p[chosen[:, None] | chosen[None, :]] = 1.0
+            adj = holm_array(p[np.triu_indices(len(measured), 1)])
             entry["p_holm"] = None if np.isnan(adj[0]) else float(adj[0])
             entry["verdict"] = "beats it beyond seed noise" if entry["p_holm"] is not None and entry["p_holm"] < ALPHA else "within seed noise"
     return entry

@@ -14,13 +14,13 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker, ui_link
-from ..tracking.report_runs import log_report
+from ..tracking.report_runs import deleted_runs_df, log_report
 from .budget import BUDGETS_MIN, METRICS, budget_table, mean_curve, seed_curve
 from .charts import CLASS_PREFIX, SMALL, charts, time_to_accuracy_chart
 from .datasets import choose_data, compared_rows, data_sets, store_contents, timing_device
 from .decided import decided_section, decisions_frame
-from .looked import looked_rows, mark_looked
-from .rows import build_rows, load_runs
+from .looked import auto_command, looked_rows, mark_looked
+from .rows import attach_apart, build_rows, load_runs
 from .stats import ALPHA, MIN_SEEDS, best_basis, compare_neighbours, compare_to_best, family, pareto_front, ranked_rows
 
 
@@ -69,6 +69,9 @@ def build_report(uri: str | None, experiment_name: str, out: str, csv_path: str 
     if finished.empty:
         raise HarnessError(f"no finished runs in experiment {experiment_name!r} of {tracker.uri} ({len(others)} unfinished)")
     rows = build_rows(finished)
+    gone = deleted_runs_df(tracker)  # deleted runs: counted nowhere, but their plans were run (looked.py)
+    attach_apart(rows, finished, gone[(gone["status"] == "FINISHED")] if not gone.empty else gone, "deleted")
+    attach_apart(rows, finished, others[others["status"] == "FAILED"], "failed")  # a diverged seed was trained as planned
     sets = data_sets(rows)
     chosen = choose_data(sets, data)
     compared, left_out = compared_rows(rows, chosen)
@@ -132,19 +135,21 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
 
 def _compare(rows: list, compared: list, ctx: dict) -> dict:
     # every verdict of the page: one family, all pairs; a pair with a row chosen by looking has no valid Welch test (looked.py)
-    fam = family(ranked_rows(compared), ctx["preds"], looked_rows(compared))
+    looked = looked_rows(compared)
+    fam = family(ranked_rows(compared), ctx["preds"], looked)
     tests = compare_to_best(compared, ctx["preds"], fam)
     device, timed = timing_device(compared)  # times are compared on one device only
     front = pareto_front([(r.key, r.stats["train_time"], r.stats["mean"]) for r in timed])
     figs = charts(rows, ctx["histories"], ctx["cms"], ctx["classes"], timed, front)
     figs["time_to_accuracy"] = time_to_accuracy_chart(timed, {k: mean_curve(v) for k, v in ctx["curves"].items()}, BUDGETS_MIN, device)
     return {"tests": tests, "neighbours": compare_neighbours(compared, ctx["preds"], fam), "family_size": len(fam), "figs": figs,
-            "budgets": budget_table(timed, ctx["curves"]), "basis": best_basis(compared, tests), "front": front,
+            "budgets": budget_table(timed, ctx["curves"], looked=looked, settle=auto_command(compared)), "basis": best_basis(compared, tests), "front": front,
             "timed_device": device, "untimed": [{"row": r.key, "device": r.ckey.device or "unrecorded"} for r in compared if r not in timed]}
 
 
 def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
     verdict = {t["other"]: t["verdict"] for t in ctx["tests"]}
+    looked = set(ctx["decided"].get("looked_rows", ()))  # their t intervals do not hold under the stopping (looked.py)
     basis = ctx["basis"]
     table = []
     for r in rows:
@@ -157,7 +162,7 @@ def _summary(rows: list, compared: list, ctx: dict, link) -> list[dict]:
         table.append({
             "id": r.experiment_id, "key": r.key, "source": r.source, "params": r.params, "capped": r.capped, "user": r.user,
             "published": r.published, "published_mean": s["published_mean"], "mean": s["mean"], "std": s["std"], "n": s["n"],
-            "ci95": s["ci95"], "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
+            "ci95": s["ci95"], "ci95_looked": bool(s["ci95"]) and r.key in looked, "diff": s["diff"], "published_interval": s["published_interval"], "eval_mode": s["eval_mode"],
             "mean_eval_mode": s["mean_eval_mode"], "train_time": s["train_time"], "images_per_s": s["images_per_s"], "device": s["device"],
             "epochs": s["epochs"], "recipe_epochs": s["recipe_epochs"], "n_train": s["n_train"], "seeds": s["seeds"], "precision": s["precision"],
             "data": s["data"], "execution": s["execution"], "val_on": s["val_on"], "compared": r in compared,
@@ -209,7 +214,7 @@ def _ci(t: dict, i: int):
 
 
 SUMMARY_COLS = ["key", "id", "data", "precision", "epochs", "recipe_epochs", "n_train", "capped", "user", "compared", "source", "params", "published_mean",
-                "mean", "std", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
+                "mean", "std", "ci95_looked", "n", "seeds", "superseded", "execution", "eval_mode", "mean_eval_mode", "diff", "train_time", "images_per_s", "device", "pareto", "verdict"]
 TEST_COLS = ["best", "other", "diff", "runs", "b", "c", "p", "n_best", "n_other", "p_seeds", "p_holm", "verdict", "settle"]
 BUDGET_COLS = ["minutes", "scored_on", "best", "acc", "n", "selected", "runner_up", "runner_acc", "runner_n", "p", "p_holm", "verdict"]
 

@@ -33,7 +33,7 @@ def decided_section(compared: list[Row], alpha: float | None = None, margin: flo
     alpha = alpha if alpha is not None else rec.get("alpha", ALPHA)
     margin = margin if margin is not None else rec.get("margin", MARGIN)
     section = _section(compared, alpha, margin)
-    section.update(looked=rec["looked"], by_loop=rec["by_loop"], later=rec["later"], short=rec["short"], looked_rows=rec["rows"],
+    section.update(looked=rec["looked"], by_loop=rec["by_loop"], later=rec["later"], short=rec["short"], looked_rows=rec["rows"], failed=rec["failed"],
                    loop_stop=rec.get("stop"),
                    level_from="given" if given else "the loop's" if "alpha" in rec else "default")
     return section

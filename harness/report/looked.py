@@ -9,12 +9,16 @@ they may not have been, row by row:
   started when the earlier results could be read: adding seeds where a report said "untested"
   and reading it again is choosing n by looking (about 15% false positives at a nominal 5% for
   looks from 3 to 10 seeds). The runs a later run of their seed replaced count too (`--force`
-  re-draws seeds; its plan is its own). The same plan run again (a stopped command rerun, two
+  re-draws seeds; its plan is its own), and so do finished runs deleted in the MLflow UI (read apart,
+  rows.attach_apart: deleting a plan's runs and training another after reading them is looking;
+  runs removed for good by `mlflow gc` leave no trace). The same plan run again (a stopped command rerun, two
   drivers sharing it) is one plan. Runs recorded before harness.plan count by their command, and
   runs recorded before harness.invocation together as one earlier command, so an old store of
   runs alone is read as before, and old runs plus new seeds count as two;
 - the plan ended short: the row lacks some of the seeds its command set out to train (stopped
-  early by a person watching the results, a seed failed, or the command still runs).
+  early by a person watching the results, or the command still runs). A seed whose run FAILED
+  (a rerun fails the same way: it diverged) was trained as planned: it is accounted for, and the
+  Decided section names it apart.
 
 A pair shows its fixed-n p-values only where neither row was chosen by looking; elsewhere they
 are hidden and the Decided section's anytime-valid verdicts (decided.py) are the ones that hold.
@@ -48,8 +52,9 @@ def _text(v) -> str | None:
 
 
 def _every_run(row: Row) -> pd.DataFrame:
-    """The row's counted runs and those a later run of their seed replaced."""
-    return pd.concat([row.runs, row.superseded], ignore_index=True) if not row.superseded.empty else row.runs
+    """The row's counted runs, those a later run of their seed replaced, and its deleted ones."""
+    extra = [f for f in (row.superseded, row.deleted) if not f.empty]
+    return pd.concat([row.runs, *extra], ignore_index=True) if extra else row.runs
 
 
 def loop_record(compared: list[Row]) -> dict:
@@ -81,11 +86,24 @@ def commands(row: Row) -> int:
     return len(set(_plans(_every_run(row))))
 
 
+def failed_seeds(row: Row) -> list[int]:
+    """The seeds of the row whose runs FAILED (a rerun fails the same way: diverged, an invalid
+    spec) and that no finished run counts."""
+    f = row.failed
+    if f.empty:
+        return []
+    none = pd.Series([None] * len(f), dtype=object)
+    seed = pd.to_numeric(f.get(f"tags.{TAG}seed", none), errors="coerce").fillna(pd.to_numeric(f.get("params.seed", none), errors="coerce"))
+    have = {s for s in row.seeds if s is not None}
+    return sorted({int(s) for s in seed.dropna()} - have)
+
+
 def short_of_plan(row: Row) -> tuple[int, int] | None:
     """(seeds the row has, seeds planned) of a plan whose seeds the row does not all have: the
     command ended before its plan (a person stopping it on seeing the results chose n by
-    looking; a failed seed or a command still running read the same); None where none did."""
-    have = {s for s in row.seeds if s is not None}
+    looking; a command still running reads the same); None where none did. A seed whose run
+    FAILED (failed_seeds) was trained as planned and fails again on every rerun: accounted for."""
+    have = {s for s in row.seeds if s is not None} | set(failed_seeds(row))
     for plan in dict.fromkeys(_plans(_every_run(row))):
         m = SEEDS.match(plan)
         if m:
@@ -113,12 +131,14 @@ def looked_rows(compared: list[Row]) -> set[str]:
 
 def looked_record(compared: list[Row]) -> dict:
     """loop_record, plus `later` (rows of more than one plan), `short` (rows whose command ended
-    short of its plan: row -> "k of n"), `rows` (every row chosen by looking) and `looked`
-    (any such row)."""
+    short of its plan: row -> "k of n"), `rows` (every row chosen by looking), `looked`
+    (any such row) and `failed` (row -> its seeds whose runs failed, accounted for in its plan)."""
     rec = loop_record(compared)
     short = {r.key: f"{k} of {n}" for r in compared if (kn := short_of_plan(r)) for k, n in [kn]}
     rows = looked_rows(compared)
-    return rec | {"by_loop": rec["looked"], "later": added_later(compared), "short": short, "rows": sorted(rows), "looked": bool(rows)}
+    failed = {r.key: ", ".join(map(str, f)) for r in compared if (f := failed_seeds(r))}
+    return rec | {"by_loop": rec["looked"], "later": added_later(compared), "short": short, "rows": sorted(rows), "looked": bool(rows),
+                  "failed": failed}
 
 
 def why_looked(rec: dict) -> str:

@@ -30,6 +30,8 @@ class Row:
     user: bool = False  # a recipe of the user's own (tag harness.user_recipe), beside the documented ones
     ckey: Key | None = None
     superseded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    deleted: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs of this key deleted in the UI (plans only: looked.py)
+    failed: pd.DataFrame = field(default_factory=pd.DataFrame)  # FAILED runs of this key (a seed a rerun fails again: looked.py)
 
     @property
     def key(self) -> str:
@@ -120,6 +122,26 @@ def build_rows(finished: pd.DataFrame) -> list[Row]:
     # uncapped first, then by accuracy
     rows.sort(key=lambda r: (r.capped, -r.stats["mean"], r.key))
     return rows
+
+
+def attach_apart(rows: list[Row], finished: pd.DataFrame, deleted: pd.DataFrame, attr: str = "deleted") -> None:
+    """Give each row, as its `attr`, the runs of its key that it does not count: `deleted`, the
+    finished runs deleted in the MLflow UI (`mlflow runs delete`), whose plan was run and its
+    results could be read before a later plan chose how many seeds to add; `failed`, the FAILED
+    runs, seeds a rerun fails again (diverged), trained as planned (looked.py). Keys as
+    build_rows gives them (each experiment's spec columns from the runs it counts)."""
+    if deleted.empty or not rows:
+        return
+    eid = f"tags.{TAG}experiment_id"
+    both = infer_available(pd.concat([finished.assign(_deleted=False), deleted.assign(_deleted=True)], ignore_index=True))
+    spec_cols = {e: spec_columns(g) for e, g in finished.groupby(eid)}
+    by_key = {r.ckey: r for r in rows}
+    gone = both[both["_deleted"].astype(bool)].drop(columns=["_deleted"])
+    for _, x in gone.iterrows():
+        r = by_key.get(run_key(x, spec_cols.get(x[eid], spec_columns(gone[gone[eid] == x[eid]]))))
+        if r is not None:
+            have = getattr(r, attr)
+            setattr(r, attr, pd.concat([have, x.to_frame().T], ignore_index=True) if not have.empty else x.to_frame().T.reset_index(drop=True))
 
 
 def _published_interval(g: pd.DataFrame, pub: list[float]) -> tuple[float, float] | None:

@@ -6,7 +6,7 @@
 - outbox.py: Outbox, store writes off the training thread, in order.
 - store.py: which store a URI names, whether it is reachable, usable and writable, and
   creating a new SQLite store all-or-nothing; one-line reasons for store errors.
-- report_runs.py: what `harness report` reads (every harness run, uncapped) and writes (the report as a run's artifact).
+- report_runs.py: what `harness report` reads (every harness run, uncapped; the deleted ones apart) and writes (the report as a run's artifact).
 - records.py: the plain records (the tag prefix, RunRecord as read back, links into the MLflow UI).
 - tracker.py: Tracker, the connection to one store and experiment (runs, tags, params, metrics,
   artifacts, status writes); two of its parts in files of their own:

@@ -19,6 +19,16 @@ def search_runs_df(tracker, harness_only: bool = True):
     return mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=where, max_results=None)
 
 
+def deleted_runs_df(tracker):
+    """The harness runs of the experiment deleted (MLflow UI, `mlflow runs delete`) but not yet
+    garbage-collected, as search_runs_df: the report never counts them, but reads which plans
+    trained them (a plan whose runs were deleted was still run, and read)."""
+    from mlflow.entities import ViewType
+
+    return mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{TAG}experiment_id` LIKE '%'",
+                              run_view_type=ViewType.DELETED_ONLY, max_results=None)
+
+
 def log_report(tracker, html: str | Path, name: str = "harness report", tags: dict | None = None) -> str:
     """A run of its own in the experiment with the report's HTML as its artifact, so a team on a
     shared server opens it from the MLflow UI; returns its run id. It carries no harness
