@@ -10,7 +10,6 @@ import csv
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
