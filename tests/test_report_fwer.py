@@ -19,7 +19,7 @@ from harness.report.stats import ALPHA, REAL, compare_neighbours, compare_to_bes
 STORES = 500  # per (k, n): the standard error of a rate near 0.05 is 0.010
 
 
-def rows_of(acc: np.ndarray) -> list[Row]:
+def rows_of(acc) -> list[Row]:
     out = []
     for i, a in enumerate(acc):
         r = Row(f"r{i}", False, pd.DataFrame({"run_id": [f"{i}-{s}" for s in range(len(a))], "metrics.test_acc": a}), [])
@@ -63,17 +63,8 @@ def test_unequal_seed_counts_fixed_in_advance_hold_alpha(n_a, n_b):
     rng = np.random.default_rng(100 * n_a + n_b)
     hits = 0
     for _ in range(stores):
-        rows = rows_of_unequal([rng.normal(60.0, 0.8, n_a), rng.normal(60.0, 0.8, n_b)])
+        rows = rows_of([rng.normal(60.0, 0.8, n_a), rng.normal(60.0, 0.8, n_b)])
         hits += compare_to_best(rows, {})[0]["verdict"] == REAL
     rate = hits / stores
     print(f"{n_a} vs {n_b} seeds: P(called real) = {rate:.4f} over {stores} stores")
     assert rate <= ALPHA + 2 * np.sqrt(ALPHA * (1 - ALPHA) / stores)
-
-
-def rows_of_unequal(accs: list[np.ndarray]) -> list[Row]:
-    out = []
-    for i, a in enumerate(accs):
-        r = Row(f"r{i}", False, pd.DataFrame({"run_id": [f"{i}-{s}" for s in range(len(a))], "metrics.test_acc": a}), [])
-        r.stats = {"n": len(a), "mean": float(a.mean()), "std": float(a.std(ddof=1)), "cap": None}
-        out.append(r)
-    return out
