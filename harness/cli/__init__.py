@@ -10,17 +10,12 @@
 
 from __future__ import annotations
 
-import os
+import click
 
-# OpenMP threads that sleep rather than spin while they wait: no measurable cost alone, and
-# less lost to a second busy process (set before torch loads libgomp; a user's value wins)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import click  # noqa: E402
-
-from .recipes import list_cmd, new_cmd  # noqa: E402
-from .report import bench_cmd, report_cmd  # noqa: E402
-from .run import run_all_cmd, run_cmd  # noqa: E402
+# (harness/__init__.py, imported first, sets OpenMP's passive waits before torch loads)
+from .recipes import list_cmd, new_cmd
+from .report import bench_cmd, report_cmd
+from .run import run_all_cmd, run_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
