@@ -156,16 +156,50 @@ def _check_sqlite(db: Path, writing: bool) -> bool:
     return False
 
 
+def _build_schema(tmp: Path) -> None:
+    """MLflow's own schema and migrations (the ones its store runs on first use), on a connection
+    that does not wait for the disk after each of its thirty-odd steps: the file is a temporary one
+    that only becomes the store once complete and synced, so a crash mid-way loses nothing. 4-6 s
+    of waiting on a disk's syncs became about 1 s here. On an MLflow without this helper, its
+    store builds the schema itself (as before)."""
+    try:
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+    except ImportError:
+        return
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_sync(dbapi_connection, _record):
+        dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_sqlite(db: Path) -> None:
     """Build the schema under a temporary name, then rename: all or nothing."""
     for stale in db.parent.glob(f".{db.name}.creating-*"):  # a creator killed earlier (we hold the lock)
         stale.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
     try:
+        _build_schema(tmp)
         client = MlflowClient(f"sqlite:///{tmp}")
-        client.search_experiments(max_results=1)  # MLflow creates and migrates the schema here
+        client.search_experiments(max_results=1)  # MLflow migrates the schema here if _build_schema did not, and adds its Default experiment
         client._tracking_client.store.engine.dispose()
+        _fsync(tmp)  # durable before it takes the store's name
         os.replace(tmp, db)
+        _fsync(db.parent)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
