@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from harness.report.rows import Row
-from harness.report.stats import ALPHA, REAL, compare_neighbours, compare_to_best
+from harness.report.stats import ALPHA, REAL, compare_neighbours, compare_to_best, family, ranked_rows
 
 STORES = 500  # per (k, n): the standard error of a rate near 0.05 is 0.010
 
@@ -30,7 +30,8 @@ def rows_of(acc) -> list[Row]:
 
 def any_real(acc: np.ndarray) -> bool:
     rows = rows_of(acc)
-    tests = compare_to_best(rows, {}) + compare_neighbours(rows, {})
+    fam = family(ranked_rows(rows), {})  # one family for both, as the report builds it (build._compare)
+    tests = compare_to_best(rows, {}, fam) + compare_neighbours(rows, {}, fam)
     return any(t["verdict"] == REAL for t in tests)
 
 
@@ -68,3 +69,29 @@ def test_unequal_seed_counts_fixed_in_advance_hold_alpha(n_a, n_b):
     rate = hits / stores
     print(f"{n_a} vs {n_b} seeds: P(called real) = {rate:.4f} over {stores} stores")
     assert rate <= ALPHA + 2 * np.sqrt(ALPHA * (1 - ALPHA) / stores)
+
+
+def test_welch_matrix_is_welch_at_equal_n_and_hsu_at_unequal_n():
+    """mathstats.welch_matrix against scipy's own tests pair by pair, on random groups of seeds:
+    Welch's (scipy.stats.ttest_ind, equal_var=False) where the seed counts are equal, Welch's
+    statistic on Hsu's df (min n - 1) where they differ; NaN on the diagonal, for a group of
+    fewer than 2 seeds, and for two groups without spread and with equal means."""
+    from scipy import stats
+
+    from harness.report.mathstats import welch_matrix
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        groups = [rng.normal(60.0, rng.uniform(0.2, 3.0), int(rng.choice([1, 2, 3, 5, 10]))) for _ in range(int(rng.integers(2, 8)))]
+        p = welch_matrix(groups)
+        for i, a in enumerate(groups):
+            for j, b in enumerate(groups):
+                if i == j or len(a) < 2 or len(b) < 2:
+                    assert np.isnan(p[i, j])
+                elif len(a) == len(b):
+                    assert p[i, j] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+                else:
+                    stat = (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+                    assert p[i, j] == pytest.approx(2 * stats.t.sf(abs(stat), min(len(a), len(b)) - 1), rel=1e-9)
+    flat = np.full(3, 60.5)  # no spread, exactly
+    assert np.isnan(welch_matrix([flat, flat.copy()])[0, 1])
