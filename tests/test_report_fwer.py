@@ -25,11 +25,12 @@ def stores_of(accs):
     built per row cost more than the statistics under test."""
     runs = pd.DataFrame({"run_id": [f"{i}-{s}" for store in accs for i, a in enumerate(store) for s in range(len(a))],
                          "metrics.test_acc": np.concatenate([a for store in accs for a in store])})
+    none = pd.DataFrame()  # no superseded, deleted or failed runs: one empty frame for all rows (3 per Row cost ~0.1 ms)
     at = 0
     for store in accs:
         rows = []
         for i, a in enumerate(store):
-            r = Row(f"r{i}", False, runs.iloc[at:at + len(a)], [])
+            r = Row(f"r{i}", False, runs.iloc[at:at + len(a)], [], superseded=none, deleted=none, failed=none)
             r.stats = {"n": len(a), "mean": float(a.mean()), "std": float(a.std(ddof=1)), "cap": None}
             rows.append(r)
             at += len(a)
