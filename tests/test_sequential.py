@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from harness.report import sequential as sq
 
@@ -36,7 +36,7 @@ def welch_rejects(samples: dict, alpha: float) -> bool:
             if se == 0:
                 continue
             df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-            if 2 * stats.t.sf(abs(a.mean() - b.mean()) / se, df) < alpha / m:
+            if 2 * special.stdtr(df, -abs(a.mean() - b.mean()) / se) < alpha / m:  # t.sf, without its argument checks
                 return True
     return False
 

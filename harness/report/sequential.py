@@ -62,15 +62,17 @@ def e_value(t: np.ndarray | float, n: np.ndarray | int) -> np.ndarray | float:
     1 where n < MIN_SEEDS)."""
     t, n = np.asarray(t, float), np.asarray(n, float)
     ok = n >= MIN_SEEDS
-    nu = np.where(ok, n - 1, 1.0)
-    x = np.where(ok, np.minimum(t * t, 1e300) / nu, 0.0)
-    lx, half_df, nn = np.log1p(x), 0.5 * (nu + 1), np.where(ok, n, 1.0)
+    every = bool(ok.all())  # no masking needed (a look of the e-process always is)
+    nu = n - 1 if every else np.where(ok, n - 1, 1.0)
+    x = np.minimum(t * t, 1e300) / nu
+    x = x if every else np.where(ok, x, 0.0)
+    lx, half_df, nn = np.log1p(x), 0.5 * (nu + 1), n if every else np.where(ok, n, 1.0)
     total = 0.0
     for g in G_GRID:  # the mean over the grid, summed in the grid's order
         r = 1.0 + g * nn
         total = total + np.exp(np.minimum(-0.5 * np.log(r) + half_df * (lx - np.log1p(x / r)), 700.0))
-    e = np.where(ok, total / len(G_GRID), 1.0)
-    return float(e) if e.ndim == 0 else e
+    e = total / len(G_GRID) if every else np.where(ok, total / len(G_GRID), 1.0)
+    return float(e) if np.ndim(e) == 0 else e
 
 
 @lru_cache(maxsize=65536)
@@ -93,12 +95,35 @@ def first_decisive(level: float, cap: int = 1000) -> int:
     return next((n for n in range(MIN_SEEDS, cap + 1) if critical_t(level, n) < math.inf), cap)
 
 
+@lru_cache(maxsize=1024)
+def _looks_grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For n looks: k = 1..n, which of the n differences each look sees (lower triangle), sqrt(k),
+    and the variance's divisor max(k - 1, 1). Read-only: shared by every pair of n seeds."""
+    k = np.arange(1, n + 1, dtype=float)
+    out = (k, np.tri(n, dtype=bool), np.sqrt(k), np.maximum(k - 1.0, 1.0))
+    for x in out:
+        x.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _criticals(level: float, n: int) -> np.ndarray:
+    """critical_t(level, k) for the looks k = MIN_SEEDS..n (read-only)."""
+    out = np.array([critical_t(level, k) for k in range(MIN_SEEDS, n + 1)], dtype=float)
+    out.setflags(write=False)
+    return out
+
+
 def by_seed(x) -> dict[int, float]:
     return {int(k): float(v) for k, v in x.items()} if isinstance(x, dict) else {i: float(v) for i, v in enumerate(np.asarray(x, float))}
 
 
 def differences(a, b) -> np.ndarray:
     """a's seed s minus b's seed s, over the seeds both have, in seed order."""
+    if not isinstance(a, dict) and not isinstance(b, dict):  # arrays: seeds 0..len-1, the shorter's are shared
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        m = min(len(a), len(b))
+        return a[:m] - b[:m]
     a, b = by_seed(a), by_seed(b)
     return np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
 
@@ -142,7 +167,7 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     """The pair's e-value against "equal means" on the seeds both have, its confidence sequence
     at `level` (alpha over the family's size) and the verdict they give. `a`, `b`: accuracies
     by seed (dicts), or arrays whose i-th is seed i; `floor`: se_floor of their test set."""
-    a, b = by_seed(a), by_seed(b)
+    a, b = (by_seed(x) if isinstance(x, dict) else np.asarray(x, float) for x in (a, b))
     d = differences(a, b)
     n = len(d)
     diff = float(d.mean()) if n else math.nan
@@ -171,26 +196,24 @@ def looks(d: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     k = 1), for every look k = 1..n at once: each look's two-pass variance (as numpy's std) on
     the rows of a lower-triangular array, instead of n calls."""
     n = len(d)
-    k = np.arange(1, n + 1, dtype=float)
+    k, seen, root, divisor = _looks_grid(n)
     mean = np.cumsum(d) / k
-    dev = np.where(np.tri(n, dtype=bool), d[None, :] - mean[:, None], 0.0)
-    sd = np.sqrt((dev * dev).sum(axis=1) / np.maximum(k - 1.0, 1.0))
+    dev = np.where(seen, d[None, :] - mean[:, None], 0.0)
+    sd = np.sqrt((dev * dev).sum(axis=1) / divisor)
     if n:
         sd[0] = 0.0
-    return mean, np.maximum(sd / np.sqrt(k), floor)
+    return mean, np.maximum(sd / root, floor)
 
 
 def running_e(mean: np.ndarray, se: np.ndarray) -> float:
     """The e-process's running max over the looks k >= MIN_SEEDS (`looks`), 1 before any: the
     t of each look (0 at no difference and no spread, infinite at a difference and no spread)
     through e_value, one vectorised call."""
-    k = np.arange(1, len(mean) + 1, dtype=float)[MIN_SEEDS - 1:]
     m, s = mean[MIN_SEEDS - 1:], se[MIN_SEEDS - 1:]
     if not len(m):
         return 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(s > 0, m / np.where(s > 0, s, 1.0), np.where(m == 0, 0.0, np.copysign(np.inf, m)))
-    return float(np.max(e_value(t, k)))
+    t = np.divide(m, s, out=np.copysign(np.where(m == 0, 0.0, np.inf), m), where=s > 0)
+    return float(np.max(e_value(t, _looks_grid(len(mean))[0][MIN_SEEDS - 1:])))
 
 
 def running_interval(d: np.ndarray, level: float, floor: float = 0.0, at_looks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
@@ -201,12 +224,9 @@ def running_interval(d: np.ndarray, level: float, floor: float = 0.0, at_looks: 
     `d` only grows at its end: a seed filled in below others changes the earlier looks.
     `at_looks`: looks(d, floor), where already computed."""
     mean, se = looks(d, floor) if at_looks is None else at_looks
-    ks = np.arange(MIN_SEEDS, len(d) + 1)
-    crit = np.array([critical_t(level, int(i)) for i in ks])
-    s = se[ks - 1]
-    with np.errstate(invalid="ignore"):
-        half = np.where(s > 0, crit * s, np.where(np.isfinite(crit), 0.0, np.inf))
-    lo, hi = float(np.max(mean[ks - 1] - half)), float(np.min(mean[ks - 1] + half))
+    crit, s, m = _criticals(level, len(d)), se[MIN_SEEDS - 1:], mean[MIN_SEEDS - 1:]
+    half = np.multiply(crit, s, out=np.where(np.isfinite(crit), 0.0, np.inf), where=s > 0)  # no spread: 0 (inf where no verdict can be)
+    lo, hi = float(np.max(m - half)), float(np.min(m + half))
     return max(lo, -SPAN), min(hi, SPAN)  # a difference of accuracies lies within +-100 points
 
 
