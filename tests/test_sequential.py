@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from harness.report import sequential as sq
 
@@ -36,7 +36,7 @@ def welch_rejects(samples: dict, alpha: float) -> bool:
             if se == 0:
                 continue
             df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-            if 2 * stats.t.sf(abs(a.mean() - b.mean()) / se, df) < alpha / m:
+            if 2 * special.stdtr(df, -abs(a.mean() - b.mean()) / se) < alpha / m:  # t.sf, without its argument checks
                 return True
     return False
 
@@ -249,3 +249,44 @@ def test_a_verdict_reached_at_one_look_is_not_undone_by_later_seeds():
     now = sq.compare(dict(enumerate(later)), {i: 0.0 for i in range(10)}, ALPHA)
     assert now.verdict == "a_better" and now.lo >= early.lo and now.hi <= early.hi
     assert now.e_value == early.e_value >= 1 / ALPHA  # the e-process's running max: decided exactly when it reached 1/alpha
+
+
+def test_the_vectorised_looks_equal_the_definition_look_by_look():
+    """compare() computes every look's t and interval in one pass (sequential.looks) and
+    seeds_needed tries its seed counts at once: the same numbers as the definitions, one look
+    (one seed count) at a time, on random pairs: spreads, ties to the image, identical seeds."""
+    rng = np.random.default_rng(21)
+
+    def by_definition(d, level, floor):
+        e = max(sq.e_value(sq.one_sample_t(d[:k], floor=floor)[0], k) for k in range(sq.MIN_SEEDS, len(d) + 1))
+        lo, hi = -math.inf, math.inf
+        for k in range(sq.MIN_SEEDS, len(d) + 1):
+            se = max(float(d[:k].std(ddof=1)) / math.sqrt(k), floor)
+            c = sq.critical_t(level, k)
+            half = c * se if se > 0 else (0.0 if math.isfinite(c) else math.inf)
+            lo, hi = max(lo, float(d[:k].mean()) - half), min(hi, float(d[:k].mean()) + half)
+        return e, max(lo, -sq.SPAN), min(hi, sq.SPAN)
+
+    def needed_by_definition(diff, spread, n, level, margin, cap=1000):
+        m = max(n, sq.MIN_SEEDS)
+        while m <= cap:
+            half = sq.critical_t(level, m) * spread / math.sqrt(m)
+            if abs(diff) > half or abs(diff) + half < margin:
+                return m - n
+            m = m + 1 if m < 50 else int(m * 1.1)
+        return None
+
+    for i in range(600):
+        n = int(rng.integers(2, 40))
+        a = rng.normal(70, 0.8, n) if i % 3 else np.round(rng.normal(60, 0.1, n), 1)
+        b = a - (0.0 if i % 7 == 0 else rng.normal(0.5, 0.3)) + (0 if i % 7 == 0 else rng.normal(0, 0.8, n))
+        level, floor = (ALPHA, ALPHA / 6, 0.2)[i % 3], (0.0, 0.05)[i % 2]
+        p = sq.compare(a, b, level, floor=floor)
+        e, lo, hi = by_definition(a - b, level, floor)
+        assert (p.e_value, p.lo, p.hi) == pytest.approx((e, lo, hi), rel=1e-9, abs=1e-12)
+    with np.errstate(invalid="ignore"):
+        for _ in range(3000):
+            args = (float(rng.normal(0, rng.choice([0.1, 1.0, 5.0]))), float(abs(rng.normal(0, rng.choice([0.0, 0.5, 2.0])))),
+                    int(rng.choice([0, 2, 3, 10, 49, 50, 51, 70, 999, 1001])), float(rng.choice([ALPHA, ALPHA / 6, 0.2])),
+                    float(rng.choice([0.5, 1.0])))
+            assert sq.seeds_needed(*args) == needed_by_definition(*args)

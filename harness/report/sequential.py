@@ -62,11 +62,17 @@ def e_value(t: np.ndarray | float, n: np.ndarray | int) -> np.ndarray | float:
     1 where n < MIN_SEEDS)."""
     t, n = np.asarray(t, float), np.asarray(n, float)
     ok = n >= MIN_SEEDS
-    nu = np.where(ok, n - 1, 1.0)
-    x = np.where(ok, np.minimum(t * t, 1e300) / nu, 0.0)
-    logs = [(-0.5 * np.log(r) + 0.5 * (nu + 1) * (np.log1p(x) - np.log1p(x / r))) for r in (1.0 + g * np.where(ok, n, 1.0) for g in G_GRID)]
-    e = np.where(ok, np.mean(np.exp(np.minimum(np.stack(logs), 700.0)), axis=0), 1.0)
-    return float(e) if e.ndim == 0 else e
+    every = bool(ok.all())  # no masking needed (a look of the e-process always is)
+    nu = n - 1 if every else np.where(ok, n - 1, 1.0)
+    x = np.minimum(t * t, 1e300) / nu
+    x = x if every else np.where(ok, x, 0.0)
+    lx, half_df, nn = np.log1p(x), 0.5 * (nu + 1), n if every else np.where(ok, n, 1.0)
+    total = 0.0
+    for g in G_GRID:  # the mean over the grid, summed in the grid's order
+        r = 1.0 + g * nn
+        total = total + np.exp(np.minimum(-0.5 * np.log(r) + half_df * (lx - np.log1p(x / r)), 700.0))
+    e = total / len(G_GRID) if every else np.where(ok, total / len(G_GRID), 1.0)
+    return float(e) if np.ndim(e) == 0 else e
 
 
 @lru_cache(maxsize=65536)
@@ -89,12 +95,35 @@ def first_decisive(level: float, cap: int = 1000) -> int:
     return next((n for n in range(MIN_SEEDS, cap + 1) if critical_t(level, n) < math.inf), cap)
 
 
+@lru_cache(maxsize=1024)
+def _looks_grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For n looks: k = 1..n, which of the n differences each look sees (lower triangle), sqrt(k),
+    and the variance's divisor max(k - 1, 1). Read-only: shared by every pair of n seeds."""
+    k = np.arange(1, n + 1, dtype=float)
+    out = (k, np.tri(n, dtype=bool), np.sqrt(k), np.maximum(k - 1.0, 1.0))
+    for x in out:
+        x.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _criticals(level: float, n: int) -> np.ndarray:
+    """critical_t(level, k) for the looks k = MIN_SEEDS..n (read-only)."""
+    out = np.array([critical_t(level, k) for k in range(MIN_SEEDS, n + 1)], dtype=float)
+    out.setflags(write=False)
+    return out
+
+
 def by_seed(x) -> dict[int, float]:
     return {int(k): float(v) for k, v in x.items()} if isinstance(x, dict) else {i: float(v) for i, v in enumerate(np.asarray(x, float))}
 
 
 def differences(a, b) -> np.ndarray:
     """a's seed s minus b's seed s, over the seeds both have, in seed order."""
+    if not isinstance(a, dict) and not isinstance(b, dict):  # arrays: seeds 0..len-1, the shorter's are shared
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        m = min(len(a), len(b))
+        return a[:m] - b[:m]
     a, b = by_seed(a), by_seed(b)
     return np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
 
@@ -138,15 +167,16 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     """The pair's e-value against "equal means" on the seeds both have, its confidence sequence
     at `level` (alpha over the family's size) and the verdict they give. `a`, `b`: accuracies
     by seed (dicts), or arrays whose i-th is seed i; `floor`: se_floor of their test set."""
-    a, b = by_seed(a), by_seed(b)
+    a, b = (by_seed(x) if isinstance(x, dict) else np.asarray(x, float) for x in (a, b))
     d = differences(a, b)
     n = len(d)
     diff = float(d.mean()) if n else math.nan
     if n < MIN_SEEDS:
         return Pair(*names, len(a), len(b), diff, 1.0, -math.inf, math.inf, "undecided", None, n)
     t, se = one_sample_t(d, floor=floor)
-    e = max(e_value(one_sample_t(d[:k], floor=floor)[0], k) for k in range(MIN_SEEDS, n + 1))  # the e-process's running max, as the interval
-    lo, hi = running_interval(d, level, floor)
+    mean, se_k = looks(d, floor)
+    e = running_e(mean, se_k)  # the e-process's running max, as the interval
+    lo, hi = running_interval(d, level, floor, (mean, se_k))
     if lo > 0:
         verdict = "a_better"
     elif hi < 0:
@@ -161,36 +191,71 @@ def compare(a, b, level: float, margin: float = MARGIN, names: tuple[str, str] =
     return pair
 
 
-def running_interval(d: np.ndarray, level: float, floor: float = 0.0) -> tuple[float, float]:
+def looks(d: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the first k differences and its standard error (at least `floor`; 0 spread at
+    k = 1), for every look k = 1..n at once: each look's two-pass variance (as numpy's std) on
+    the rows of a lower-triangular array, instead of n calls."""
+    n = len(d)
+    k, seen, root, divisor = _looks_grid(n)
+    mean = np.cumsum(d) / k
+    dev = np.where(seen, d[None, :] - mean[:, None], 0.0)
+    sd = np.sqrt((dev * dev).sum(axis=1) / divisor)
+    if n:
+        sd[0] = 0.0
+    return mean, np.maximum(sd / root, floor)
+
+
+def running_e(mean: np.ndarray, se: np.ndarray) -> float:
+    """The e-process's running max over the looks k >= MIN_SEEDS (`looks`), 1 before any: the
+    t of each look (0 at no difference and no spread, infinite at a difference and no spread)
+    through e_value, one vectorised call."""
+    m, s = mean[MIN_SEEDS - 1:], se[MIN_SEEDS - 1:]
+    if not len(m):
+        return 1.0
+    t = np.divide(m, s, out=np.copysign(np.where(m == 0, 0.0, np.inf), m), where=s > 0)
+    return float(np.max(e_value(t, _looks_grid(len(mean))[0][MIN_SEEDS - 1:])))
+
+
+def running_interval(d: np.ndarray, level: float, floor: float = 0.0, at_looks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """The confidence sequence of mean(d) at `level`, intersected over the looks: the interval
     on the first k differences (seed order, the order the loop adds them) for every k, all at
     once. The guarantee holds for all k together, so the intersection holds too, and a verdict
     reached at one look cannot be undone by a later one (the interval only narrows) as long as
-    `d` only grows at its end: a seed filled in below others changes the earlier looks."""
-    k = np.arange(1, len(d) + 1, dtype=float)
-    mean = np.cumsum(d) / k
-    dev = np.array([float(d[:i].std(ddof=1)) if i > 1 else 0.0 for i in range(1, len(d) + 1)])
-    se = np.maximum(dev / np.sqrt(k), floor)
-    ks = np.arange(MIN_SEEDS, len(d) + 1)
-    crit = np.array([critical_t(level, int(i)) for i in ks])
-    s = se[ks - 1]
-    with np.errstate(invalid="ignore"):
-        half = np.where(s > 0, crit * s, np.where(np.isfinite(crit), 0.0, np.inf))
-    lo, hi = float(np.max(mean[ks - 1] - half)), float(np.min(mean[ks - 1] + half))
+    `d` only grows at its end: a seed filled in below others changes the earlier looks.
+    `at_looks`: looks(d, floor), where already computed."""
+    mean, se = looks(d, floor) if at_looks is None else at_looks
+    crit, s, m = _criticals(level, len(d)), se[MIN_SEEDS - 1:], mean[MIN_SEEDS - 1:]
+    half = np.multiply(crit, s, out=np.where(np.isfinite(crit), 0.0, np.inf), where=s > 0)  # no spread: 0 (inf where no verdict can be)
+    lo, hi = float(np.max(m - half)), float(np.min(m + half))
     return max(lo, -SPAN), min(hi, SPAN)  # a difference of accuracies lies within +-100 points
 
 
 def seeds_needed(diff: float, spread: float, n: int, level: float, margin: float, cap: int = 1000) -> int | None:
     """A rough estimate of the further seeds a side a pair needs: the smallest n at which, were
     the observed difference and spread of the differences the truth, the interval would exclude 0
-    or fit inside +-margin. None past `cap` (e.g. a true difference right at the margin)."""
+    or fit inside +-margin. None past `cap` (e.g. a true difference right at the margin). The
+    seed counts tried: one at a time to 50, then 10% at a time (_ladder), all at once."""
     m = max(n, MIN_SEEDS)
+    if m > cap:
+        return None
+    start = MIN_SEEDS if m <= 50 else m  # below 50 every start's ladder is a tail of the one from MIN_SEEDS
+    ms, crit, root = _ladder(level, start, cap)
+    with np.errstate(invalid="ignore"):  # an infinite critical value times a spread of 0
+        half = crit[m - start:] * spread / root[m - start:]
+        hit = (abs(diff) > half) | (abs(diff) + half < margin)
+    return int(ms[m - start + int(np.argmax(hit))]) - n if hit.any() else None
+
+
+@lru_cache(maxsize=4096)
+def _ladder(level: float, start: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seed counts seeds_needed tries from `start` (each one more to 50, then 10% more, to
+    `cap`), their critical values at `level` and square roots."""
+    ms, m = [], start
     while m <= cap:
-        half = critical_t(level, m) * spread / math.sqrt(m)
-        if abs(diff) > half or (abs(diff) + half < margin):
-            return m - n
+        ms.append(m)
         m = m + 1 if m < 50 else int(m * 1.1)
-    return None
+    ms_arr = np.array(ms, dtype=np.int64)
+    return ms_arr, np.array([critical_t(level, m) for m in ms]), np.sqrt(ms_arr.astype(float))
 
 
 @dataclass

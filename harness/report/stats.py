@@ -49,12 +49,18 @@ def seeds_measured(*rows: Row) -> bool:
     return all(r.stats["n"] >= MIN_SEEDS for r in rows)
 
 
+def first_run(r: Row) -> str:
+    """The id of a row's first run (its lowest seed): the run whose predictions it is paired on.
+    One cell (`iat`), not a column then a cell, which cost 4x more per pair of a large family."""
+    return r.runs.iat[0, r.runs.columns.get_loc("run_id")]
+
+
 def paired_compare(a: Row, b: Row, preds: dict[str, pd.DataFrame], p_seeds: float | None = None) -> dict:
     """a (the higher) against b: McNemar and a paired bootstrap on the same test images (each
     row's lowest seed), and Welch over the seeds where both rows have MIN_SEEDS of them."""
     entry = {"best": a.key, "other": b.key, "diff": a.stats["mean"] - b.stats["mean"], "b": None, "c": None, "p": None, "ci": None,
              "n_best": a.stats["n"], "n_other": b.stats["n"], "p_seeds": None}
-    ra, rb = a.runs["run_id"].iloc[0], b.runs["run_id"].iloc[0]
+    ra, rb = first_run(a), first_run(b)
     entry["runs"] = f"{ra[:8]} vs {rb[:8]}"
     pa, pb = preds.get(ra), preds.get(rb)
     if pa is not None and pb is not None and a.data == b.data and len(pa) == len(pb) and (pa["label"].to_numpy() == pb["label"].to_numpy()).all():
@@ -95,7 +101,7 @@ def ranked_rows(rows: list[Row]) -> list[Row]:
 
 
 def _correct(r: Row, preds: dict[str, pd.DataFrame]) -> np.ndarray | None:
-    p = preds.get(r.runs["run_id"].iloc[0])
+    p = preds.get(first_run(r))
     return None if p is None else (p["pred"] == p["label"]).to_numpy()
 
 
@@ -118,7 +124,7 @@ def pair_pvalues(rows: list[Row], preds: dict[str, pd.DataFrame], looked: frozen
     need = ~both & ~np.eye(k, dtype=bool)
     if need.any():
         correct = [_correct(r, preds) for r in rows]
-        labels = [preds[r.runs["run_id"].iloc[0]]["label"].to_numpy() if c is not None else None for r, c in zip(rows, correct)]
+        labels = [preds[first_run(r)]["label"].to_numpy() if c is not None else None for r, c in zip(rows, correct)]
         # rows whose predictions are on identical test images (same data set, same labels) are paired
         groups: dict[tuple, list[int]] = {}
         for i, (r, c, y) in enumerate(zip(rows, correct, labels)):
