@@ -103,6 +103,8 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
     each row's first confusion matrix and loss history, and every counted run's validation curve."""
     preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
+    counted = [rid for r in compared for rid in r.runs["run_id"]]
+    hist = {k: tracker.metric_histories(counted, k) for k in METRICS}  # a few queries, not one per run and metric
     with tempfile.TemporaryDirectory() as tmp:
         for i, r in enumerate(rows):
             first = r.runs["run_id"].iloc[0]
@@ -113,7 +115,7 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
                 else:
                     lost.setdefault(first, []).append("test_predictions.csv")
             if r in compared:  # the time views and the budget table compare these only
-                curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
+                curves[r.key] = [seed_curve({k: hist[k][rid] for k in METRICS}) for rid in r.runs["run_id"]]
             if i >= SMALL:  # loss curves and confusion matrices are drawn for the first SMALL rows
                 continue
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
