@@ -189,12 +189,9 @@ def _unfinished(others: pd.DataFrame, link) -> list[dict]:
 
 
 def _missing(finished: pd.DataFrame) -> list[str]:
-    from ..recipes.catalogue import load_catalogue
+    from .keys import catalogue_specs
 
-    try:
-        known = list(load_catalogue())
-    except HarnessError:
-        known = []
+    known = list(catalogue_specs())  # the catalogue's ids ([] where it cannot be read), read once for the labels
     present = set(finished[f"tags.{TAG}experiment_id"])
     return [k for k in known if k not in present]
 
