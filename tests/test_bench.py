@@ -18,8 +18,9 @@ CAT = load_catalogue()
 
 @pytest.mark.slow
 def test_bench_prints_the_comparison_lines(store):
-    # the smallest measurement bench accepts (1 timed step after its 2 warm-up ones, 64-image
-    # overhead epochs): what is checked here is what it prints, not the numbers
+    # the smallest measurement bench accepts (1 round, 1 timed step after its 2 warm-up ones, also
+    # per recipe of the whole-suite estimate, 64-image overhead epochs): what is checked here is
+    # what it prints, not the numbers
     r = CliRunner().invoke(main, ["bench", "--steps", "1", "--rounds", "1", "--overhead-images", "64"])
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-vgg-bn@20"):

@@ -95,10 +95,13 @@ def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, preci
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
+def mixed(tmp_path_factory, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     tmp = tmp_path_factory.mktemp("mixed")
+    shutil.copyfile(empty_store, tmp / "mlflow.db")  # (conftest: the schema built once)
     store = f"sqlite:///{tmp}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(Path(__file__).resolve().parents[1])

@@ -14,10 +14,13 @@ from tests.test_report_mixtures import write_run
 
 
 @pytest.fixture
-def tracker(tmp_path, monkeypatch):
+def tracker(tmp_path, monkeypatch, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # (conftest: the schema built once)
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db")
 
 

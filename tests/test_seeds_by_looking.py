@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 SPREAD = (0.3, -0.2, 0.1, -0.4)
 
 
+@pytest.fixture(autouse=True)
+def _schema_built_once(tmp_path, empty_store):
+    """Each test's store (tmp_path/mlflow.db, made by _store) starts as a copy of the session's
+    empty one (conftest.empty_store): MLflow's schema migrations cost seconds per new store."""
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+
+
 def _store(tmp_path, monkeypatch, commands: dict[str, list], means: dict[str, float] | None = None) -> str:
     """Recipes 10 points apart (`means`; default tutorial-base 50, fastai-simplenet 60), a run per
     entry of commands[recipe]: seed i trained by the command commands[recipe][i], an id, or
