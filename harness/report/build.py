@@ -7,6 +7,7 @@ runs made elsewhere or earlier. Charts are embedded as base64 PNG; no external r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import tempfile
 from pathlib import Path
 
@@ -196,12 +197,19 @@ def _missing(finished: pd.DataFrame) -> list[str]:
     return [k for k in known if k not in present]
 
 
-def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> str:
+@functools.cache
+def _environment():
+    """The templates' environment, made once per process (Jinja then compiles a template once,
+    and again only when its file changes)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
-    return env.get_template("report.html.j2").render(
+    return env
+
+
+def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> str:
+    return _environment().get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, best=ctx["basis"]["best"], small=SMALL, n_rows=len(ctx["table"]), front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
         ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id), user_keys=[t["key"] for t in ctx["table"] if t["user"]],
