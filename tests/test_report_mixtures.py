@@ -22,16 +22,31 @@ DATA_A, DATA_B = "aaaa1111aaaa1111", "bbbb2222bbbb2222"
 N_TEST, CLASSES = 1000, ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+_CATALOGUE: dict = {}  # the catalogue folder's files as they stand -> the catalogue
+
+
+def catalogue() -> dict:
+    """load_catalogue(), loaded again only when a file of its folder changed: each load runs all
+    14 networks forward (half a CPU-second), and the report tests write hundreds of runs."""
+    from harness.recipes.catalogue import experiments_dir, load_catalogue
+
+    d = experiments_dir()
+    stamp = (str(d.resolve()), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())))
+    if stamp not in _CATALOGUE:
+        _CATALOGUE.clear()
+        _CATALOGUE[stamp] = load_catalogue()
+    return _CATALOGUE[stamp]
+
+
 def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, precision="fp32", epochs=None, max_images=None,
               together=1, n_available=600, legacy=False, lr=None, drop=(), extra=None, tags_extra=None, test_curve=None):
     """One finished run as the harness records it: run_record's tags and params, per-epoch
     metrics, final metrics and the prediction artifacts (the first `acc`% of test images right)."""
-    from harness.recipes.catalogue import load_catalogue
     from harness.recipes.spec import config_hash
     from harness.runs.job import Job, RunOptions, capped_phases, effective_overrides
     from harness.runs.run_record import run_record
 
-    exp = load_catalogue()[exp_id]
+    exp = catalogue()[exp_id]
     # as a run recorded before harness.invocation: tags_extra gives a run its command where a test needs one
     opts = RunOptions(seed=seed, epochs=epochs, max_train_images=max_images, precision=precision, invocation="")
     n_val = int(n_available * exp.data.val_fraction)
@@ -80,10 +95,13 @@ def write_run(tracker, exp_id, seed, acc, val_curve, epoch_s, data=DATA_A, preci
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
+def mixed(tmp_path_factory, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     tmp = tmp_path_factory.mktemp("mixed")
+    shutil.copyfile(empty_store, tmp / "mlflow.db")  # (conftest: the schema built once)
     store = f"sqlite:///{tmp}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(Path(__file__).resolve().parents[1])

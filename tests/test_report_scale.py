@@ -19,10 +19,13 @@ from tests.test_report_mixtures import DATA_B, html_rows, write_run
 
 
 @pytest.fixture
-def tracker(tmp_path, monkeypatch):
+def tracker(tmp_path, monkeypatch, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # (conftest: the schema built once)
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db")
 
 
@@ -123,3 +126,18 @@ def test_a_200_row_report_of_10_seeds_builds_with_readable_charts(tracker, tmp_p
     print("chart sizes (w x h):", sorted(set(sizes)))
     assert sizes and max(h for _, h in sizes) <= 2500
     assert html.count('alt="accuracy against cumulative training time') == 20  # 200 lines, 10 a figure
+
+
+def test_the_bulk_metric_histories_are_each_runs_own(tracker, monkeypatch):
+    """The report reads the counted runs' curves in bulk (a few queries, not one per run and
+    metric): each run gets exactly what metric_history gives it, across query chunks, with a
+    repeated step kept and a run that never logged the metric empty."""
+    import harness.tracking.tracker as tracker_module
+
+    ids = [write_run(tracker, "tutorial-base", seed, 60.0 + seed, [60.0 + seed, 61.0 + seed], 20) for seed in range(3)]
+    tracker.log_metrics(ids[1], {"val_acc": 99.0}, 1)  # a second value at step 1
+    bare = tracker.start_run("tutorial-base", {}, {}, {})
+    monkeypatch.setattr(tracker_module, "BULK", 2)  # 4 runs: two queries
+    got = tracker.metric_histories([*ids, bare], "val_acc")
+    assert got == {rid: tracker.metric_history(rid, "val_acc") for rid in [*ids, bare]}
+    assert got[bare] == [] and got[ids[1]] == [(0, 61.0), (1, 62.0), (1, 99.0)]

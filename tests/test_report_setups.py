@@ -14,10 +14,13 @@ from tests.test_report_mixtures import write_run
 
 
 @pytest.fixture
-def tracker(tmp_path, monkeypatch):
+def tracker(tmp_path, monkeypatch, empty_store):
+    import shutil
+
     from harness.tracking import Tracker
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # (conftest: the schema built once)
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db")
 
 
@@ -78,3 +81,28 @@ def test_runs_without_a_seed_are_not_merged_into_one(tracker, tmp_path):
     csv = report(tracker, tmp_path)["csv"]
     assert csv.loc["tutorial-base", "n"] == 3 and csv.loc["tutorial-base", "seeds"] == "?, ?, ?"
     assert csv.loc["tutorial-base", "superseded"] == 0
+
+
+def test_the_catalogue_the_labels_read_is_read_again_once_a_spec_changes(tmp_path, monkeypatch):
+    """The report keeps the catalogue's specs between reports of one process (loading it runs
+    every network), but an edit of a spec, or a spec added, is read by the next report."""
+    import os
+    import shutil
+
+    from harness.report.keys import catalogue_specs
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(repo / "experiments" / "tutorial-base.toml", tmp_path / "experiments")
+    monkeypatch.chdir(tmp_path)
+    lr = lambda specs: dict(specs["tutorial-base"])["train.phases.0.lr"]
+    first = catalogue_specs()
+    assert list(first) == ["tutorial-base"] and catalogue_specs() == first
+    spec = tmp_path / "experiments" / "tutorial-base.toml"
+    text = spec.read_text()
+    assert "lr = 0.001" in text
+    spec.write_text(text.replace("lr = 0.001", "lr = 0.002", 1))
+    os.utime(spec, ns=(0, 0))  # even with an old timestamp: the size or the time differs
+    assert lr(first) == "0.001" and lr(catalogue_specs()) == "0.002"
+    shutil.copy(repo / "experiments" / "fastai-simplenet.toml", tmp_path / "experiments")
+    assert sorted(catalogue_specs()) == ["fastai-simplenet", "tutorial-base"]

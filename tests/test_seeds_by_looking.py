@@ -21,20 +21,28 @@ REPO = Path(__file__).resolve().parents[1]
 SPREAD = (0.3, -0.2, 0.1, -0.4)
 
 
+@pytest.fixture(autouse=True)
+def _schema_built_once(tmp_path, empty_store):
+    """Each test's store (tmp_path/mlflow.db, made by _store) starts as a copy of the session's
+    empty one (conftest.empty_store): MLflow's schema migrations cost seconds per new store."""
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+
+
 def _store(tmp_path, monkeypatch, commands: dict[str, list], means: dict[str, float] | None = None) -> str:
     """Recipes 10 points apart (`means`; default tutorial-base 50, fastai-simplenet 60), a run per
     entry of commands[recipe]: seed i trained by the command commands[recipe][i], an id, or
     (id, plan) with the seeds that command set out to train (harness.plan, as RunOptions.plan
     records it); None: a run recorded before harness.invocation existed."""
-    from harness.recipes.catalogue import load_catalogue
     from harness.tracking import Tracker
 
-    from .test_report_mixtures import write_run
+    from .test_report_mixtures import catalogue, write_run
 
     monkeypatch.chdir(REPO)
     store = f"sqlite:///{tmp_path}/mlflow.db"
     t = Tracker(store, "cifar10-harness")
-    cat = load_catalogue()
+    cat = catalogue()
     for exp_id, mean in (means or {"tutorial-base": 50.0, "fastai-simplenet": 60.0}).items():
         for s, cmd in enumerate(commands[exp_id]):
             inv, plan = cmd if isinstance(cmd, tuple) else (cmd, None)

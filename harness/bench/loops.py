@@ -212,7 +212,10 @@ def thread_policy(exp: Experiment, data: Cifar10, steps: int) -> tuple[dict[tupl
     return out, pick, conv
 
 
-def epoch_seconds(exp: Experiment, steps: int = 30, device: torch.device = CPU) -> float:
+SUITE_STEPS = 30  # timed steps per recipe of the whole-suite estimate (fewer where --steps asks for fewer)
+
+
+def epoch_seconds(exp: Experiment, steps: int = SUITE_STEPS, device: torch.device = CPU) -> float:
     """Seconds per epoch of full CIFAR-10 (50,000 training images less the recipe's validation share)."""
     n_full = int(50_000 * (1 - exp.data.val_fraction))
     probe = synthetic_cifar(max(exp.train.batch_size * (steps + warmup_steps(steps)), 512))
@@ -223,7 +226,9 @@ def epoch_seconds(exp: Experiment, steps: int = 30, device: torch.device = CPU) 
 
 
 def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, suite: bool, overhead_images: int = 5000, echo=print,
-              device: torch.device = CPU) -> None:
+              device: torch.device = CPU, rounds: int = ROUNDS) -> None:
+    """`rounds`: how many times the loops are measured in turn (the median is printed); `steps`
+    also bounds the whole-suite estimate's timed steps per recipe (at most SUITE_STEPS)."""
     write_ups_default(device)
     cat = load_catalogue()
     chosen = select(cat, ids)
@@ -235,12 +240,12 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
     echo(f"harness bench on {device_name(device)}: {torch.get_num_threads()} threads, torch {torch.__version__}, {len(data.train_x)} train images"
          f" ({'real' if data_dir else 'synthetic'}), {steps} timed steps after {warmup_steps(steps)} warm-up")
     for exp in chosen:
-        r = loops_side_by_side(exp, data, steps, precision, device)
+        r = loops_side_by_side(exp, data, steps, precision, device, rounds)
         med = {k: statistics.median(v) for k, v in r.items()}
         speedups = [b / a for a, b in zip(r["seed"], r["harness"])]
         tag = "" if precision == "fp32" else f" ({precision})"
         echo(f"{exp.id}@{exp.train.batch_size} seed-style {med['seed']:.0f} img/s | harness{tag} {med['harness']:.0f} img/s | "
-             f"speedup {statistics.median(speedups):.2f}x (median of {ROUNDS} rounds in turn, {min(speedups):.2f}x..{max(speedups):.2f}x; "
+             f"speedup {statistics.median(speedups):.2f}x (median of {rounds} round{'s' if rounds > 1 else ''} in turn, {min(speedups):.2f}x..{max(speedups):.2f}x; "
              f"against the seed-style loop on 1 thread, {med['seed1']:.0f} img/s: "
              f"{statistics.median(b / a for a, b in zip(r['seed1'], r['harness'])):.2f}x)")
     n = all_cores()
@@ -263,7 +268,7 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
         echo("whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe):")
         total = 0.0
         for exp in cat.values():
-            s = epoch_seconds(exp, max(5, min(steps, 30)), device)
+            s = epoch_seconds(exp, min(steps, SUITE_STEPS), device)
             total += s * exp.train.epochs
             echo(f"  {exp.id:<22} batch {exp.train.batch_size:>3}  {s:8.1f} s/epoch  x {exp.train.epochs:>2} epochs = {s * exp.train.epochs / 60:7.1f} min")
         echo(f"  total {total / 3600:.1f} h for all {len(cat)} recipes on full CIFAR-10")

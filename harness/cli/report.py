@@ -39,7 +39,10 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data
 
 @click.command("bench")
 @click.option("--model", "models", multiple=True, help="Experiment id(s) to measure (default: tutorial-base and medium-vgg-bn).")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Timed steps per case (after warm-up).")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Timed steps per case (after warm-up); the whole-suite estimate times min(steps, 30) per recipe.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Times the two loops are measured in turn (the median is printed): more on a busy machine, 1 for a quick look.")
 @click.option("--data-dir", type=str, default=None, envvar="HARNESS_DATA_DIR", help="Real data (default: synthetic images; speed does not depend on pixels).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--no-suite", is_flag=True, help="Skip the per-experiment seconds-per-epoch estimate.")
@@ -50,7 +53,7 @@ def report_cmd(tracking_uri, experiment_name, out, csv_path, mlflow_ui_url, data
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="Where to measure (auto: the GPU where there is one, as run-all trains).")
 @friendly
-def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, repeats, device):
+def bench_cmd(models, steps, rounds, data_dir, precision, no_suite, overhead_images, repeats, device):
     """Seed-style DataLoader loop vs the harness loop, side by side, plus tracking overhead."""
     from ..training.environment import resolve_device
 
@@ -63,5 +66,5 @@ def bench_cmd(models, steps, data_dir, precision, no_suite, overhead_images, rep
     from ..bench.loops import run_bench
 
     run_bench(list(models) or ["tutorial-base", "medium-vgg-bn"], steps, data_dir, precision, not no_suite, overhead_images, echo=click.echo,
-              device=where)
+              device=where, rounds=rounds)
 

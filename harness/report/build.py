@@ -7,6 +7,7 @@ runs made elsewhere or earlier. Charts are embedded as base64 PNG; no external r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import tempfile
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
     each row's first confusion matrix and loss history, and every counted run's validation curve."""
     preds, cms, histories, classes, curves = {}, {}, {}, [], {}
     lost: dict[str, list[str]] = {}  # run id -> artifacts that could not be read
+    counted = [rid for r in compared for rid in r.runs["run_id"]]
+    hist = {k: tracker.metric_histories(counted, k) for k in METRICS}  # a few queries, not one per run and metric
     with tempfile.TemporaryDirectory() as tmp:
         for i, r in enumerate(rows):
             first = r.runs["run_id"].iloc[0]
@@ -113,7 +116,7 @@ def _gather(tracker: Tracker, rows: list, compared: list, warn) -> dict:
                 else:
                     lost.setdefault(first, []).append("test_predictions.csv")
             if r in compared:  # the time views and the budget table compare these only
-                curves[r.key] = [seed_curve({k: tracker.metric_history(rid, k) for k in METRICS}) for rid in r.runs["run_id"]]
+                curves[r.key] = [seed_curve({k: hist[k][rid] for k in METRICS}) for rid in r.runs["run_id"]]
             if i >= SMALL:  # loss curves and confusion matrices are drawn for the first SMALL rows
                 continue
             c = tracker.download_artifact(first, "confusion_matrix.csv", f"{tmp}/{first}")
@@ -187,22 +190,26 @@ def _unfinished(others: pd.DataFrame, link) -> list[dict]:
 
 
 def _missing(finished: pd.DataFrame) -> list[str]:
-    from ..recipes.catalogue import load_catalogue
+    from .keys import catalogue_specs
 
-    try:
-        known = list(load_catalogue())
-    except HarnessError:
-        known = []
+    known = list(catalogue_specs())  # the catalogue's ids ([] where it cannot be read), read once for the labels
     present = set(finished[f"tags.{TAG}experiment_id"])
     return [k for k in known if k not in present]
 
 
-def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> str:
+@functools.cache
+def _environment():
+    """The templates' environment, made once per process (Jinja then compiles a template once,
+    and again only when its file changes)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
-    return env.get_template("report.html.j2").render(
+    return env
+
+
+def _render(ctx: dict, tracker: Tracker, experiment_name: str, ui_url: str) -> str:
+    return _environment().get_template("report.html.j2").render(
         title="CIFAR-10 write-ups, reproduced", generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), uri=tracker.uri,
         experiment_name=experiment_name, best=ctx["basis"]["best"], small=SMALL, n_rows=len(ctx["table"]), front=sorted(ctx["front"]), alpha=ALPHA, min_seeds=MIN_SEEDS,
         ui_url=ui_url, experiment_link=ui_link(ui_url, tracker.experiment_id), user_keys=[t["key"] for t in ctx["table"] if t["user"]],

@@ -90,9 +90,16 @@ def spec_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in cols if runs[c].notna().any()]
 
 
-def run_key(run: pd.Series, spec_cols: list[str] | None = None) -> Key:
-    """The key of one run (a row of the runs DataFrame); `spec_cols`: the parameters that
-    identify its recipe (spec_columns of its experiment's runs; default: all it recorded)."""
+# what run_key reads besides the recipe's parameters, and what execution reads
+KEY_COLUMNS = (f"tags.{TAG}experiment_id", FP, DEVICE, CODE, "params.epochs", "params.recipe_epochs", "params.data.n_train",
+               "params.data.n_train_available", "params.override.max_train_images", "params.precision")
+EXECUTION_COLUMNS = (EXEC, "params.together")
+
+
+def run_key(run: pd.Series | dict, spec_cols: list[str] | None = None) -> Key:
+    """The key of one run (a row of the runs DataFrame, or that row as a dict of KEY_COLUMNS and
+    `spec_cols`); `spec_cols`: the parameters that identify its recipe (spec_columns of its
+    experiment's runs; default: all a Series recorded)."""
     if spec_cols is None:
         spec_cols = [k for k in run.index if k.startswith(SPEC_PREFIXES) and k not in _NOT_SPEC and isinstance(run.get(k), str)]
     spec_items = tuple(sorted((k.removeprefix("params."), run[k] if isinstance(run.get(k), str) else ABSENT) for k in spec_cols))
@@ -143,31 +150,47 @@ def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the latest finished run of each seed, the seeds' earlier runs: superseded), both sorted by
     seed. A run that recorded no seed (neither tag nor param) is kept as a sample of its own, with
     `_seed` NaN: which seed it trained is unknown, so it supersedes nothing and is superseded by nothing."""
-    runs = runs.copy()
     none = pd.Series(index=runs.index, dtype=object)
     seed = pd.to_numeric(runs.get(f"tags.{TAG}seed", none), errors="coerce")
-    runs["_seed"] = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce"))  # the param where the tag was lost
-    runs["_when"] = runs["end_time"].fillna(runs["start_time"]) if "end_time" in runs else runs["start_time"]
-    runs = runs.sort_values(["_seed", "_when", "start_time"], na_position="last")
-    known = runs[runs["_seed"].notna()]
-    latest = pd.concat([known.groupby("_seed", sort=True).tail(1), runs[runs["_seed"].isna()]])
-    superseded = known.drop(latest.index.intersection(known.index))
-    return latest.drop(columns=["_when"]), superseded.drop(columns=["_when"])
+    seed = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce"))  # the param where the tag was lost
+    when = runs["end_time"].fillna(runs["start_time"]) if "end_time" in runs else runs["start_time"]
+    # ordered on these three columns alone, then the wide frame taken once (a report has hundreds of rows)
+    order = pd.DataFrame({"_seed": seed, "_when": when, "start_time": runs["start_time"]}).sort_values(["_seed", "_when", "start_time"], na_position="last")
+    known = order[order["_seed"].notna()]
+    latest = known.groupby("_seed", sort=True).tail(1).index.append(order[order["_seed"].isna()].index)
+    superseded = known.index[~known.index.isin(latest)]
+    runs = runs.assign(_seed=seed)
+    return runs.loc[latest], runs.loc[superseded]
+
+
+_SPECS: dict[tuple, dict[str, tuple]] = {}  # the catalogue folder's files as they stand -> its specs
 
 
 def catalogue_specs() -> dict[str, tuple]:
-    """The spec items (as run_key reads them) of each recipe the catalogue holds now (read once
-    per report: loading the catalogue checks every network)."""
+    """The spec items (as run_key reads them) of each recipe the catalogue holds now. Loading the
+    catalogue checks every network (half a CPU-second), so it is read again only when a file of
+    its folder changed (name, size or modification time) since the last report of this process."""
     from ..errors import HarnessError
-    from ..recipes.catalogue import load_catalogue
+    from ..recipes.catalogue import experiments_dir, load_catalogue
     from ..recipes.spec import flatten
 
+    d = experiments_dir()
+    try:
+        stamp = (str(d.resolve()), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())))
+    except OSError:
+        stamp = None
+    if stamp in _SPECS:
+        return dict(_SPECS[stamp])
     try:
         cat = load_catalogue()
     except HarnessError:
         return {}
-    return {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
-                              if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
+    specs = {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
+                               if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
+    if stamp is not None:
+        _SPECS.clear()
+        _SPECS[stamp] = specs
+    return dict(specs)
 
 
 def spec_difference(key: Key, ref: dict[str, str] | None, varying: list[str]) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import HarnessError
 from ..tracking import TAG, Tracker
-from .keys import Key, execution, infer_available, labels, one_per_seed, run_key, spec_columns
+from .keys import EXECUTION_COLUMNS, KEY_COLUMNS, Key, execution, infer_available, labels, one_per_seed, run_key, spec_columns
 from .mathstats import t_interval
 
 @dataclass(eq=False)  # rows are compared by identity (`row in compared`)
@@ -77,16 +77,23 @@ def load_runs(tracker: Tracker) -> pd.DataFrame:
     return df
 
 
+def _records(runs: pd.DataFrame, *column_lists) -> list[dict]:
+    """Each run as a dict of the named columns it has (what run_key and execution read): a
+    fraction of iterrows' cost on a store's hundreds of columns."""
+    cols = list(dict.fromkeys(c for cs in column_lists for c in cs if c in runs.columns))
+    return runs[cols].to_dict("records")
+
+
 def build_rows(finished: pd.DataFrame) -> list[Row]:
     """One row per comparability key; n counts distinct seeds (a seed's latest finished run)."""
     finished = infer_available(finished.copy())
     spec_cols = {eid: spec_columns(g) for eid, g in finished.groupby(f"tags.{TAG}experiment_id")}
-    finished["_key"] = [run_key(x, spec_cols[x[f"tags.{TAG}experiment_id"]]) for _, x in finished.iterrows()]
+    finished["_key"] = [run_key(x, spec_cols[x[f"tags.{TAG}experiment_id"]]) for x in _records(finished, KEY_COLUMNS, *spec_cols.values())]
     groups = [(k, *one_per_seed(all_runs)) for k, all_runs in finished.groupby("_key", sort=False)]
     names = labels({k: len(g) for k, g, _ in groups})
     rows = []
     for k, g, superseded in groups:
-        g = g.assign(_execution=[execution(x) for _, x in g.iterrows()])
+        g = g.assign(_execution=[execution(x) for x in _records(g, EXECUTION_COLUMNS)])
         pub = json.loads(g[f"tags.{TAG}published_accuracy"].dropna().iloc[0]) if f"tags.{TAG}published_accuracy" in g and g[f"tags.{TAG}published_accuracy"].notna().any() else []
         params = _num(g["params.params"].iloc[0]) if "params.params" in g else None
         r = Row(k.experiment_id, k.capped, g, pub, str(g.get(f"tags.{TAG}source", pd.Series([""])).iloc[0]), int(params) if params else None,

@@ -41,6 +41,7 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # window; each attempt `guarded` (Ctrl-C held, SQLite's lock retried), or for a method of several
 # calls `held` with each call retried on the lock (repeating it whole is safe: its writes are idempotent)
 _riding = riding(_guarded)
+BULK = 500  # runs per metric-history query (SQLite allows 32,766 bound values a statement)
 _riding_held = riding(_held)
 
 
@@ -125,6 +126,22 @@ class Tracker(RunContext, LoggedModels):
     @_riding
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    @_riding
+    def metric_histories(self, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+        """metric_history of each of `run_ids` (a report reads thousands): on a database store
+        (SQLite, PostgreSQL) one query per BULK runs, through a server one call per run."""
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = self.client._tracking_client.store
+        if not isinstance(store, SqlAlchemyStore):
+            return {rid: sorted((m.step, m.value) for m in self.client.get_metric_history(rid, key)) for rid in run_ids}
+        out: dict[str, list[tuple[int, float]]] = {rid: [] for rid in run_ids}
+        ids = list(out)
+        for i in range(0, len(ids), BULK):
+            for m in store.get_metric_history_bulk(ids[i : i + BULK], key, max_results=2**62):
+                out[m.run_id].append((m.step, m.value))
+        return {rid: sorted(h) for rid, h in out.items()}
 
     def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
         """Where the runs are in the MLflow UI (`mlflow ui` for a local store, the server itself otherwise)."""
