@@ -68,6 +68,27 @@ def test_a_store_killed_while_it_is_created_is_absent_or_complete(tmp_path, sig,
     tracker.terminate(run_id, "FINISHED")
 
 
+def test_a_store_is_created_where_the_folder_refuses_fsync(tmp_path, monkeypatch):
+    """Some filesystems (SMB, WSL's drvfs, FUSE mounts) refuse a directory's fsync (EINVAL): the
+    store, complete and renamed into place, is used, as SQLite itself treats that sync, rather
+    than the command failing on its first use of a store it has just created."""
+    import errno
+    import stat
+
+    from harness.tracking import Tracker
+
+    real = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert tracker.experiment_id and not list(tmp_path.glob(".mlflow.db.creating-*"))
+
+
 def test_a_half_built_store_gets_one_line_with_the_recovery(tmp_path, synthetic_root):
     db = tmp_path / "mlflow.db"
     con = sqlite3.connect(db)  # what MLflow leaves when killed early in its first use: tables, no version

@@ -199,7 +199,10 @@ def _create_sqlite(db: Path) -> None:
         client._tracking_client.store.engine.dispose()
         _fsync(tmp)  # durable before it takes the store's name
         os.replace(tmp, db)
-        _fsync(db.parent)
+        try:  # the rename made durable where the filesystem allows it (as SQLite does, best effort:
+            _fsync(db.parent)  # SMB, WSL's drvfs and FUSE mounts refuse a directory's fsync; an
+        except OSError:  # unreadable folder cannot be opened): the store is complete and in place
+            pass
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
