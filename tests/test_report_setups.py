@@ -106,3 +106,17 @@ def test_the_catalogue_the_labels_read_is_read_again_once_a_spec_changes(tmp_pat
     assert lr(first) == "0.001" and lr(catalogue_specs()) == "0.002"
     shutil.copy(repo / "experiments" / "fastai-simplenet.toml", tmp_path / "experiments")
     assert sorted(catalogue_specs()) == ["fastai-simplenet", "tutorial-base"]
+
+
+def test_one_per_seed_keeps_each_run_once_whatever_the_index():
+    """Runs of two searches concatenated repeat index labels: each run still counts once (the
+    latest of its seed, or superseded), and a run without a seed is a sample of its own."""
+    import pandas as pd
+
+    from harness.report.keys import one_per_seed
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "tags.harness.seed": ["0", "0", "1", None],
+                         "start_time": [1, 2, 3, 4], "end_time": [1, 2, 3, 4]}, index=[7, 7, 7, 7])
+    latest, superseded = one_per_seed(runs)
+    assert list(latest["run_id"]) == ["b", "c", "d"] and list(superseded["run_id"]) == ["a"]
+    assert list(latest["_seed"].iloc[:2]) == [0.0, 1.0] and pd.isna(latest["_seed"].iloc[2])

@@ -154,13 +154,15 @@ def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     seed = pd.to_numeric(runs.get(f"tags.{TAG}seed", none), errors="coerce")
     seed = seed.fillna(pd.to_numeric(runs.get("params.seed", none), errors="coerce"))  # the param where the tag was lost
     when = runs["end_time"].fillna(runs["start_time"]) if "end_time" in runs else runs["start_time"]
-    # ordered on these three columns alone, then the wide frame taken once (a report has hundreds of rows)
-    order = pd.DataFrame({"_seed": seed, "_when": when, "start_time": runs["start_time"]}).sort_values(["_seed", "_when", "start_time"], na_position="last")
+    # ordered on these three columns alone, then the wide frame taken once (a report has hundreds of
+    # rows), by position: a frame whose index repeats a label (two searches concatenated) keeps each run once
+    order = pd.DataFrame({"_seed": seed, "_when": when, "start_time": runs["start_time"]}).reset_index(drop=True)
+    order = order.sort_values(["_seed", "_when", "start_time"], na_position="last")
     known = order[order["_seed"].notna()]
     latest = known.groupby("_seed", sort=True).tail(1).index.append(order[order["_seed"].isna()].index)
     superseded = known.index[~known.index.isin(latest)]
     runs = runs.assign(_seed=seed)
-    return runs.loc[latest], runs.loc[superseded]
+    return runs.iloc[latest], runs.iloc[superseded]
 
 
 _SPECS: dict[tuple, dict[str, tuple]] = {}  # the catalogue folder's files as they stand -> its specs
