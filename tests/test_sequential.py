@@ -290,3 +290,12 @@ def test_the_vectorised_looks_equal_the_definition_look_by_look():
                     int(rng.choice([0, 2, 3, 10, 49, 50, 51, 70, 999, 1001])), float(rng.choice([ALPHA, ALPHA / 6, 0.2])),
                     float(rng.choice([0.5, 1.0])))
             assert sq.seeds_needed(*args) == needed_by_definition(*args)
+
+
+def test_a_nan_accuracy_is_no_evidence_not_an_infinite_t():
+    """A seed whose accuracy is NaN (a direct call; the report drops such runs) leaves its looks
+    without evidence: the e-value stays that of the looks before it, far from a verdict."""
+    from harness.report.sequential import compare
+
+    pair = compare([70, 71, float("nan"), 70.5], [70, 70.2, 70.1, 70.3], 0.05)
+    assert pair.verdict == "undecided" and pair.e_value < 1

@@ -213,7 +213,8 @@ def running_e(mean: np.ndarray, se: np.ndarray) -> float:
     if not len(m):
         return 1.0
     t = np.divide(m, s, out=np.copysign(np.where(m == 0, 0.0, np.inf), m), where=s > 0)
-    return float(np.max(e_value(t, _looks_grid(len(mean))[0][MIN_SEEDS - 1:])))
+    t[np.isnan(m) | np.isnan(s)] = np.nan  # a look with a NaN accuracy is no evidence (not an infinite t)
+    return float(np.fmax.reduce(e_value(t, _looks_grid(len(mean))[0][MIN_SEEDS - 1:])))
 
 
 def running_interval(d: np.ndarray, level: float, floor: float = 0.0, at_looks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
