@@ -32,6 +32,7 @@ def test_bench_prints_the_comparison_lines(store):
         assert line, r.output
         assert int(line.group(2)) == (policy or int(line.group(1)))
         assert line.group(3) == ("aten" if case == "tutorial-base@4" else "onednn")
+    assert "whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe; 1 timed step a recipe):" in r.output  # says how little it timed
     assert all(eid in r.output for eid in CAT)  # the whole-suite estimate lists every experiment
 
 

@@ -265,10 +265,11 @@ def run_bench(ids: list[str], steps: int, data_dir: str | None, precision: str, 
     echo(f"tracking overhead ({ov_exp.id}, paired {len(ov_data.train_x)}-image epochs of {sec:.2f}s with/without logging, "
          f"quartiles {q1:+.1f}%..{q3:+.1f}%; the logging call itself {cost * 1000:.0f} ms = {100 * cost / sec:.1f}%): {pct:+.1f}%")
     if suite:
-        echo("whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe):")
+        timed = min(steps, SUITE_STEPS)
+        echo(f"whole-suite estimate (harness loop, fp32, full CIFAR-10 at each recipe; {timed} timed step{'s' * (timed != 1)} a recipe):")
         total = 0.0
         for exp in cat.values():
-            s = epoch_seconds(exp, min(steps, SUITE_STEPS), device)
+            s = epoch_seconds(exp, timed, device)
             total += s * exp.train.epochs
             echo(f"  {exp.id:<22} batch {exp.train.batch_size:>3}  {s:8.1f} s/epoch  x {exp.train.epochs:>2} epochs = {s * exp.train.epochs / 60:7.1f} min")
         echo(f"  total {total / 3600:.1f} h for all {len(cat)} recipes on full CIFAR-10")
