@@ -37,19 +37,11 @@ from ..tracking import Tracker
 from ..tracking.guards import sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
+from . import fork_server
 from .local import outcome_line
 from .pool_worker import Claimed, worker
 from .schedule import pick, run_width
 
-# Workers are forked from a fork server (multiprocessing's "forkserver"): a fresh interpreter,
-# started with the first worker, that imports what a worker uses once; each worker is then a fork
-# of it, up in a fraction of a second, where a spawned one imported torch, MLflow and the harness
-# again (~5-8 CPU-seconds a worker, a replacement's included). Not a fork of this process: it may
-# have started torch's threads (building each recipe's model to size it), and a forked copy of a
-# process with threads can hang; the fork server runs no torch op. It starts inside `start`'s
-# masked section, so it and every worker forked from it begin with Ctrl-C and SIGTERM ignored
-# and blocked, as spawned workers did; it ends when this process does.
-PRELOAD = ("harness.executors.pool_worker", "harness.runs.one_run", "harness.plots", "torch._dynamo")
 MAX_WORKER_DEATHS = 3  # per run: a run whose worker dies this often is left for a rerun to resume
 SETTLE_S = 120.0  # how long a stop waits for busy workers to mark their runs before it kills them
 
@@ -199,8 +191,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
         held.setdefault(exp.id, run_width(exp, per_run, cores))
     widths = [held[exp.id] for exp, _ in todo]
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
+    ctx = fork_server.worker_context()  # (fork_server.py: why not spawn, why not fork)
     # the variables of this process now: a fork server started by an earlier pool of this process
     # (a program calling the CLI twice) has that pool's
     args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, dict(os.environ))
@@ -235,7 +226,9 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             raise Interrupted(_stop(pool)) from None
     finally:
         _shut(pool)
-        _stop_fork_server()
+    # not after a Ctrl-C: a worker whose start it cut short was never told to stop, and ends only
+    # when this process does (its pipe closes); the server waits for it (fork_server.stop)
+    fork_server.stop()
     if pool.interrupted:
         raise Interrupted("; ".join(pool.interrupted))
     return [pool.outcomes[i] for i in sorted(pool.outcomes)]
@@ -301,22 +294,6 @@ def _signal(s: _Slot, sig: int) -> None:
         os.kill(s.proc.pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _stop_fork_server() -> None:
-    """The fork server ended and reaped, so that the CPU time of its workers counts to this process
-    as a spawned worker's did, and the next pool of this process starts one with its own
-    variables. multiprocessing itself never stops it (it exits, unreaped, when this process
-    does); `_stop` is how its own tests stop it. Where Python has none, the server is left to
-    end with this process."""
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except (OSError, ChildProcessError):
-            pass
 
 
 def _now() -> float:
