@@ -37,7 +37,6 @@ from ..tracking import Tracker
 from ..tracking.guards import sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
-from . import fork_server
 from .local import outcome_line
 from .pool_worker import Claimed, worker
 from .schedule import pick, run_width
@@ -191,10 +190,9 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
         held.setdefault(exp.id, run_width(exp, per_run, cores))
     widths = [held[exp.id] for exp, _ in todo]
-    ctx = fork_server.worker_context()  # (fork_server.py: why not spawn, why not fork)
-    # the variables of this process now: a fork server started by an earlier pool of this process
-    # (a program calling the CLI twice) has that pool's
-    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, dict(os.environ))
+    # spawn, not fork: a forked copy of a process that already started torch's threads can hang
+    ctx = multiprocessing.get_context("spawn")
+    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)
 
     def start() -> _Slot:
         mine, theirs = ctx.Pipe()
@@ -226,9 +224,6 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             raise Interrupted(_stop(pool)) from None
     finally:
         _shut(pool)
-    # not after a Ctrl-C: a worker whose start it cut short was never told to stop, and ends only
-    # when this process does (its pipe closes); the server waits for it (fork_server.stop)
-    fork_server.stop()
     if pool.interrupted:
         raise Interrupted("; ".join(pool.interrupted))
     return [pool.outcomes[i] for i in sorted(pool.outcomes)]
