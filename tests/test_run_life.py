@@ -275,28 +275,34 @@ def test_two_processes_with_different_state_folders_train_a_run_once(synthetic_r
     second sees the first's process alive and leaves the run to it."""
     store = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["run", "medium-vgg-bn", "--data-dir", str(synthetic_root), "--tracking-uri", store,
-            "--epochs", "6", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
+            "--epochs", "2", "--max-train-images", "160", "--no-progress", "--no-system-metrics"]
     env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true")
-    first = forkserver.popen(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s1")), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    # the first holds its run mid-training (after its first epoch, tracking/faults.py's pause) until
+    # the second has come and gone: however fast or slow the machine, the second meets a live
+    # training (six epochs of training used to make that window, ~15 CPU-s)
+    faults = tmp_path / "faults"
+    first = forkserver.popen(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s1"), HARNESS_FAULT="epoch_end:pause",
+                                                      HARNESS_FAULT_DIR=str(faults)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:
-            found = runs(store) if (tmp_path / "mlflow.db").exists() else []
-            if found and found[0].data.tags.get("harness.state") == "training":
-                break
+        while not (faults / "paused").exists():
             assert first.poll() is None, first.stdout.read()
-            time.sleep(0.2)
+            assert time.time() < deadline, "the first command never reached the end of its first epoch"
+            time.sleep(0.05)
+        [found] = runs(store)
+        assert found.info.status == "RUNNING" and found.data.tags.get("harness.state") == "training", found.data.tags
         second = forkserver.run(args, cwd=REPO, env=dict(env, HARNESS_STATE_DIR=str(tmp_path / "s2")), capture_output=True, text=True,
                                 timeout=300)
         assert second.returncode == 0 and "being trained by" in second.stdout, second.stdout + second.stderr
+        (faults / "go").write_text("")
         out, _ = first.communicate(timeout=600)
         assert first.returncode == 0, out
     finally:
         if first.poll() is None:
             first.kill()
     [run] = runs(store)
-    assert run.info.status == "FINISHED" and epochs_logged(store, run.info.run_id) == [0, 1, 2, 3, 4, 5]
+    assert run.info.status == "FINISHED" and epochs_logged(store, run.info.run_id) == [0, 1]
 
 
 def test_what_counts_as_an_outage_mid_run():

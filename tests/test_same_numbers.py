@@ -96,7 +96,7 @@ def _harness(store, root, *args, one_core=False) -> subprocess.Popen:
     from pathlib import Path
 
     cmd = [sys.executable, "-m", "harness.cli", "run", "medium-vgg-bn", "--data-dir", str(root), "--tracking-uri", store,
-           "--epochs", "3", "--max-train-images", "200", "--no-progress", "--no-system-metrics", *args]
+           "--epochs", "2", "--max-train-images", "200", "--no-progress", "--no-system-metrics", *args]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), MLFLOW_DISABLE_TELEMETRY="true")
     return subprocess.Popen((["taskset", "-c", "0"] if one_core else []) + cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -115,7 +115,7 @@ def runs_by_seed(store):
 def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path, monkeypatch, store):
     """End to end: the same command with --together always and never gives, per seed, an ordinary
     FINISHED run with the same step losses, test accuracy and artifacts."""
-    ids, args = ["tutorial-base", "medium-three-conv"], ["--repeats", "3", "--epochs", "2", "--max-train-images", "200",
+    ids, args = ["tutorial-base", "medium-three-conv"], ["--repeats", "3", "--epochs", "2", "--max-train-images", "100",
                                                          "--data-dir", synthetic_root, "--no-progress", "--no-system-metrics"]
     stores = {}
     for mode in ("together", "alone"):
@@ -143,7 +143,7 @@ def test_run_together_writes_the_runs_of_run_one_by_one(synthetic_root, tmp_path
 def test_a_group_interrupted_mid_way_resumes_as_a_group_and_ends_as_if_never_stopped(synthetic_root, tmp_path, monkeypatch, store):
     import harness.runs.group_run as group_run
 
-    ids, args = ["medium-three-conv"], ["--repeats", "3", "--epochs", "3", "--max-train-images", "200", "--data-dir", synthetic_root,
+    ids, args = ["medium-three-conv"], ["--repeats", "3", "--epochs", "3", "--max-train-images", "100", "--data-dir", synthetic_root,
                                         "--no-progress", "--no-system-metrics"]
     stores = {}
     for mode in ("together", "alone"):
