@@ -165,34 +165,19 @@ def one_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs.iloc[latest], runs.iloc[superseded]
 
 
-_SPECS: dict[tuple, dict[str, tuple]] = {}  # the catalogue folder's files as they stand -> its specs
-
-
 def catalogue_specs() -> dict[str, tuple]:
-    """The spec items (as run_key reads them) of each recipe the catalogue holds now. Loading the
-    catalogue checks every network (half a CPU-second), so it is read again only when a file of
-    its folder changed (name, size or modification time) since the last report of this process."""
+    """The spec items (as run_key reads them) of each recipe the catalogue holds now ({} where it
+    cannot be read). Reading it again is cheap: recipes/network.py checks each network once a process."""
     from ..errors import HarnessError
-    from ..recipes.catalogue import experiments_dir, load_catalogue
+    from ..recipes.catalogue import load_catalogue
     from ..recipes.spec import flatten
 
-    d = experiments_dir()
-    try:
-        stamp = (str(d.resolve()), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())))
-    except OSError:
-        stamp = None
-    if stamp in _SPECS:
-        return dict(_SPECS[stamp])
     try:
         cat = load_catalogue()
     except HarnessError:
         return {}
-    specs = {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
-                               if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
-    if stamp is not None:
-        _SPECS.clear()
-        _SPECS[stamp] = specs
-    return dict(specs)
+    return {eid: tuple(sorted((k, str(v)) for k, v in flatten(exp.training_dict()).items()
+                              if f"params.{k}".startswith(SPEC_PREFIXES) and f"params.{k}" not in _NOT_SPEC)) for eid, exp in cat.items()}
 
 
 def spec_difference(key: Key, ref: dict[str, str] | None, varying: list[str]) -> str:
