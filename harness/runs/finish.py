@@ -61,7 +61,7 @@ def write_artifacts(folder: Path, tracker: Tracker, run_id: str, exp: Experiment
     from ..plots import confusion_figure, loss_curve_figure, save_png
 
     pd.DataFrame(cm, index=data.classes, columns=data.classes).to_csv(folder / "confusion_matrix.csv", index_label="true\\predicted")
-    save_png(confusion_figure(cm, data.classes, f"{exp.id}: test confusion matrix"), folder / "confusion_matrix.png")
+    save_png(confusion_figure(cm, data.classes, f"{exp.id}: test confusion matrix"), folder / "confusion_matrix.png", tight=False)
     pd.DataFrame({"class": data.classes, "accuracy": per_class, "n": cm.sum(1)}).to_csv(folder / "per_class_accuracy.csv", index=False)
     preds = pd.DataFrame({"label": prep.test_y.cpu().numpy(), "pred": test.preds.numpy()})
     for i, c in enumerate(data.classes):
