@@ -28,6 +28,7 @@ child ends {"rc": exit code or -signal}.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import selectors
@@ -114,6 +115,7 @@ def serve(path: str) -> None:
 
     warm()
     set_by_import = {k: v for k, v in os.environ.items() if k not in before}
+    gc.freeze()  # what the imports made stays out of the children's collections: fewer pages copied
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(64)
