@@ -34,7 +34,7 @@ from ..recipes.spec import Experiment
 from ..runs import lifecycle
 from ..runs.job import Outcome, RunOptions
 from ..tracking import Tracker
-from ..tracking.guards import sigint_deferred
+from ..tracking.guards import raise_dropped_stop, sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
 from .local import outcome_line
@@ -218,8 +218,9 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     try:
         try:
             while pool.queue or pool.busy():
+                raise_dropped_stop()  # a stop a finalizer swallowed while we waited
                 pool.dispatch()
-                pool.step()
+                pool.step(timeout=1.0)
         except KeyboardInterrupt:
             raise Interrupted(_stop(pool)) from None
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 
-from ..tracking.guards import hold_stop
+from ..tracking.guards import hold_stop, remember_dropped_stops
 
 
 def _as_ctrl_c(signum, frame) -> None:
@@ -21,7 +21,9 @@ def _as_ctrl_c(signum, frame) -> None:
 
 
 def sigterm_is_ctrl_c() -> None:
-    """From now on SIGTERM in this process (main thread) acts as Ctrl-C."""
+    """From now on SIGTERM in this process (main thread) acts as Ctrl-C, and a stop that lands in a
+    finalizer is not lost (tracking/guards.raise_dropped_stop)."""
+    remember_dropped_stops()
     signal.signal(signal.SIGTERM, _as_ctrl_c)
 
 
@@ -29,6 +31,7 @@ def sigterm_is_ctrl_c() -> None:
 def interruptible():
     """Ctrl-C and SIGTERM interrupt the block (a pool worker's run); both are ignored outside it
     (an idle worker: its supervisor decides what happens next)."""
+    remember_dropped_stops()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:

@@ -24,6 +24,7 @@ from .lifecycle import RunDeleted, TakenOver
 from .finish import finish
 from .one_run import build, checkpoint, ended_outcome, epoch_metrics, epoch_test_acc, keep_best, record, relog_missing
 from ..tracking.outage import Fenced
+from ..tracking.guards import raise_dropped_stop
 from ..tracking.outbox import Outbox
 from .progress import epoch_line
 from ..training.environment import flushing_denormals
@@ -140,6 +141,7 @@ def _train_epochs(jobs, run_ids, preps, models, stack: Stack, optimizer, loss_fn
     exp, steps = job0.exp, len(preps[0].train)
     t_start = time.perf_counter()
     for epoch in range(progress[0].start_epoch, job0.epochs):
+        raise_dropped_stop()  # a Ctrl-C or SIGTERM a finalizer swallowed during the last epoch
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
             optimizer.state.clear()
         set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))

@@ -31,6 +31,7 @@ from ..training.recipe_data import Prepared, prepare_data
 from .run_record import datasets, run_record
 from ..recipes.spec import Experiment
 from ..tracking import faults
+from ..tracking.guards import raise_dropped_stop
 from ..tracking.outbox import Outbox
 from ..training.loop import build_optimizer, clamp_adam_steps, evaluate, grad_scaler, loss_function, lr_at, phase_of, set_lr, starts_phase, train_one_epoch
 
@@ -202,6 +203,7 @@ def _train_epochs(job: Job, run_id: str, prep: Prepared, model, optimizer, loss_
         scaler.load_state_dict(pr.scaler)
     t_start = time.perf_counter()
     for epoch in range(pr.start_epoch, job.epochs):
+        raise_dropped_stop()  # a Ctrl-C or SIGTERM a finalizer swallowed during the last epoch
         if exp.train.fresh_optimizer_per_phase and starts_phase(exp.train.phases, epoch):
             optimizer.state.clear()  # a new fit() call: fastai builds a new optimizer, momentum restarts
         set_lr(optimizer, lr_at(exp.train.phases, epoch, 0, steps))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
+import sys
 import threading
 import time
 
@@ -102,3 +103,37 @@ def guarded(fn):
     Methods of several calls use `held` and retry each call, so a retry never repeats a
     call that already succeeded (a second run, metrics logged twice)."""
     return held(retry_locked(fn))
+
+
+# A Ctrl-C or SIGTERM whose KeyboardInterrupt is raised while the main thread runs a finalizer or a
+# weakref callback (multiprocessing's Finalize as a dead worker's objects are collected, a pooled
+# connection's) is printed by Python as "Exception ignored ... KeyboardInterrupt" and dropped: the
+# command went on as if never stopped (a --jobs supervisor SIGTERMed while it waited for a new
+# worker trained on). Remembered instead, and raised again where a loop next turns.
+_dropped = False
+
+
+def remember_dropped_stops() -> None:
+    """From now on a stop dropped in a finalizer is remembered, not printed (sys.unraisablehook);
+    other unraisable exceptions go to the hook as before."""
+    if getattr(sys.unraisablehook, "remembers_stops", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        global _dropped
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _dropped = True
+            return
+        previous(unraisable)
+
+    hook.remembers_stops = True
+    sys.unraisablehook = hook
+
+
+def raise_dropped_stop() -> None:
+    """The stop a finalizer dropped, raised now (once)."""
+    global _dropped
+    if _dropped:
+        _dropped = False
+        raise KeyboardInterrupt
