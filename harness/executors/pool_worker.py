@@ -12,7 +12,7 @@ from ..data.cifar_files import Cifar10, load_cifar10
 from ..errors import Interrupted, one_line
 from ..recipes.spec import Experiment
 from ..runs.job import Outcome, RunOptions
-from ..tracking import Tracker
+from ..tracking import Tracker, faults
 from ..training.environment import flushing_denormals
 from .local import run_one
 from .signals import ignore_stops, interruptible
@@ -33,6 +33,7 @@ def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opt
     ignore_stops()  # (started with both ignored already: see run_pool's start)
     tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
     try:
+        faults.point("worker_ready")
         conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
         while True:
             task = conn.recv()
