@@ -27,8 +27,12 @@ class Claimed:
 
 
 @flushing_denormals()  # from before its first tensor: the pool threads it starts inherit it
-def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
-    """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
+def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions, env: dict | None = None) -> None:
+    """A worker process: runs (index, experiment, seed) from `conn` until it reads None; `env`:
+    the supervisor's environment variables, which it takes for its own."""
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
     ignore_stops()  # (started with both ignored already: see run_pool's start)
     tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
