@@ -38,7 +38,7 @@ from ..tracking.guards import sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
 from . import fork_server
-from .local import outcome_line
+from .local import finished_already, outcome_line
 from .pool_worker import Claimed, worker
 from .schedule import pick, run_width
 
@@ -187,21 +187,22 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     if todo is None:
         todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     per_run = replace(opts, bars=False)
+    done = finished_already(todo, data, tracker, per_run)  # said here: no worker starts to skip them
+    for o in done.values():
+        echo(outcome_line(o))
+    queue = deque(i for i in range(len(todo)) if i not in done)
     cores, held = all_cores(), {}
-    for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
-        held.setdefault(exp.id, run_width(exp, per_run, cores))
-    widths = [held[exp.id] for exp, _ in todo]
-    ctx = fork_server.worker_context()  # (fork_server.py: why not spawn, why not fork)
-    # the variables of this process now: a fork server started by an earlier pool of this process
-    # (a program calling the CLI twice) has that pool's
+    for i in queue:  # the cores each run's threads will hold (one model built per recipe)
+        held.setdefault(todo[i][0].id, run_width(todo[i][0], per_run, cores))
+    widths = [held.get(exp.id, 0) for exp, _ in todo]
+    ctx, launched = fork_server.worker_context(), []  # (fork_server.py: why not spawn, why not fork)
+    # this process's variables now: a fork server an earlier pool of this process started has that pool's
     args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, dict(os.environ))
-
-    launched: list = []  # every worker started, for fork_server.stop
 
     def start() -> _Slot:
         return _Slot(*fork_server.start_worker(ctx, worker, args, launched))
 
-    pool = _Pool(start, todo, echo, jobs, widths=widths, cores=cores, tracker=tracker, queue=deque(range(len(todo))))
+    pool = _Pool(start, todo, echo, jobs, widths=widths, cores=cores, tracker=tracker, queue=queue, outcomes=done)
     try:
         try:
             while pool.queue or pool.busy():
