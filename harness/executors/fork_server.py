@@ -5,7 +5,9 @@ the harness again (a 2-worker command: 22-23.5 CPU-seconds spawned, 15.3-15.8 fo
 
 Not a fork of the supervisor: it may have started torch's threads (building each recipe's model
 to size it), and a forked copy of a process with threads can hang; the fork server only imports
-(no torch op: no OpenMP threads for a worker to inherit). It starts inside start_worker's masked
+(no torch op: no OpenMP threads for a worker to inherit; the one other thread it has, the idle
+pool numpy's OpenBLAS starts at import, OpenBLAS shuts down before each fork, openblas_fork_handler
+registered with pthread_atfork). It starts inside start_worker's masked
 section, so it and every worker forked from it begin with Ctrl-C and SIGTERM ignored and
 blocked, as spawned workers did.
 """

@@ -34,7 +34,7 @@ def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opt
         os.environ.clear()
         os.environ.update(env)
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
-    ignore_stops()  # (started with both ignored already: see run_pool's start)
+    ignore_stops()  # (started with both ignored already: see fork_server.start_worker)
     tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
     try:
         faults.point("worker_ready")
