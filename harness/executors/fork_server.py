@@ -7,9 +7,8 @@ Not a fork of the supervisor: it may have started torch's threads (building each
 to size it), and a forked copy of a process with threads can hang; the fork server only imports
 (no torch op: no OpenMP threads for a worker to inherit; the one other thread it has, the idle
 pool numpy's OpenBLAS starts at import, OpenBLAS shuts down before each fork, openblas_fork_handler
-registered with pthread_atfork). It starts inside start_worker's masked
-section, so it and every worker forked from it begin with Ctrl-C and SIGTERM ignored and
-blocked, as spawned workers did.
+registered with pthread_atfork). It starts inside start_worker's masked section, so it and every
+worker forked from it begin with Ctrl-C and SIGTERM ignored and blocked, as spawned workers did.
 """
 
 from __future__ import annotations
