@@ -33,7 +33,7 @@ Beside the matrix: an outage on the owner's side only, past the stale limit, whi
 machine takes the run over (the fence: nothing of the old owner lands in the taker's run), two
 stalled owners that wake after a takeover, a killed --jobs worker, and the checker's own test.
 
-Run time: about 4 minutes for the 68 tests on 2 cores shared with other work (3 to 6 s a cell:
+Run time: about 4 minutes for the 69 tests on 2 cores shared with other work (3 to 6 s a cell:
 two or three commands of about a second each, their imports paid once by the fork server), plus
 a few seconds for the fork server and the template store. The quick tier (`-m "not slow"`) keeps
 three cells (a resume from a checkpoint, the final writes held, two claimers) and the stalled
