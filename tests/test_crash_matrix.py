@@ -31,7 +31,7 @@ is that moment).
 
 Beside the matrix: an outage on the owner's side only, past the stale limit, while another
 machine takes the run over (the fence: nothing of the old owner lands in the taker's run), two
-stalled owners that wake after a takeover, a killed --jobs worker, and the checker's own test.
+stalled owners that wake after a takeover, a killed --jobs worker, the checker's own test and that of the faults counted across a command.
 
 Run time: about 4 minutes for the 69 tests on 2 cores shared with other work (3 to 6 s a cell:
 two or three commands of about a second each, their imports paid once by the fork server), plus
