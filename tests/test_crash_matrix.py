@@ -31,9 +31,9 @@ is that moment).
 
 Beside the matrix: an outage on the owner's side only, past the stale limit, while another
 machine takes the run over (the fence: nothing of the old owner lands in the taker's run), two
-stalled owners that wake after a takeover, a killed --jobs worker, and the checker's own test.
+stalled owners that wake after a takeover, a killed --jobs worker, the checker's own test and that of the faults counted across a command.
 
-Run time: 140 CPU-s for the 68 tests (about 2 CPU-s a cell: two or three commands of about a
+Run time: 140 CPU-s for the 69 tests (about 2 CPU-s a cell: two or three commands of about a
 CPU-second each, their imports and the SQL store's machinery paid once by the fork server; 245
 CPU-s when each command still imported the store's 420 modules), plus a few seconds for the fork
 server and the template store. The quick tier (`-m "not slow"`) keeps
@@ -111,22 +111,24 @@ def test_crash_point(step, fault, tmp_path, zygote, tiny, template):
     check(cell, rc2, out2, done=True)
 
 
-@pytest.mark.slow  # --jobs starts worker processes of their own (imports each): about 20 s
+@pytest.mark.slow  # --jobs starts a fork server for its workers (imports once): about 10 s
 def test_a_jobs_worker_killed_then_the_supervisor_stopped(tmp_path, zygote, tiny, template):
     """--jobs: a worker SIGKILLed at an epoch's end, then SIGTERM to the supervisor while the run
     waits for a new worker: the run is marked KILLED (resumable) and said so, not left RUNNING
-    and counted among the runs never started."""
+    and counted among the runs never started. The replacement pauses before it says it is ready
+    (worker_ready#2, the command's second worker), so the SIGTERM lands while the run waits,
+    however fast a worker starts; it goes on once the run is marked, and is told to stop."""
     cell = Cell(tmp_path, zygote, tiny, template)
     cell.argv[cell.argv.index("--jobs") + 1] = "2"
-    pid, out = cell.start("epoch_end@1:kill", HARNESS_JOBS="2")
-    deadline = time.monotonic() + 180
-    while "a new worker resumes the run" not in out.read_text():
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.02)
+    pid, out = cell.start("epoch_end@1:kill,worker_ready#2:pause", HARNESS_JOBS="2")
+    cell.wait_paused(out)
+    assert "a new worker resumes the run" in out.read_text() and (cell.root / "faults" / "fired-epoch_end").exists(), out.read_text()
     os.kill(pid, signal.SIGTERM)
+    _wait_for(lambda: [r.info.status for r in runs(cell)[1]] == ["KILLED"], "the run waiting for a new worker was never marked KILLED", out)
+    (cell.root / "faults" / "go").touch()
     rc = zygote.wait(pid)
     text = out.read_text()
-    assert rc == 130 and "never started" not in text and "it is resumable" in text, text
+    assert rc == 130 and "never started" not in text and "it is resumable" in text and "waited for a new one" in text, text
     by = check(cell, rc, text, done=False, unwritable=True)  # (the killed worker's lock file: the rerun removes it)
     assert [r.data.tags["harness.state"] for r in by["KILLED"]] == ["resumable"] and "RUNNING" not in by, text
     rc2, out2 = cell.run(HARNESS_JOBS="2")
@@ -236,3 +238,24 @@ def test_the_checker_holds_each_stop_line_to_the_store():
             said_as_stored([done], [done], line)
     with pytest.raises(AssertionError):
         said_as_stored([killed], [killed], finished_line)
+
+
+def test_a_fault_counted_across_the_command_fires_in_the_process_that_reaches_its_step_the_nth_time(tmp_path, monkeypatch):
+    """step#n counts every process of the command (a --jobs worker and its replacement each reach
+    worker_ready once: `worker_ready#2` is the replacement's); step@n counts this process only;
+    several faults joined by commas each fire at their own step."""
+    from harness.tracking import faults
+
+    monkeypatch.setenv("HARNESS_FAULT_DIR", str(tmp_path))
+    monkeypatch.setenv("HARNESS_FAULT", "worker_ready#2:disk,record@2:disk")
+    monkeypatch.setattr(faults, "_seen", {})
+    faults.point("worker_ready")  # the command's first worker
+    faults.point("record")
+    assert not (tmp_path / "fired-worker_ready").exists() and not (tmp_path / "fired-record").exists()
+    with pytest.raises(RuntimeError):
+        faults.point("record")  # this process's second
+    monkeypatch.setattr(faults, "_seen", {})  # another process: its own count starts again ...
+    with pytest.raises(RuntimeError):
+        faults.point("worker_ready")  # ... the command's does not
+    faults.point("worker_ready")  # the third: nothing
+    assert (tmp_path / "fired-worker_ready").read_text() == "disk" and (tmp_path / "fired-record").exists()

@@ -87,7 +87,8 @@ def test_a_run_killed_after_epoch_2_resumes_from_another_folder(tmp_path, synthe
 @pytest.mark.slow
 def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, monkeypatch):
     """By default one process per core (2 here): worker processes share the queue; every run is
-    trained once, with the same lines, table and exit code as one process, and a rerun skips them."""
+    trained once, with the same lines, table and exit code as one process, and a rerun skips them
+    without starting a worker process."""
     monkeypatch.delenv("HARNESS_JOBS")
     a = folder(tmp_path, "a")
     store = f"sqlite:///{a}/mlflow.db"
@@ -107,9 +108,12 @@ def test_jobs_trains_several_runs_at_once_each_once(tmp_path, synthetic_root, mo
     cat = load_catalogue()  # each run on its recipe's own threads, as alone (fastai-convnet: 2 of 2 cores), not cores / jobs
     assert all(r.info.status == "FINISHED" and r.data.params["threads"] == str(run_threads(cat[r.data.tags["harness.experiment_id"]], RunOptions()))
                for r in runs)
-    again = harness(a, *args)
+    # the rerun finds every run finished before it starts a worker process: one started would be
+    # killed as it gets ready (a command whose workers keep dying fails) and leave fired-worker_ready
+    again = harness(a, *args, HARNESS_FAULT="worker_ready:kill", HARNESS_FAULT_DIR=str(tmp_path / "faults"))
     out2 = again.communicate(timeout=600)[0]
     assert again.returncode == 0 and out2.count("skipped") >= 6, out2
+    assert not (tmp_path / "faults" / "fired-worker_ready").exists(), out2
 
 
 def test_every_spelling_of_a_store_names_one_store_and_one_lock_folder(tmp_path, monkeypatch):

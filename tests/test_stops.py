@@ -32,8 +32,8 @@ def harness(*args, **env) -> forkserver.Child:
 def resume(args: list) -> list:
     """The rerun of a stopped `--jobs` command, in one process: what is checked is that the runs
     the stop left resume and finish once, which does not depend on where they train (a pool
-    worker resuming a run: test_a_pool_worker_killed_is_replaced_and_its_run_resumed). Two fresh
-    workers would cost ~12 CPU-seconds of imports a test (spawned interpreters)."""
+    worker resuming a run: test_a_pool_worker_killed_is_replaced_and_its_run_resumed). A pool
+    would add its fork server's imports and two workers: ~7 CPU-seconds a test (~12 spawned)."""
     return [*args[:args.index("--jobs")], "--jobs", "1", *args[args.index("--jobs") + 2:]]
 
 

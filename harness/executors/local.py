@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from ..runs import lifecycle
-from ..runs.checkpoints import lock_root, run_state, store_identity
+from ..runs.checkpoints import clear_leftover, lock_root, run_state, store_identity
 from ..data.cifar_files import Cifar10
 from ..runs.claims import Claimed, ClaimPolicy, Claimer, ConfigLock, Heartbeat, Request
 from ..training.environment import choose_conv, choose_threads, configure_backend, resolve_device
@@ -78,6 +78,25 @@ def claim_jobs(jobs: list[Job], claimer: Claimer) -> tuple[list[ConfigLock], dic
         skipped[i] = Outcome(job.exp.id, job.seed, "skipped", c.run_id if c else None,
                              reason=c.reason if c else "being trained by another process on this machine")
     return locks, claimed, skipped
+
+
+def finished_already(todo: list[tuple[Experiment, int]], data: Cifar10, tracker: Tracker, opts: RunOptions) -> dict[int, Outcome]:
+    """The skipped outcomes, by index in `todo`, of the runs whose configuration the store holds
+    a finished run of (what a claim finds first: claims.Claimer._propose, a leftover checkpoint of
+    it removed as there), so that a rerun of finished work starts no worker process to learn it.
+    A run this cannot decide (its job raises) is left to its worker, which says why."""
+    done: dict[int, Outcome] = {}
+    for i, (exp, seed) in enumerate([] if opts.force else todo):
+        try:
+            job = make_job(exp, data, tracker, opts, seed)
+            runs = [r for h in (job.chash, *job.legacy_hashes) for r in tracker.find_runs(h) if r.status == "FINISHED"]
+        except Exception:  # noqa: BLE001 - the worker meets it again and reports it
+            continue
+        for r in runs:
+            clear_leftover(tracker, r)
+        if runs:
+            done[i] = Outcome(exp.id, seed, "skipped", runs[0].run_id, reason="identical finished run exists (use --force to train again)")
+    return done
 
 
 def run_one(exp: Experiment, data: Cifar10, tracker: Tracker, opts: RunOptions, seed: int, echo=print, claimer: Claimer | None = None,

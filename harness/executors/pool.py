@@ -37,7 +37,8 @@ from ..tracking import Tracker
 from ..tracking.guards import raise_dropped_stop, sigint_deferred
 from ..tracking.store import absolute_uri
 from ..training.environment import all_cores
-from .local import outcome_line
+from . import fork_server
+from .local import finished_already, outcome_line
 from .pool_worker import Claimed, worker
 from .schedule import pick, run_width
 
@@ -186,35 +187,22 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
     if todo is None:
         todo = [(exp, seed) for exp in experiments for seed in range(opts.seed, opts.seed + opts.repeats)]
     per_run = replace(opts, bars=False)
+    done = finished_already(todo, data, tracker, per_run)  # said here: no worker starts to skip them
+    for o in done.values():
+        echo(outcome_line(o))
+    queue = deque(i for i in range(len(todo)) if i not in done)
     cores, held = all_cores(), {}
-    for exp, _ in todo:  # the cores each run's threads will hold (one model built per recipe)
-        held.setdefault(exp.id, run_width(exp, per_run, cores))
-    widths = [held[exp.id] for exp, _ in todo]
-    # spawn, not fork: a forked copy of a process that already started torch's threads can hang
-    ctx = multiprocessing.get_context("spawn")
-    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run)
+    for i in queue:  # the cores each run's threads will hold (one model built per recipe)
+        held.setdefault(todo[i][0].id, run_width(todo[i][0], per_run, cores))
+    widths = [held.get(exp.id, 0) for exp, _ in todo]
+    ctx, launched = fork_server.worker_context(), []  # (fork_server.py: why not spawn, why not fork)
+    # this process's variables now: a fork server an earlier pool of this process started has that pool's
+    args = (absolute_uri(tracker.uri), tracker.experiment_name, str(data.root.resolve()), per_run, dict(os.environ))
 
     def start() -> _Slot:
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=worker, args=(theirs, *args), name="harness-worker")
-        # started with Ctrl-C and SIGTERM ignored (inherited through exec): a signal while it
-        # imports cannot kill it with a traceback; it ignores them until it trains a run. Both are
-        # blocked here meanwhile: a blocked signal is kept pending even while ignored, and lands on
-        # the supervisor's own handler once restored (a SIGTERM sent as a dead worker's replacement
-        # started was lost). The worker unblocks them (signals.ignore_stops).
-        stops = {signal.SIGINT, signal.SIGTERM}
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            proc.start()
-        finally:
-            signal.signal(signal.SIGINT, old[0])
-            signal.signal(signal.SIGTERM, old[1])
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
-        return _Slot(proc, mine)
+        return _Slot(*fork_server.start_worker(ctx, worker, args, launched))
 
-    pool = _Pool(start, todo, echo, jobs, widths=widths, cores=cores, tracker=tracker, queue=deque(range(len(todo))))
+    pool = _Pool(start, todo, echo, jobs, widths=widths, cores=cores, tracker=tracker, queue=queue, outcomes=done)
     try:
         try:
             while pool.queue or pool.busy():
@@ -225,6 +213,7 @@ def run_pool(experiments: list[Experiment], data: Cifar10, tracker: Tracker, opt
             raise Interrupted(_stop(pool)) from None
     finally:
         _shut(pool)
+        fork_server.stop(launched)
     if pool.interrupted:
         raise Interrupted("; ".join(pool.interrupted))
     return [pool.outcomes[i] for i in sorted(pool.outcomes)]

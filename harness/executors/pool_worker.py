@@ -12,7 +12,7 @@ from ..data.cifar_files import Cifar10, load_cifar10
 from ..errors import Interrupted, one_line
 from ..recipes.spec import Experiment
 from ..runs.job import Outcome, RunOptions
-from ..tracking import Tracker
+from ..tracking import Tracker, faults
 from ..training.environment import flushing_denormals
 from .local import run_one
 from .signals import ignore_stops, interruptible
@@ -27,12 +27,17 @@ class Claimed:
 
 
 @flushing_denormals()  # from before its first tensor: the pool threads it starts inherit it
-def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions) -> None:
-    """A worker process: runs (index, experiment, seed) from `conn` until it reads None."""
+def worker(conn: Connection, uri: str, experiment_name: str, data_root: str, opts: RunOptions, env: dict | None = None) -> None:
+    """A worker process: runs (index, experiment, seed) from `conn` until it reads None; `env`:
+    the supervisor's environment variables, which it takes for its own."""
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which passes it on once
-    ignore_stops()  # (started with both ignored already: see run_pool's start)
+    ignore_stops()  # (started with both ignored already: see fork_server.start_worker)
     tracker, data = Tracker(uri, experiment_name, create=False), load_cifar10(data_root)
     try:
+        faults.point("worker_ready")
         conn.send(None)  # ready: a run is handed only to a worker that can be stopped mid-run
         while True:
             task = conn.recv()

@@ -7,8 +7,16 @@ settling wait), settle (the claim confirmed), record (params and config written)
 logged), finish (before the status write that ends the run) and clear (the run FINISHED, its
 checkpoint not yet removed).
 
+Beside a run's steps, a `--jobs` worker's own: worker_ready (a worker started, before it tells its
+supervisor it can take a run).
+
 In production $HARNESS_FAULT is unset and `point` returns at once. A test sets
-HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached, 1 by default):
+HARNESS_FAULT=step:fault (step[@n] for the n-th time that step is reached in this process, 1 by
+default; step#n for the n-th time any process of the command reaches it, counted by files in
+$HARNESS_FAULT_DIR: `worker_ready#2` is the second worker a --jobs command starts, its first
+replacement, whose own count is 1 like every worker's). Several faults: joined by commas
+(`epoch_end@1:kill,worker_ready#2:pause`: a worker killed at its first epoch's end, its
+replacement paused before it is ready).
   kill      SIGKILL this process          term   SIGTERM this process (Ctrl-C as signals.py makes it)
   disk      the disk full: raises torch.save's RuntimeError (at checkpoint)
   store     the store unreachable from now on: every store call fails as a refused connection
@@ -32,6 +40,7 @@ import time
 from pathlib import Path
 
 STEPS = ("claim", "settle", "record", "epoch_end", "checkpoint", "outbox_flush", "final_metrics", "model", "finish", "clear")
+WORKER_STEPS = ("worker_ready",)
 FAULTS = ("kill", "term", "disk", "store", "outage", "delete", "pause")
 
 _seen: dict[str, int] = {}
@@ -39,25 +48,50 @@ _store_down = False
 _outage_until: Path | None = None  # the file whose appearance ends an `outage`
 
 
-def _wanted() -> tuple[str, int, str] | None:
+def _wanted() -> list[tuple[str, int, bool, str]]:
+    """(step, n, counted across the command, fault) for each fault $HARNESS_FAULT names."""
     spec = os.environ.get("HARNESS_FAULT")
-    if not spec:
-        return None
-    where, fault = spec.split(":", 1)
-    step, _, nth = where.partition("@")
-    return step, int(nth or 1), fault
+    out = []
+    for one in (spec or "").split(","):
+        if not one:
+            continue
+        where, fault = one.split(":", 1)
+        command = "#" in where
+        step, _, nth = where.partition("#" if command else "@")
+        out.append((step, int(nth or 1), command, fault))
+    return out
+
+
+def _reached_in_command(step: str) -> int:
+    """How many times a process of this command has reached `step`, this time included: the
+    first free number k of $HARNESS_FAULT_DIR/reached-<step>-<k> (made exclusively, so two
+    processes never count the same k)."""
+    folder = Path(os.environ["HARNESS_FAULT_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        try:
+            os.close(os.open(folder / f"reached-{step}-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return k
+        except FileExistsError:
+            k += 1
 
 
 def point(step: str, tracker=None, run_id: str | None = None) -> None:
     """The crash point `step`: a no-op unless $HARNESS_FAULT names it."""
     wanted = _wanted()
-    if wanted is None:
+    if not wanted:
         return
-    assert step in STEPS, step
+    assert step in STEPS or step in WORKER_STEPS, step
     _seen[step] = _seen.get(step, 0) + 1
-    if (step, _seen[step]) != wanted[:2]:
-        return
-    fault = wanted[2]
+    mine = [w for w in wanted if w[0] == step]
+    in_command = _reached_in_command(step) if any(command for _, _, command, _ in mine) else 0
+    for _, nth, command, fault in mine:
+        if nth == (in_command if command else _seen[step]):
+            _fire(step, fault, tracker, run_id)
+
+
+def _fire(step: str, fault: str, tracker, run_id: str | None) -> None:
     if fault == "delete" and (tracker is None or run_id is None):
         return  # not fired: the test sees no fired-<step> file and fails the cell
     _fired(step, fault)
