@@ -4,8 +4,12 @@ per command. A fresh `python -m harness.cli run ...` spends about 5 CPU-seconds 
 loading what a run loads lazily (tests/crash_zygote.py's warm) before any work of its own; the
 suite starts a hundred-odd of them.
 
-    popen(argv, cwd=, env=, stdin=, stdout=, stderr=, text=, start_new_session=) -> a Popen-like child
-    run(argv, cwd=, env=, capture_output=, text=, timeout=, stdout=, stderr=, stdin=) -> CompletedProcess
+    popen(argv, cwd=, env=, stdin=, stdout=, stderr=, text=, start_new_session=, drop_dac=) -> a Popen-like child
+    run(argv, cwd=, env=, capture_output=, text=, timeout=, stdout=, stderr=, stdin=, drop_dac=) -> CompletedProcess
+
+`drop_dac`: the child gives up CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH before the command runs,
+as under `setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-...` (file
+permissions then apply to root too; tests/test_bad_inputs.py).
 
 `argv` is what follows `python -m harness.cli`. The child is a process of its own (its pid takes
 signals; a test may SIGKILL it), sees exactly `env` (with the variables the harness's own imports
@@ -15,7 +19,7 @@ descriptors), starts with SIGINT's default Python handler and SIGTERM's default 
 as Python does: atexit handlers run, an escaping KeyboardInterrupt kills it with SIGINT.
 
 What it cannot give, and where tests keep `subprocess` with a fresh interpreter: a command under a
-prefix (taskset, prlimit), other OpenMP settings than the server's (libgomp reads OMP_* when torch
+prefix (taskset, prlimit; setpriv's dropped permission capabilities excepted: drop_dac), other OpenMP settings than the server's (libgomp reads OMP_* when torch
 loads it: OMP_NUM_THREADS in a child's env has no effect here), a child that is a child of the
 test's process (its parent is the server), and SIGINT ignored from the start (a background job).
 Nothing here runs a torch op before forking, so no thread pool is inherited.
@@ -57,6 +61,8 @@ def _child(req: dict, fds: list[int], close: list, set_by_import: dict) -> None:
     for fd in set(fds):
         if fd > 2:
             os.close(fd)
+    if req.get("drop_dac"):
+        _drop_dac()
     os.chdir(req["cwd"])
     sys.path[0] = req["cwd"]  # `python -m` puts its working folder first
     os.environ.clear()
@@ -107,6 +113,37 @@ def _child(req: dict, fds: list[int], close: list, set_by_import: dict) -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
+
+
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _drop_dac() -> None:
+    """What setpriv's NO_DAC prefix leaves a root process: the two capabilities out of the bounding
+    and inheritable sets and, since no exec recomputes them here, out of the permitted and
+    effective sets too (capset, _LINUX_CAPABILITY_VERSION_3)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    head, data = Header(0x20080522, 0), (Data * 2)()
+    if libc.capget(ctypes.byref(head), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    keep = ~((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+    data[0].effective &= keep
+    data[0].permitted &= keep
+    data[0].inheritable &= keep
+    if libc.capset(ctypes.byref(head), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def serve(path: str) -> None:
@@ -217,7 +254,7 @@ class Child:
     """The part of subprocess.Popen the tests use: pid, args, stdout/stderr (PIPE, STDOUT, DEVNULL,
     a file or fd, or inherited), poll, wait, communicate, send_signal/terminate/kill, returncode."""
 
-    def __init__(self, argv, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, start_new_session=False):
+    def __init__(self, argv, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, start_new_session=False, drop_dac=False):
         self.args = [sys.executable, "-m", "harness.cli", *map(str, argv)]
         self.returncode = None
         self.stdout = self.stderr = None
@@ -250,7 +287,7 @@ class Child:
         else:
             err_fd, self.stderr = piped(stderr, 2)
         req = {"argv": [str(a) for a in argv], "cwd": str(cwd or os.getcwd()), "env": dict(os.environ if env is None else env),
-               "new_session": bool(start_new_session)}
+               "new_session": bool(start_new_session), "drop_dac": bool(drop_dac)}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._sock.connect(_the_server().path)
@@ -343,10 +380,10 @@ def popen(argv, **kw) -> Child:
 
 
 def run(argv, cwd=None, env=None, capture_output=False, text=False, timeout=None, stdout=None, stderr=None, stdin=None,
-        check=False) -> subprocess.CompletedProcess:
+        check=False, drop_dac=False) -> subprocess.CompletedProcess:
     if capture_output:
         stdout = stderr = subprocess.PIPE
-    p = Child(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+    p = Child(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text, drop_dac=drop_dac)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

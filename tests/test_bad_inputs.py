@@ -1,6 +1,8 @@
 """A corpus of bad inputs, each run as a user would run it (a `harness` subprocess, forked from the
 tests' fork server, tests/forkserver.py, or a fresh interpreter where a case needs one): every one
-ends in a single `error:` line and the stated exit code, with no traceback and nothing written."""
+ends in a single `error:` line and the stated exit code, with no traceback and nothing written.
+As root, the cases of file permissions run their command without the capabilities that override
+them (the fork server's drop_dac: what `setpriv --bounding-set=-dac_override,...` gives)."""
 
 from __future__ import annotations
 
@@ -17,26 +19,19 @@ from . import forkserver
 from .conftest import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+def as_plain_user() -> bool:
+    """Whether a command must give up root's capabilities that override file permissions for them to apply."""
+    return os.geteuid() == 0
 
 
-def as_plain_user() -> list[str]:
-    """A prefix under which file permissions apply (root normally overrides them)."""
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: permissions cannot be made to apply")
-    return NO_DAC
-
-
-def harness(*args, cwd: Path, prefix=(), env_extra=None) -> subprocess.CompletedProcess:
+def harness(*args, cwd: Path, plain_user: bool = False, env_extra=None) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
     env.update(env_extra or {})
     env.pop("MLFLOW_TRACKING_URI", None)
-    if prefix or env_extra:  # under setpriv, or with a PYTHONPATH of its own (read at start-up): a fresh interpreter
-        return subprocess.run([*prefix, sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
+    if env_extra:  # with a PYTHONPATH of its own (read at start-up): a fresh interpreter
+        return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=180)
-    return forkserver.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    return forkserver.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180, drop_dac=plain_user)
 
 
 def assert_one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -114,11 +109,11 @@ def test_array_declaring_more_bytes_than_the_file_holds_is_refused(work, data):
 
 @pytest.mark.parametrize("target", ["folder", "test_batch"])
 def test_unreadable_data_is_one_line(work, data, target):
-    prefix = as_plain_user()
+    plain = as_plain_user()
     path = data if target == "folder" else data / "test_batch"
     path.chmod(0)
     try:
-        r = harness(*RUN, "--data-dir", data, cwd=work, prefix=prefix)
+        r = harness(*RUN, "--data-dir", data, cwd=work, plain_user=plain)
     finally:
         path.chmod(0o755)
     assert_one_line(r, 1, "permission denied")
@@ -169,10 +164,12 @@ def test_upper_case_toml_suffix_is_read_not_ignored(work):
 
 
 @pytest.fixture(scope="module")
-def finished_store(tmp_path_factory) -> Path:
-    """A store with one finished run, made once for the report cases."""
+def finished_store(tmp_path_factory, empty_store) -> Path:
+    """A store with one finished run, made once for the report cases (the store's schema copied
+    from conftest's empty_store: the cases of creating a store make their own)."""
     work = tmp_path_factory.mktemp("store")
     shutil.copytree(REPO / "experiments", work / "experiments")
+    shutil.copyfile(empty_store, work / "mlflow.db")
     data = make_synthetic(work / "data", n_train=100, n_test=20)
     r = harness("run", "fastai-simplenet", "--epochs", "1", "--no-progress", "--data-dir", data, cwd=work)
     assert r.returncode == 0, r.stderr
@@ -189,7 +186,7 @@ def test_report_out_in_a_read_only_folder_is_one_line(finished_store):
     ro.mkdir(exist_ok=True)
     ro.chmod(0o555)
     try:
-        r = harness("report", "--out", ro / "r.html", cwd=finished_store, prefix=as_plain_user())
+        r = harness("report", "--out", ro / "r.html", cwd=finished_store, plain_user=as_plain_user())
     finally:
         ro.chmod(0o755)
     assert_one_line(r, 1, "--out", "permission denied")
@@ -212,7 +209,7 @@ def test_read_only_store_says_so_in_one_line(finished_store, data):
     db = finished_store / "mlflow.db"
     db.chmod(0o444)
     try:
-        r = harness("run", "tutorial-base", "--epochs", "1", "--no-progress", "--data-dir", data, cwd=finished_store, prefix=as_plain_user())
+        r = harness("run", "tutorial-base", "--epochs", "1", "--no-progress", "--data-dir", data, cwd=finished_store, plain_user=as_plain_user())
     finally:
         db.chmod(0o644)
     assert_one_line(r, 1, "read-only")

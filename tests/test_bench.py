@@ -1,5 +1,7 @@
 import math
 import re
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,8 +158,23 @@ def test_runs_record_the_threads_they_trained_on(synthetic_root, store):
 
 
 @pytest.mark.slow
-def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store):
-    """Runs the real measurement, including five `harness run` processes for the fixed cost."""
+def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(store, monkeypatch):
+    """Runs the real measurement, including the five `harness run` commands of the fixed cost, each
+    a process of its own forked from the tests' fork server (tests/forkserver.py) instead of a
+    fresh interpreter: what is checked here is that they run and what the line says, not the
+    numbers, and a fresh interpreter's imports cost about 5 CPU-seconds a command."""
+    import harness.bench.repeats as repeats
+
+    from . import forkserver
+
+    started = []
+
+    def forked(cmd, cwd, capture_output, text):
+        assert cmd[:3] == [sys.executable, "-m", "harness.cli"], cmd  # what fixed_costs starts: `python -m harness.cli ...`
+        started.append(cmd[3:])
+        return forkserver.run(cmd[3:], cwd=cwd, capture_output=capture_output, text=text, timeout=300)
+
+    monkeypatch.setattr(repeats, "subprocess", SimpleNamespace(run=forked))
     r = CliRunner().invoke(main, ["bench", "--repeats", "2", "--steps", "1"])  # the smallest it accepts
     assert r.exit_code == 0, r.output
     for case in ("tutorial-base@4", "medium-three-conv@20"):
@@ -165,6 +182,7 @@ def test_bench_repeats_prints_one_by_one_against_stacked_and_the_fixed_cost(stor
                          rf"speedup \d+\.\d\dx \(1 thread\)$", r.output, re.M), r.output
     assert re.search(r"^fixed cost of a run outside training .*: new store \d+\.\d s \| existing store \d+\.\d s \| rerun that skips "
                      r"\d+\.\d s \| each further run in one process -?\d+\.\d s$", r.output, re.M), r.output
+    assert [c[:2] for c in started] == [["run", "fastai-simplenet"]] * 5 and sum("--force" in c for c in started) == 3
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU")

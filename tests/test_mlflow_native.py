@@ -26,9 +26,12 @@ def only_run(store):
     return c, run
 
 
-def test_experiment_is_marked_as_model_training_without_overwriting_a_users_kind(store, tmp_path):
+def test_experiment_is_marked_as_model_training_without_overwriting_a_users_kind(store, tmp_path, empty_store):
+    import shutil
+
     t = Tracker(store)
     assert t.client.get_experiment(t.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    shutil.copyfile(empty_store, tmp_path / "other.db")  # (conftest: the schema built once; the experiment is what is checked)
     other = f"sqlite:///{tmp_path}/other.db"
     c = MlflowClient(Tracker(other, "mine").uri)
     exp = c.get_experiment_by_name("mine")
@@ -68,12 +71,15 @@ def test_system_metrics_are_recorded_for_training_runs(synthetic_root, store, mo
 
 
 @pytest.mark.slow
-def test_a_log_file_gets_one_line_per_epoch(synthetic_root, tmp_path):
+def test_a_log_file_gets_one_line_per_epoch(synthetic_root, tmp_path, empty_store):
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "m.db")  # (conftest: the schema built once; what is checked is the log)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", HARNESS_STATE_DIR=str(tmp_path / "state"))
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(tmp_path / "log", "w") as log:  # what `nohup harness run-all ... > log` gives: no terminal anywhere
         p = forkserver.run(["run", "fastai-simplenet", "--data-dir", synthetic_root, "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                            "--epochs", "3", "--no-system-metrics"],
+                            "--epochs", "3", "--max-train-images", "256", "--no-system-metrics"],  # an epoch a step: lines are what is checked
                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
     text = (tmp_path / "log").read_text()
     assert p.returncode == 0, text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -183,8 +184,9 @@ def mine(tmp_path, synthetic_root):
 
 
 @pytest.mark.slow
-def test_aa_pair_end_to_end_is_never_called_different(mine):
+def test_aa_pair_end_to_end_is_never_called_different(mine, empty_store):
     d, env, where = mine
+    shutil.copyfile(empty_store, d / "mlflow.db")  # (conftest: the schema built once; the loop is what is checked)
     p = harness("run", "tutorial-base", d / "my-net.toml", "--repeats", "auto", "--max-repeats", "3", *where, *CAP, cwd=REPO, env=env)
     assert p.returncode == 0, p.stderr
     # the same network and seeds give the same numbers: tied as soon as a verdict is possible (3 seeds), else open at the cap
@@ -199,8 +201,9 @@ def test_aa_pair_end_to_end_is_never_called_different(mine):
 
 
 @pytest.mark.slow
-def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine):
+def test_large_gap_end_to_end_killed_then_continued_decides_before_the_cap(mine, empty_store):
     d, env, where = mine
+    shutil.copyfile(empty_store, d / "mlflow.db")  # (conftest: the schema built once; the loop is what is checked)
     cmd = ["run", d / "quick.toml", d / "frozen.toml", "--repeats", "auto", "--max-repeats", "8", *where, *CAP]
     proc = forkserver.popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True)
@@ -342,15 +345,17 @@ def test_a_failed_recipe_stays_in_the_family_and_is_never_answered_away(fake):
     assert len(r.seeds["a"].acc) < 10, "a's only open pair is with the failed c: more seeds of a cannot close it"
 
 
-def _loop_store(tmp_path, monkeypatch, looked: bool):
+def _loop_store(tmp_path, monkeypatch, looked: bool, empty_store):
     """Two recipes, 4 seeds each, 10 points apart, written as the harness records them; with
-    `looked`, as `--repeats auto` at alpha 0.2, margin 1.0 leaves them."""
+    `looked`, as `--repeats auto` at alpha 0.2, margin 1.0 leaves them. The store starts as a copy
+    of the session's empty one (conftest.empty_store: MLflow's schema migrations cost seconds)."""
     from harness.recipes.catalogue import load_catalogue
     from harness.tracking import Tracker
 
     from .test_report_mixtures import write_run
 
     monkeypatch.chdir(REPO)
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     store = f"sqlite:///{tmp_path}/mlflow.db"
     t = Tracker(store, "cifar10-harness")
     cat = load_catalogue()
@@ -373,10 +378,10 @@ def _report(store, tmp_path, **kw):
             pd.read_csv(tmp_path / "r-decisions.csv", keep_default_na=False))
 
 
-def test_on_seeds_a_loop_chose_the_report_shows_no_fixed_n_verdicts_and_decides_as_the_loop_did(tmp_path, monkeypatch):
+def test_on_seeds_a_loop_chose_the_report_shows_no_fixed_n_verdicts_and_decides_as_the_loop_did(tmp_path, monkeypatch, empty_store):
     from harness.report.decided import LOOKED
 
-    store = _loop_store(tmp_path, monkeypatch, looked=True)
+    store = _loop_store(tmp_path, monkeypatch, looked=True, empty_store=empty_store)
     html, tests, dec = _report(store, tmp_path)
     assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""] and tests["p_holm"].tolist() == [""]
     assert html.count('<span class="tag real">real</span>') == 1  # the one in the prose that explains the label, no verdict
@@ -387,8 +392,8 @@ def test_on_seeds_a_loop_chose_the_report_shows_no_fixed_n_verdicts_and_decides_
     assert dec["threshold"].tolist() == [100.0]  # harness report --alpha overrides
 
 
-def test_a_store_of_fixed_seed_counts_keeps_its_fixed_n_verdicts(tmp_path, monkeypatch):
-    html, tests, dec = _report(_loop_store(tmp_path, monkeypatch, looked=False), tmp_path)
+def test_a_store_of_fixed_seed_counts_keeps_its_fixed_n_verdicts(tmp_path, monkeypatch, empty_store):
+    html, tests, dec = _report(_loop_store(tmp_path, monkeypatch, looked=False, empty_store=empty_store), tmp_path)
     assert tests["verdict"].tolist() == ["real"] and float(tests["p_seeds"][0]) < 0.05
     assert dec["threshold"].tolist() == [20.0] and "(default;" in html and 'id="decided-looked"' not in html
 

@@ -58,12 +58,26 @@ def _report(store, tmp_path):
     return out.read_text(), pd.read_csv(tmp_path / "r-tests.csv", keep_default_na=False)
 
 
-def test_seeds_added_by_a_later_command_get_the_anytime_valid_verdicts_not_welch(tmp_path, monkeypatch):
+LATER = {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4}  # seed 0 of tutorial-base by one command, 1-3 by another
+
+
+@pytest.fixture(scope="module")
+def later_command(tmp_path_factory, empty_store):
+    """The LATER store's report, built once for the two tests that read it: (html, tests CSV, summary CSV)."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("later")
+    shutil.copyfile(empty_store, tmp / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        html, tests = _report(_store(tmp, mp, LATER), tmp)
+    return html, tests, pd.read_csv(tmp / "r.csv").set_index("row")
+
+
+def test_seeds_added_by_a_later_command_get_the_anytime_valid_verdicts_not_welch(later_command):
     """tutorial-base: seed 0 by one command, seeds 1-3 by another (a person read the first result
     and added seeds): the fixed-n p-values are hidden, the verdict says why, Decided says which
     row and that its verdicts are the ones that hold."""
-    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4})
-    html, tests = _report(store, tmp_path)
+    html, tests, _ = later_command
     assert tests["verdict"].tolist() == [LOOKED] and tests["p_seeds"].tolist() == [""] and tests["p_holm"].tolist() == [""]
     looked = html[html.index('id="decided-looked"'):]
     looked = looked[: looked.index("</p>")]
@@ -256,12 +270,10 @@ def test_a_diverged_seed_does_not_mark_its_row_as_stopped_by_looking(tmp_path, m
     assert "<b>tutorial-base</b> (seed 2)" in failed[:600]
 
 
-def test_the_interval_of_a_row_chosen_by_looking_is_marked(tmp_path, monkeypatch):
+def test_the_interval_of_a_row_chosen_by_looking_is_marked(later_command):
     """A row's fixed-n 95% t interval over seeds covers 93.7% after adding seeds until a test is
     significant: the summary marks it (a dagger and a note; CSV column ci95_looked) on the rows
     chosen by looking only."""
-    store = _store(tmp_path, monkeypatch, {"tutorial-base": ["c1", "c2", "c2", "c2"], "fastai-simplenet": ["c1"] * 4})
-    html, _ = _report(store, tmp_path)
-    summary = pd.read_csv(tmp_path / "r.csv").set_index("row")
+    html, _, summary = later_command
     assert bool(summary.loc["tutorial-base", "ci95_looked"]) and not bool(summary.loc["fastai-simplenet", "ci95_looked"])
     assert 'id="ci-looked"' in html and html.count("&dagger;</sup>") == 1
