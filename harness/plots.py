@@ -26,7 +26,8 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", ax=Non
     if cm.shape[0] <= 10:  # the counts, dark on light cells and light on dark ones
         top = cm.max() or 1
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * top else "black")
+            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * top else "black",
+                    in_layout=False)  # inside the matrix: tight_layout need not measure each count
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
