@@ -61,10 +61,10 @@ def test_the_recipes_that_train_together():
 def test_each_seed_matches_its_sequential_run(exp_id, monkeypatch):
     """Seeds 0..2 for 24 steps (4 for the VGG: BatchNorm + Dropout2d + Dropout, stacked here
     although the policy trains it one by one; a mask drawn from another network's generator or
-    another network's BatchNorm statistics fail within those 4; 12 cost this test 3x the CPU), with each recipe's own optimizer and loss, on the
-    convolutions a run of the recipe trains with (configure_backend sets them per run: a run
-    trained earlier in this process may have left ATen's, on which the stacked grouped
-    convolution differs from one by one by more than TOL)."""
+    another network's BatchNorm statistics fail within those 4; 12 cost this test 3x the CPU),
+    with each recipe's own optimizer and loss, on the convolutions a run of the recipe trains
+    with (configure_backend sets them per run: a run trained earlier in this process may have
+    left ATen's, on which the stacked grouped convolution differs from one by one by more than TOL)."""
     exp = CATALOGUE[exp_id]
     conv = choose_conv(create_model(exp.model.name, **exp.model.args), exp.train.batch_size, torch.device("cpu"))
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", conv != "aten")
