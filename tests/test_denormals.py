@@ -39,13 +39,19 @@ def test_a_process_that_imports_the_harness_first_flushes_on_every_thread():
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_trained_run_records_subnormals_flushed_on_its_threads(tmp_path, synthetic_root, jobs):
-    """As a user runs it: alone in the command's process, and in a --jobs worker, on 2 threads."""
+    """As a user runs it: alone in the command's process, and in a --jobs worker, on 2 threads.
+    The command is forked from tests/forkserver.py (which has run no torch op: the child starts
+    its threads as a fresh `python -m harness.cli` does, without its ~5 CPU-s of imports); the
+    --jobs worker is a fresh interpreter either way. 40 images: what is checked is the flag on
+    the threads, not what they compute."""
     from mlflow.tracking import MlflowClient
 
+    from . import forkserver
+
     db = tmp_path / "mlflow.db"
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "tutorial-base", "--data-dir", str(synthetic_root),
-                        "--tracking-uri", f"sqlite:///{db}", "--epochs", "1", "--max-train-images", "200", "--threads", "2",
-                        "--jobs", jobs, "--no-progress", "--no-system-metrics"], cwd=REPO, capture_output=True, text=True, timeout=300,
+    p = forkserver.run(["run", "tutorial-base", "--data-dir", str(synthetic_root), "--tracking-uri", f"sqlite:///{db}", "--epochs", "1",
+                        "--max-train-images", "40", "--threads", "2", "--jobs", jobs, "--no-progress", "--no-system-metrics"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO), "HARNESS_STATE_DIR": str(tmp_path / "state")})
     assert p.returncode == 0, p.stdout + p.stderr
     client = MlflowClient(f"sqlite:///{db}")

@@ -38,8 +38,17 @@ def test_only_fp16_gets_a_scaler():
     assert isinstance(grad_scaler(cpu, "fp16"), torch.amp.GradScaler)
 
 
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    """40 test images, not synthetic_root's 200: fp16 autocast is slow on a CPU, and every epoch
+    and the run's end evaluate on the test set."""
+    from .conftest import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("fp16"), n_train=100, n_test=40)
+
+
 @pytest.mark.slow
-def test_a_killed_fp16_run_resumes_with_its_loss_scale(synthetic_root, store):
+def test_a_killed_fp16_run_resumes_with_its_loss_scale(small_root, store):
     """The scaler's state (scale, growth counter) is part of each epoch's checkpoint, so a resumed
     fp16 run goes on with the scale it had, not a fresh one."""
     import os
@@ -48,11 +57,12 @@ def test_a_killed_fp16_run_resumes_with_its_loss_scale(synthetic_root, store):
 
     from tests.test_runner import cli, harness_proc, runs
 
-    # 120 images: what is checked is the scaler's state in the checkpoint and a resume from it, the
-    # same on any number of images (fp16 autocast is slow on a CPU: the whole 600 took ~30 CPU-s)
-    args = ["run", "medium-three-conv", "--precision", "fp16", "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3",
-            "--max-train-images", "120", "--no-progress", "--no-system-metrics"]
-    # SIGKILLed at the end of its second epoch, the first's checkpoint written (tracking/faults.py):
+    # 40 images, 2 epochs: what is checked is the scaler's state in the checkpoint and a resume
+    # from it, the same on any number of images (fp16 autocast is slow on a CPU: 3 epochs of
+    # 120 images and 200 test images took twice this test's CPU, the whole 600 ~30 CPU-s)
+    args = ["run", "medium-three-conv", "--precision", "fp16", "--data-dir", small_root, "--tracking-uri", store, "--epochs", "2",
+            "--max-train-images", "40", "--no-progress", "--no-system-metrics"]
+    # SIGKILLed at the end of its second (last) epoch, the first's checkpoint written (tracking/faults.py):
     # killed mid-run however fast its epochs are, without the test watching for the checkpoint
     p = harness_proc(*args, env_extra={"HARNESS_FAULT": "epoch_end@2:kill"})
     out = p.communicate(timeout=300)[0]

@@ -17,11 +17,21 @@ from harness.recipes.catalogue import load_catalogue
 from harness.recipes.network import build_model
 from harness.training.environment import all_cores, choose_threads
 
+from .conftest import make_synthetic
+
 # fastai-convbnnet: a batch-256 recipe (669 M multiply-accumulates per step), so it trains on
 # more than one thread where there are cores, and its sums on 1 and 2 threads differ within 2
 # epochs of 300 images (fastai-convnet's happen not to); tutorial-base: a one-thread recipe
 WIDE, NARROW = "fastai-convbnnet", "tutorial-base"
 CAP = ["--epochs", "2", "--max-train-images", "300", "--no-progress", "--no-system-metrics"]
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    """300 training images and 40 test images (synthetic_root has 200): each epoch is evaluated
+    on the test set (test_acc_epoch) and each run twice more at its end; the numbers compared
+    are the same kinds, and 1 and 2 threads still differ in train_loss_step within 2 epochs."""
+    return make_synthetic(tmp_path_factory.mktemp("same-numbers"), n_train=300, n_test=40)
 
 
 def _train(root, store, *args) -> None:
@@ -61,15 +71,17 @@ def test_a_runs_threads_come_from_its_recipe_and_the_machine(monkeypatch, cores,
 
 @pytest.mark.slow  # trains (tens of seconds): the full suite runs it
 @pytest.mark.skipif(all_cores() < 2, reason="one core: every run trains on one thread whatever the schedule")
-def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_numbers(synthetic_root, tmp_path, monkeypatch):
+def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_numbers(small_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
     alone, jobs, busy = (f"sqlite:///{tmp_path}/{name}.db" for name in ("alone", "jobs", "busy"))
-    _train(synthetic_root, alone, WIDE, "--jobs", "1")
-    _train(synthetic_root, jobs, WIDE, NARROW, "--jobs", "2")  # two worker processes, a one-thread run beside it
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy process on one of the cores
+    _train(small_root, alone, WIDE, "--jobs", "1")
+    _train(small_root, jobs, WIDE, NARROW, "--jobs", "2")  # two worker processes, a one-thread run beside it
+    # a busy process on one of the cores when the run chooses its threads; at nice 19 it gives the
+    # run's threads their cores back once they compute (it burned a core for the whole training)
+    spinner = subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
     try:
-        _train(synthetic_root, busy, WIDE, "--jobs", "1")
+        _train(small_root, busy, WIDE, "--jobs", "1")
     finally:
         spinner.kill()
         spinner.wait()
@@ -91,38 +103,60 @@ def test_alone_beside_another_run_and_beside_a_busy_process_give_the_same_number
         assert wide.info.end_time <= narrow.info.start_time or narrow.info.end_time <= wide.info.start_time
 
 
-def _harness(store, root, *args, one_core=False) -> subprocess.Popen:
+def _killed_on_one_core(store, root) -> subprocess.Popen:
+    """`harness run medium-vgg-bn` in a fresh process of its own, on one core (taskset: the fork
+    server's children cannot run under a prefix), its output piped."""
     import os
     from pathlib import Path
 
-    cmd = [sys.executable, "-m", "harness.cli", "run", "medium-vgg-bn", "--data-dir", str(root), "--tracking-uri", store,
-           "--epochs", "2", "--max-train-images", "200", "--no-progress", "--no-system-metrics", *args]
+    cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-m", "harness.cli", "run", *_vgg_args(store, root)]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), MLFLOW_DISABLE_TELEMETRY="true")
-    return subprocess.Popen((["taskset", "-c", "0"] if one_core else []) + cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _vgg_args(store, root) -> list[str]:
+    return ["medium-vgg-bn", "--data-dir", str(root), "--tracking-uri", store, "--epochs", "2", "--max-train-images", "100",
+            "--no-progress", "--no-system-metrics"]
 
 
 @pytest.mark.slow  # trains (tens of seconds): the full suite runs it
 @pytest.mark.skipif(all_cores() < 2 or shutil.which("taskset") is None, reason="needs 2 cores and taskset")
-def test_a_run_resumed_where_more_cores_are_free_keeps_its_threads_and_its_numbers(synthetic_root, tmp_path, monkeypatch):
+def test_a_run_resumed_where_more_cores_are_free_keeps_its_threads_and_its_numbers(small_root, tmp_path, monkeypatch):
     """Started on one core (one thread for medium-vgg-bn), killed after an epoch, resumed on two
-    (where it would choose 2): it keeps its one thread and ends bit for bit as the run never stopped."""
+    (where it would choose 2): it keeps its one thread and ends bit for bit as the run never stopped.
+    The run never stopped trains in this process with its thread pinned to one core (the core
+    count a run sees is its thread's affinity); the killed one is a fresh `python -m harness.cli`
+    under taskset; the resumed one a `harness` process forked from tests/forkserver.py, on every
+    core: two interpreters' imports fewer (~10 CPU-s), the same three situations."""
+    import os
     import signal
     import time
     from pathlib import Path
 
+    from . import forkserver
+
     monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
     whole, stopped = f"sqlite:///{tmp_path}/whole.db", f"sqlite:///{tmp_path}/stopped.db"
-    out = _harness(whole, synthetic_root, one_core=True).communicate(timeout=600)[0]
-    assert "finished" in out, out
-    p = _harness(stopped, synthetic_root, one_core=True)
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        assert all_cores() == 1
+        monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state-whole"))
+        r = CliRunner().invoke(main, ["run", *_vgg_args(whole, small_root)])
+        assert r.exit_code == 0 and "finished" in r.output, r.output
+    finally:
+        os.sched_setaffinity(0, cores)
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    p = _killed_on_one_core(stopped, small_root)
     deadline = time.time() + 300
     while not list(Path(tmp_path / "state").glob("*/state.pt")):
         assert p.poll() is None and time.time() < deadline, p.communicate()[0]
         time.sleep(0.01)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    resumed = _harness(stopped, synthetic_root)
+    p.stdout.close()
+    resumed = forkserver.popen(["run", *_vgg_args(stopped, small_root)], cwd=Path(__file__).resolve().parents[1], env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0 and "resuming run" in out and "1 thread(s), as it started" in out, out
     params, history = _numbers(whole, "medium-vgg-bn")
