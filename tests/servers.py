@@ -84,8 +84,8 @@ def tracking_server(auth_cache_ttl_s: int = 0):
     try:
         for db in ("mlflow", "mlflowauth"):
             subprocess.run(as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "postgres", db), check=True, capture_output=True)
-        def write_auth_ini(ttl_s: int) -> None:
-            (root / "auth.ini").write_text(
+        def write_auth_ini(ttl_s: int, ini: Path = root / "auth.ini") -> None:
+            ini.write_text(
                 "[mlflow]\ndefault_permission = EDIT\n"
                 f"database_uri = postgresql://postgres@127.0.0.1:{pg_port}/mlflowauth\n"
                 f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
@@ -101,13 +101,18 @@ def tracking_server(auth_cache_ttl_s: int = 0):
         log = root / "server.log"
         url = f"http://127.0.0.1:{port}"
 
+        def serve(at_port: int, ini: Path, at_log: Path) -> subprocess.Popen:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+                 "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(at_port),
+                 "--workers", "1"], cwd=root, env=dict(env, MLFLOW_AUTH_CONFIG_PATH=str(ini)), stdout=open(at_log, "a"),
+                stderr=subprocess.STDOUT, start_new_session=True)
+            wait_http(f"http://127.0.0.1:{at_port}/health", 180, proc, at_log)
+            return proc
+
         def start_server():
             nonlocal server_proc
-            server_proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
-                 "--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", "1"], cwd=root, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
-            wait_http(url + "/health", 180, server_proc, log)
+            server_proc = serve(port, root / "auth.ini", log)
 
         def kill_server():
             """The server dies as a crash or an OOM kill leaves it (its workers too)."""
@@ -123,16 +128,24 @@ def tracking_server(auth_cache_ttl_s: int = 0):
         def start_postgres():
             subprocess.run(pg_start, check=True, capture_output=True)
 
-        def restart_server(ttl_s: int) -> None:
-            """The same server (database, port, runs) started again with another auth cache."""
-            kill_server()
-            write_auth_ini(ttl_s)
-            start_server()
+        @contextlib.contextmanager
+        def beside(ttl_s: int):
+            """A second server on the same PostgreSQL and artifact store (the same runs), with another
+            auth cache, on a port of its own while held; the first serves on meanwhile. Its dict has
+            what a test of a run against it needs (url, root, PostgreSQL's stop and start)."""
+            ini, at_log, at_port = root / f"auth-{ttl_s}.ini", root / f"server-{ttl_s}.log", free_port()
+            write_auth_ini(ttl_s, ini)
+            proc = serve(at_port, ini, at_log)
+            try:
+                yield {"url": f"http://127.0.0.1:{at_port}", "root": root, "stop_postgres": stop_postgres, "start_postgres": start_postgres,
+                       "auth_cache_ttl_s": ttl_s}
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)  # that server and its workers, nothing else
+                proc.wait(timeout=60)
 
         start_server()
         yield {"url": url, "root": root, "start_server": start_server, "kill_server": kill_server,
-               "stop_postgres": stop_postgres, "start_postgres": start_postgres, "restart_server": restart_server,
-               "auth_cache_ttl_s": auth_cache_ttl_s}
+               "stop_postgres": stop_postgres, "start_postgres": start_postgres, "beside": beside, "auth_cache_ttl_s": auth_cache_ttl_s}
     finally:
         if server_proc is not None:
             os.killpg(server_proc.pid, signal.SIGTERM)  # our own server and its workers, nothing else

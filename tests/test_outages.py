@@ -5,7 +5,9 @@ FINISHED in its one MLflow run with every epoch logged once."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import subprocess
 import time
 
@@ -69,14 +71,30 @@ def test_a_run_rides_out_postgresql_restarted(default_auth_server, admin, synthe
     run = wait_for_epoch(admin, "outage-postgres", p)
     server["stop_postgres"]()
     try:
-        time.sleep(5)  # an epoch's writes fall in it
+        # down 5 s, and on until one of the run's writes has failed (the run says so): a write need not
+        # fall in 5 s (an epoch can take longer, the heartbeat beats every 10 s)
+        time.sleep(5)
+        said = read_until(p, "tracking store unreachable", 120)
     finally:
         server["start_postgres"]()
-    out, _ = p.communicate(timeout=600)
+    out = said + p.communicate(timeout=600)[0]
     assert p.returncode == 0, out
     back = re.search(r"reachable again after (\d+) s", out)
-    print(f"PostgreSQL restart ridden out: {back.group(0) if back else 'no write failed'}")
+    assert "tracking store unreachable" in out and back, out
+    print(f"PostgreSQL restart ridden out: {back.group(0)}")
     assert_finished_once(admin, run)
+
+
+def read_until(p, words: str, seconds: float) -> str:
+    """What the process printed until it printed `words` (or `seconds` passed, or it closed its output)."""
+    fd, seen, deadline = p.stdout.fileno(), b"", time.time() + seconds
+    while words.encode() not in seen and time.time() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode()
 
 
 def test_four_runs_starting_at_once_into_a_new_experiment_all_finish(server, admin, synthetic_root):

@@ -31,6 +31,18 @@ SUITE = ["fastai-simplenet", "tutorial-base", "fastai-convnet", "skl-cnn"]  # me
 # the test's: 2 recipes x 2 seeds, 4 runs for 2 one-CPU nodes, two of them queued while the first two train:
 # spreading, queueing and each-run-once as with the suite's 8, at half the training
 SPREAD = ["fastai-simplenet", "tutorial-base"]
+# How often a test asks the server how its runs stand while it waits: each poll is 2-3 requests
+# the one-worker server and PostgreSQL answer. RACE_POLL_S where the test must act before the
+# driver does (freeze it before it collects a short run; kill a node before its run finishes:
+# seconds of training later); POLL_S where a later look only acts later
+RACE_POLL_S, POLL_S = 0.5, 1.0
+
+
+# Ray's GCS declares a node dead after health_check_failure_threshold failed checks, one each
+# health_check_period_ms (defaults 5 x 3 s). Here 5 x 1 s: a killed worker node is still found
+# dead by Ray's own health check, seconds sooner (each check still waits up to Ray's 10 s for an
+# answer, so a node slow on a busy machine is not taken for dead)
+QUICK_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
 
 
 def loopback_only() -> bool:
@@ -99,8 +111,10 @@ def cluster(server):
     head_port, worker_port = free_port(), free_port()
     # the nodes know nothing of the tracking server: tasks must be handed URI and credentials
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    common = ["--num-cpus=1", "--disable-usage-stats"]
+    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", **QUICK_DEATH)
+    # no log monitors: harness's drivers take no worker output (ray.init(log_to_driver=False)), and
+    # the two of one host polled every worker's log files all session (9 of the file's ~300 CPU-s)
+    common = ["--num-cpus=1", "--disable-usage-stats", "--include-log-monitor=false"]
     try:
         subprocess.run([ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={head_port}", "--include-dashboard=false",
                         f"--temp-dir={tmp}", *common], env=env, check=True, capture_output=True, timeout=300)
@@ -256,7 +270,7 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
         if len(runs) == 2 and all("harness.node" in r.data.tags for r in runs.values()):
             break
         assert p.poll() is None, p.communicate()
-        time.sleep(0.2)
+        time.sleep(RACE_POLL_S)
     p.send_signal(signal.SIGSTOP)
     try:
         # the tasks go on: the short run finishes (its result not collected), the long one checkpoints
@@ -267,7 +281,7 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
             if runs["fastai-simplenet"].info.status == "FINISHED" and "harness.checkpoint" in runs["medium-vgg-bn"].data.tags:
                 break
             assert time.time() < deadline, "the short run did not finish, or the long one never checkpointed"
-            time.sleep(0.2)
+            time.sleep(POLL_S)
         assert by_exp()["medium-vgg-bn"].info.status == "RUNNING"
         t0 = time.monotonic()
         p.send_signal(sig)
@@ -288,7 +302,7 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
     again = run_all(server, cluster, name, *args)
     while len(epochs(long_id)) <= len(before):  # the rerun trains the same run on, then is stopped too
         assert again.poll() is None and time.time() < deadline + 600, again.communicate()
-        time.sleep(0.5)
+        time.sleep(POLL_S)
     again.send_signal(signal.SIGTERM)
     out2, err2 = again.communicate(timeout=300)
     assert again.returncode == 130, out2 + err2
@@ -299,8 +313,12 @@ def test_a_stopped_driver_ends_only_its_runs_still_training(server, cluster, adm
 
 
 def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, admin, synthetic_root):
-    """Last in this module: it kills the worker node."""
-    args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", "4", "--max-train-images", "200",
+    """Last in this module: it kills the worker node. 3 epochs: killed after its first checkpoint
+    (polled every RACE_POLL_S, seconds before the next), the run has epochs left to resume; each
+    node has one CPU, so the resume waits for the head's own run: every epoch more is two in the
+    test's length."""
+    epochs = 3
+    args = ["--only", "medium-vgg-bn", "--repeats", "2", "--data-dir", synthetic_root, "--epochs", epochs, "--max-train-images", "200",
             "--no-progress", "--no-system-metrics"]
     p = run_all(server, cluster, "ray-kill", *args)
     worker, head = cluster["nodes"]["worker"], cluster["nodes"]["head"]
@@ -310,7 +328,7 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, 
             if r.data.tags.get("harness.node", "").endswith(worker) and "harness.checkpoint" in r.data.tags:
                 victim = r
         assert p.poll() is None, p.communicate()
-        time.sleep(0.2)
+        time.sleep(RACE_POLL_S)
     assert victim is not None, "no checkpoint on the worker node within 600 s"
     t_kill = time.time()
     kill_tree(ours(f"--node_manager_port={cluster['worker_port']}"))
@@ -318,7 +336,7 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, 
     while p.poll() is None and time.time() < t_kill + 600:
         if resumed_after is None and admin.get_run(victim.info.run_id).data.tags.get("harness.node", "").endswith(head):
             resumed_after = time.time() - t_kill
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, out + err
     runs = runs_of(admin, "ray-kill")
@@ -326,7 +344,7 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_head_node(server, cluster, 
     again = admin.get_run(victim.info.run_id)  # the same MLflow run, finished on the head node
     assert again.data.tags["harness.node"].endswith(head)
     history = admin.get_metric_history(victim.info.run_id, "epoch_time_s")
-    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # each epoch once
+    assert sorted(m.step for m in history) == list(range(epochs))  # each epoch once
     # when the head took it over: seen while polling, else (a resume quicker than the polls) its first epoch logged after the kill
     later = [m.timestamp / 1e3 - t_kill for m in history if m.timestamp / 1e3 > t_kill]
     took = resumed_after if resumed_after is not None else min(later, default=None)
