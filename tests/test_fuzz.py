@@ -89,6 +89,21 @@ def test_mutated_batches_give_a_batch_or_one_line(tmp_path, batch_bytes, rss_bud
     check_batch(tmp_path / "data_batch_1", mutate(batch_bytes, ops))
 
 
+def test_a_memo_index_far_past_the_file_costs_no_memory(tmp_path, batch_bytes):
+    """Six bytes inserted (LONG_BINPUT 0x0b000000: a memo slot 184 million entries away) made the
+    C unpickler grow its memo array to 2.8 GB and take 2 s (found by the fuzzer in CI)."""
+    import tracemalloc
+
+    payload = mutate(batch_bytes, [("insert", 23272705, b"\x00r\x00\x00\x00\x0b")])
+    tracemalloc.start()
+    try:
+        check_batch(tmp_path / "data_batch_1", payload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB to refuse a {len(payload)}-byte file"
+
+
 @settings(**SETTINGS)
 @example(payload=b"F\x01\n")  # FLOAT of "\x01\n": ValueError quoting a line break (found by CI)
 @given(payload=st.one_of(st.binary(max_size=300), st.binary(max_size=40).map(lambda b: b"\x80\x02" + b), st.binary(max_size=40).map(lambda b: b"\x80\x05" + b)))

@@ -73,7 +73,11 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+# Python's own unpickler, not the C one: the C unpickler keeps its memo as an array sized by the
+# largest index a PUT names, so six bytes (LONG_BINPUT 0x0b000000) made it allocate 2.8 GB (found
+# by test_fuzz in CI); this one keeps a dict. A batch loads as fast (a few thousand opcodes: its
+# images are one string).
+class _Unpickler(pickle._Unpickler):
     def find_class(self, module, name):
         try:
             return _ALLOWED[(module, name)]
