@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 
+import time
+
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -111,9 +113,16 @@ def test_a_refused_write_stops_the_run_before_its_next_checkpoint(synthetic_root
             super().__init__(*a, **k)
             made.append(self)
 
+    ends = []
+
     def refused_at_epoch_2(step, tracker=None, run_id=None):
-        if step == "epoch_end" and run_id is not None and len(made) and tracker.logged_steps(run_id, "epoch_time_s"):
-            made[0].drop(run_id, TakenOver("taken over by elsewhere", run_id=run_id))
+        if step == "epoch_end" and run_id is not None and len(made):
+            ends.append(run_id)
+            if len(ends) == 2:  # the second epoch's end, once the first epoch's queued write is in the store
+                deadline = time.monotonic() + 60  # (the outbox writes in the background: slow on a loaded machine)
+                while not tracker.logged_steps(run_id, "epoch_time_s") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                made[0].drop(run_id, TakenOver("taken over by elsewhere", run_id=run_id))
         return real_point(step, tracker, run_id)
 
     monkeypatch.setattr(one_run, "Outbox", Recorded)
