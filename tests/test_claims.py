@@ -181,6 +181,39 @@ def test_claimers_racing_for_a_new_configuration_train_it_once(tracker, n):
     assert all(r.run_id in made for r in results if isinstance(r, Declined)), (results, made)
 
 
+def test_a_run_stamped_first_but_stored_last_does_not_win_a_race_already_settled(tracker):
+    """MLflow stamps a run's start time before it writes the run: a claimer whose write was slower
+    than the settling wait (a loaded store) had a run started first but seen last, and won by
+    start time after the other claimer had won already: two trained it (seen in CI). The claim
+    time is read once the store has the run, so the late one loses."""
+    a, b = claimer(Tracker(tracker.uri)), claimer(Tracker(tracker.uri))
+    beating(a.owner, True)
+    beating(b.owner, True)
+    stamped, go_on, results = threading.Event(), threading.Event(), {}
+    create = b.tracker.client.create_run
+
+    def slow_create(experiment_id, start_time=None, **kw):
+        start = int(time.time() * 1000)  # stamped now, as MLflow does before its write
+        stamped.set()
+        go_on.wait(30)
+        return create(experiment_id, start_time=start, **kw)
+
+    b.tracker.client.create_run = slow_create
+    late = threading.Thread(target=lambda: results.__setitem__("b", b.claim("late", "x", {}, force=False, lock_held=False)))
+    try:
+        late.start()
+        assert stamped.wait(30)  # b looked (no run yet) and stamped its start
+        time.sleep(0.01)
+        results["a"] = a.claim("late", "x", {}, force=False, lock_held=False)  # created, settled, alone: a trains it
+    finally:
+        go_on.set()
+        late.join(60)
+        beating(a.owner, False)
+        beating(b.owner, False)
+    assert isinstance(results["a"], Claimed) and isinstance(results["b"], Declined), results
+    assert [r.run_id for r in tracker.find_runs("late")] == [results["a"].run_id]
+
+
 def test_claimers_racing_to_take_over_one_abandoned_run_train_it_once(tracker):
     import time
 

@@ -11,11 +11,14 @@ Two layers:
   changes (alive: declined) or stays unchanged for the stale limit (dead: taken over and resumed
   from its checkpoint). A run left resumable (KILLED) is free at once.
 
-Races settle deterministically. Two processes that find no run both create one, wait
-`settle_s` (longer than a store write takes) and compare: the run created first (start time,
-then run id) wins, every other creator deletes its own and does not train. Two processes that
+Races settle deterministically. Two processes that find no run both create one, tag it with
+the time their clock read once the store had it (CLAIMED_AT), wait `settle_s` and compare: the
+run claimed first (that time, then run id) wins, every other creator deletes its own and does
+not train. A run claimed before mine was in the store before my tag, so every reader that
+compares sees it (its tag awaited); MLflow's start time, read before the write, was not enough:
+a write slower than the wait made two winners. Two processes that
 take over one abandoned run both write their owner tag, wait, and read it back: the last
-write is the one every reader sees, so exactly one trains. Cross-machine start times assume
+write is the one every reader sees, so exactly one trains. Claim times across machines assume
 clocks agree to better than `settle_s` (NTP does).
 """
 
@@ -37,6 +40,15 @@ from .liveness import ALIVE, DEAD, WATCHING, Observer, attempt_owner, beating, m
 
 
 # --------------------------------------------------------------------------- the store's claim
+
+CLAIMED_AT = f"{TAG}claimed_at"  # a new run's claimer's clock once the store had the run
+
+
+def claim_order(r: RunRecord) -> tuple[float, str]:
+    """Which of racing new runs came first: CLAIMED_AT, or the start time of a run without one (an
+    older harness's, or a claimer stopped between its two writes)."""
+    at = r.tags.get(CLAIMED_AT)
+    return (float(at) if at else r.start_time / 1000, r.run_id)
 
 
 def take_attempt(tracker: Tracker, run_id: str, claim_owner: str, settle_s: float = 0.0, sleep=time.sleep) -> tuple[str | None, str]:
@@ -90,14 +102,14 @@ class Declined:
 
 class Claimer:
     """Claims configurations in one store on behalf of one owner (a process, or a Ray driver
-    for all its tasks). `clock` writes heartbeat values (never compared with anything),
+    for all its tasks). `clock` writes heartbeat values (never compared) and claim times,
     `monotonic` and `sleep` time the watching of other machines' heartbeats."""
 
     def __init__(self, tracker: Tracker, policy: ClaimPolicy, owner: str | None = None, clock=time.time, sleep=time.sleep,
                  monotonic=time.monotonic):
         self.tracker, self.policy = tracker, policy
         self.owner = owner or new_owner()
-        self.clock, self.sleep = clock, sleep
+        self.clock, self.sleep, self.monotonic = clock, sleep, monotonic
         self.observer = Observer(policy.stale_after_s, monotonic)
 
     def liveness(self, run: RunRecord) -> str:
@@ -194,6 +206,16 @@ class Claimer:
                     results[i] = Declined(f"taken over by {now}", results[i].run_id)
         return results
 
+    def _rivals(self, p: _Proposal) -> list[RunRecord]:
+        """Our new run and those created since we looked, once each has its claim time (a rival
+        between its create and its tag is waited for, up to max(settle_s, 1 s))."""
+        deadline = self.monotonic() + max(self.policy.settle_s, 1.0)
+        while True:
+            rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
+            if all(CLAIMED_AT in r.tags for r in rivals) or self.monotonic() >= deadline:
+                return rivals
+            self.sleep(0.05)
+
     def _poll_s(self, run_id: str, chash: str) -> float:
         run = next((r for r in self.tracker.find_runs(chash) if r.run_id == run_id), None)
         return self.observer.poll_s(run) if run is not None else 0.05
@@ -209,7 +231,7 @@ class Claimer:
             return Declined("identical finished run exists (use --force to train again)", done[0].run_id, finished=True)
         state = {r.run_id: self.liveness(r) for r in runs}
         # several live ones: claimers racing for a new configuration, the first created wins (as in _confirm)
-        live = sorted((r for r in runs if state[r.run_id] == ALIVE), key=lambda r: (r.start_time, r.run_id))
+        live = sorted((r for r in runs if state[r.run_id] == ALIVE), key=claim_order)
         if live:
             return Declined(f"being trained by {live[0].tags.get(OWNER, 'another process')}", live[0].run_id)
         unsure = [r for r in runs if state[r.run_id] == WATCHING]
@@ -226,6 +248,7 @@ class Claimer:
                 self.tracker.set_tags(run.run_id, mark)
                 return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
+        self.tracker.set_tags(mine.run_id, {CLAIMED_AT: f"{self.clock():.6f}"})  # read once the store has the run
         return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id), r.tags.get(OWNER)) for r in abandoned],
                          known={r.run_id for r in runs})
 
@@ -252,11 +275,11 @@ class Claimer:
             return Claimed(p.run_id, resumed=True, recorded=RECORDED in tags)
         # every creator made a run; the one created first trains, the others delete theirs (the
         # runs there were before were all finished or dead: only those created since are rivals)
-        rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
+        rivals = self._rivals(p)
         if p.run_id not in {r.run_id for r in rivals}:  # our new run was deleted in the store meanwhile
             return Declined(f"the run it had just created ({p.run_id}) was deleted in the store while it claimed; "
                             "run the same command again to train the configuration", p.run_id)
-        first = min(rivals, key=lambda r: (r.start_time, r.run_id))
+        first = min(rivals, key=claim_order)
         if first.run_id != p.run_id:
             self.tracker.delete_run(p.run_id)
             return Declined(f"claimed first by {first.tags.get(OWNER, 'another process')}", first.run_id)
