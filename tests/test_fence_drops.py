@@ -7,7 +7,6 @@ test before."""
 from __future__ import annotations
 
 import threading
-
 import time
 
 import pytest
