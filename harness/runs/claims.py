@@ -24,6 +24,7 @@ clocks agree to better than `settle_s` (NTP does).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,9 +47,14 @@ CLAIMED_AT = f"{TAG}claimed_at"  # a new run's claimer's clock once the store ha
 
 def claim_order(r: RunRecord) -> tuple[float, str]:
     """Which of racing new runs came first: CLAIMED_AT, or the start time of a run without one (an
-    older harness's, or a claimer stopped between its two writes)."""
-    at = r.tags.get(CLAIMED_AT)
-    return (float(at) if at else r.start_time / 1000, r.run_id)
+    older harness's, or a claimer stopped between its two writes; earlier than its claim time
+    would be). An older harness's claimer still orders by start time alone: a store shared with
+    one keeps its risk (two trainers when its write is slower than the wait)."""
+    try:
+        at = float(r.tags.get(CLAIMED_AT, "nan"))
+    except ValueError:
+        at = math.nan
+    return (at if math.isfinite(at) else r.start_time / 1000, r.run_id)
 
 
 def take_attempt(tracker: Tracker, run_id: str, claim_owner: str, settle_s: float = 0.0, sleep=time.sleep) -> tuple[str | None, str]:
@@ -146,6 +152,7 @@ class Claimer:
         try:
             for r in requests:
                 proposals.append(self._propose(r))
+                self._stamp(proposals[-1])
             while True:
                 watching = [i for i, p in enumerate(proposals) if isinstance(p, Declined) and p.watching]
                 if not watching:
@@ -153,6 +160,7 @@ class Claimer:
                 self.sleep(min(self._poll_s(proposals[i].run_id, requests[i].chash) for i in watching))
                 for i in watching:
                     proposals[i] = self._propose(requests[i])
+                    self._stamp(proposals[i])
             mine = [p.run_id for p in proposals if isinstance(p, _Proposal)]
             if mine:
                 faults.point("claim", self.tracker, mine[0])
@@ -206,12 +214,21 @@ class Claimer:
                     results[i] = Declined(f"taken over by {now}", results[i].run_id)
         return results
 
+    def _stamp(self, p) -> None:
+        """A new run's claim time, read now that the store has it; written once the proposal is
+        registered, so a Ctrl-C during the write still finds the run to delete (_release)."""
+        if isinstance(p, _Proposal) and not p.takeover:
+            self.tracker.set_tags(p.run_id, {CLAIMED_AT: f"{self.clock():.6f}"})
+
     def _rivals(self, p: _Proposal) -> list[RunRecord]:
         """Our new run and those created since we looked, once each has its claim time (a rival
-        between its create and its tag is waited for, up to max(settle_s, 1 s))."""
+        between its create and its tag is waited for, up to max(settle_s, 1 s); after that it
+        orders by its start time, which may make it first: then nobody trains this time, never
+        two). A rival whose owner died on this machine before its tag is no rival."""
         deadline = self.monotonic() + max(self.policy.settle_s, 1.0)
         while True:
             rivals = [r for r in self.tracker.find_runs(p.req.chash) if r.run_id == p.run_id or (r.run_id not in p.known and r.status == "RUNNING")]
+            rivals = [r for r in rivals if r.run_id == p.run_id or CLAIMED_AT in r.tags or process_alive(r.tags.get(OWNER, "")) is not False]
             if all(CLAIMED_AT in r.tags for r in rivals) or self.monotonic() >= deadline:
                 return rivals
             self.sleep(0.05)
@@ -248,7 +265,6 @@ class Claimer:
                 self.tracker.set_tags(run.run_id, mark)
                 return _Proposal(req, run.run_id, takeover=True)
         mine = self.tracker.create_run(req.run_name, {**req.tags, f"{TAG}config_hash": req.chash, **mark})
-        self.tracker.set_tags(mine.run_id, {CLAIMED_AT: f"{self.clock():.6f}"})  # read once the store has the run
         return _Proposal(req, mine.run_id, takeover=False, superseded=[(r.run_id, why.get(r.run_id), r.tags.get(OWNER)) for r in abandoned],
                          known={r.run_id for r in runs})
 
