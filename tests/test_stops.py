@@ -95,11 +95,15 @@ def test_a_pool_worker_killed_is_replaced_and_its_run_resumed(synthetic_root, st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_sigterm_ends_runs_resumable_and_starts_nothing_more(synthetic_root, store, jobs):
+def test_sigterm_ends_runs_resumable_and_starts_nothing_more(synthetic_root, store, jobs, tmp_path):
     ids = ["medium-three-conv", "fastai-simplenet", "tutorial-base"]
     args = ["run", *ids, "--jobs", jobs, "--data-dir", synthetic_root, "--tracking-uri", store, "--epochs", "3", *SMALL]
-    p = harness(*args, HARNESS_JOBS=str(jobs))
-    wait_for(lambda: checkpointed(store), p)
+    # held at a run's second checkpoint (one exists to resume from) until the SIGTERM: polling for
+    # a checkpoint raced the runs' end (these trainings take a second: all three had finished once)
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    p = harness(*args, HARNESS_JOBS=str(jobs), HARNESS_FAULT="checkpoint@2:pause", HARNESS_FAULT_DIR=str(faults_dir))
+    wait_for(lambda: (faults_dir / "paused").exists() and checkpointed(store), p)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out = p.communicate(timeout=120)[0]
